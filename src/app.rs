@@ -1,0 +1,194 @@
+//! Wires the subsystems together: config → keys, metrics, SFU engine, HTTP router; owns
+//! graceful shutdown (stop accepting, close peers, drain HTTP).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::info;
+
+use crate::config::Config;
+use crate::domain::token::TokenKeys;
+use crate::metrics::Metrics;
+use crate::sfu::{Sfu, SfuConfig};
+
+/// Shared by every HTTP handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub keys: TokenKeys,
+    pub metrics: Metrics,
+    pub sfu: Sfu,
+    /// Cleared when shutdown starts, so /readyz turns away new load first.
+    pub accepting: Arc<AtomicBool>,
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub media_addr: SocketAddr,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    http: JoinHandle<()>,
+    engine: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds both ports and starts serving. Port 0 in the config picks free ports.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let keys = TokenKeys::load_or_create(&config.jwt_secret, &config.signing_key_path())
+            .with_context(|| {
+                format!(
+                    "loading signing key {}",
+                    config.signing_key_path().display()
+                )
+            })?;
+        let metrics = Metrics::new();
+        let sfu_config = SfuConfig {
+            bind: SocketAddr::new(config.media_bind_ip, config.media_udp_port),
+            announced_ips: announced_ips(&config),
+            max_participants: config.max_participants,
+            max_peers: config.max_peers,
+            keyframe_request_interval: config.keyframe_request_interval,
+            connect_timeout: config.connect_timeout,
+            ice_check_interval: config.ice_check_interval,
+            ice_disconnected_timeout: config.ice_disconnected_timeout,
+            ice_failed_timeout: config.ice_failed_timeout,
+            nack_cache_packets: config.nack_cache_packets.min(u16::MAX as usize / 2) as u16,
+        };
+        anyhow::ensure!(
+            !sfu_config.announced_ips.is_empty(),
+            "no address to announce: set public_ip"
+        );
+        let (sfu, engine) = Sfu::start(sfu_config.clone(), metrics.clone())
+            .with_context(|| format!("binding media UDP {}", sfu_config.bind))?;
+        let listener = TcpListener::bind(config.http)
+            .await
+            .with_context(|| format!("binding HTTP {}", config.http))?;
+        let http_addr = listener.local_addr()?;
+        let state = AppState {
+            config: Arc::new(config),
+            keys,
+            metrics,
+            sfu: sfu.clone(),
+            accepting: Arc::new(AtomicBool::new(true)),
+        };
+        let router = router(state.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let http = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        info!(http = %http_addr, media = %sfu.media_addr(), announced = ?sfu_config.announced_ips, "convene listening");
+        Ok(Self {
+            http_addr,
+            media_addr: sfu.media_addr(),
+            state,
+            stop: Some(stop),
+            http,
+            engine,
+        })
+    }
+
+    /// Graceful stop: refuse new work, close every peer (they are told), then drain HTTP.
+    pub async fn shutdown(mut self) {
+        self.state.accepting.store(false, Ordering::Relaxed);
+        let grace = self.state.config.shutdown_grace;
+        let _ = tokio::time::timeout(grace, self.state.sfu.shutdown()).await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(grace, &mut self.http).await;
+        self.http.abort();
+        self.engine.abort();
+        info!("convene stopped");
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state.config.cors_allowed_origins);
+    Router::new()
+        .route("/", get(index))
+        .merge(crate::api::health::router())
+        .merge(crate::signaling::router())
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(cors)
+        .with_state(state)
+}
+
+async fn index() -> impl IntoResponse {
+    Html(include_str!("../web/index.html"))
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LINK,
+            HeaderName::from_static("accept-patch"),
+            HeaderName::from_static("accept-post"),
+        ])
+}
+
+/// Configured public addresses, else the address we bind to, else every IPv4 address of the
+/// host (loopback included, so local clients connect).
+fn announced_ips(config: &Config) -> Vec<IpAddr> {
+    if !config.public_ip.is_empty() {
+        return config.public_ip.clone();
+    }
+    if !config.media_bind_ip.is_unspecified() {
+        return vec![config.media_bind_ip];
+    }
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .map(|interfaces| {
+            interfaces
+                .into_iter()
+                .map(|i| i.ip())
+                .filter(IpAddr::is_ipv4)
+                .collect()
+        })
+        .unwrap_or_default();
+    // Non-loopback first: ICE tries candidates in priority order and remote clients need those.
+    ips.sort_by_key(|ip| ip.is_loopback());
+    ips.dedup();
+    if ips.is_empty() {
+        ips.push(IpAddr::from([127, 0, 0, 1]));
+    }
+    ips
+}

@@ -1,0 +1,247 @@
+//! One typed configuration for the whole server.
+//!
+//! Precedence, lowest to highest: built-in defaults < `convene.toml` (or `--config FILE`) <
+//! `CONVENE_*` environment variables < command-line flags. Every limit the server enforces lives
+//! here with a named default, so operators can see and change all of them in one place.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// A STUN/TURN server handed to clients (WHIP/WHEP `Link` headers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// TCP address of the HTTP server (API, signaling, WHIP/WHEP, page, metrics).
+    pub http: SocketAddr,
+    /// The one UDP port every peer's media uses.
+    pub media_udp_port: u16,
+    /// IP the media socket binds to. `0.0.0.0` receives on every interface.
+    pub media_bind_ip: IpAddr,
+    /// Addresses announced in ICE candidates (NAT 1:1). Empty: the host's own addresses,
+    /// loopback included so local clients work.
+    pub public_ip: Vec<IpAddr>,
+    /// Where the signing key, database and recordings live.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    /// HS256 secret for join tokens. Empty: a key generated once into `data_dir/jwt.key`.
+    pub jwt_secret: String,
+    /// Browser origins allowed by CORS on WHIP/WHEP. `*` allows any.
+    pub cors_allowed_origins: Vec<String>,
+    /// STUN/TURN servers advertised to clients.
+    pub ice_servers: Vec<IceServer>,
+    /// Largest accepted HTTP request body (SDP offers, PATCH fragments), in bytes.
+    pub max_body_bytes: usize,
+    /// Peers (publishers + subscribers) a room accepts before answering 503.
+    pub max_participants: usize,
+    /// Peer connections the whole server accepts.
+    pub max_peers: usize,
+    /// Minimum gap between two keyframe requests (PLI/FIR) sent for one published track.
+    #[serde(with = "humantime_serde_compat")]
+    pub keyframe_request_interval: Duration,
+    /// A peer that has not completed ICE+DTLS within this time is closed and released.
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// ICE connectivity-check interval while connecting (webrtc-rs' default of 200 ms makes a
+    /// loopback connection slow).
+    #[serde(with = "humantime_serde_compat")]
+    pub ice_check_interval: Duration,
+    /// A connected peer without any inbound traffic for this long is considered gone.
+    #[serde(with = "humantime_serde_compat")]
+    pub ice_disconnected_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub ice_failed_timeout: Duration,
+    /// RTP packets kept per published track for answering NACKs.
+    pub nack_cache_packets: usize,
+    /// How long graceful shutdown waits for peers to close before exiting.
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: "0.0.0.0:8080".parse().expect("valid literal address"),
+            media_udp_port: 50000,
+            media_bind_ip: IpAddr::from([0, 0, 0, 0]),
+            public_ip: Vec::new(),
+            data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Pretty,
+            jwt_secret: String::new(),
+            cors_allowed_origins: vec!["*".to_owned()],
+            ice_servers: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            max_participants: 100,
+            max_peers: 2000,
+            keyframe_request_interval: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(15),
+            ice_check_interval: Duration::from_millis(20),
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(15),
+            nack_cache_packets: 1024,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Errors in a configuration, named so an operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Defaults < `file` (if it exists) < `CONVENE_*` env. Flags are merged by the caller with
+    /// [`Config::merge_overrides`].
+    pub fn load(file: Option<&Path>, overrides: &ConfigOverrides) -> Result<Self, ConfigError> {
+        let file = file
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("convene.toml"));
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("CONVENE_").map(|k| k.as_str().to_ascii_lowercase().into()))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.to_owned(),
+        };
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_participants == 0 {
+            return Err(invalid("max_participants", "must be at least 1"));
+        }
+        if self.max_peers == 0 {
+            return Err(invalid("max_peers", "must be at least 1"));
+        }
+        if self.connect_timeout < Duration::from_secs(1) {
+            return Err(invalid("connect_timeout", "must be at least 1s"));
+        }
+        if self.ice_check_interval.is_zero() {
+            return Err(invalid("ice_check_interval", "must be positive"));
+        }
+        if self.nack_cache_packets == 0 || !self.nack_cache_packets.is_power_of_two() {
+            return Err(invalid("nack_cache_packets", "must be a power of two"));
+        }
+        if self.public_ip.iter().any(|ip| ip.is_unspecified()) {
+            return Err(invalid("public_ip", "0.0.0.0 / :: cannot be announced"));
+        }
+        for server in &self.ice_servers {
+            if server.urls.is_empty() {
+                return Err(invalid(
+                    "ice_servers",
+                    "every server needs at least one url",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.data_dir.join("jwt.key")
+    }
+}
+
+/// Values given as command-line flags; only the ones set override lower layers.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ConfigOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_udp_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<Vec<IpAddr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Durations in config files and env read as humantime strings ("500ms", "15s").
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("convene-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("convene.toml");
+        std::fs::write(
+            &file,
+            "media_udp_port = 40000\nmax_participants = 7\nkeyframe_request_interval = \"1s\"\n",
+        )
+        .unwrap();
+        let flags = ConfigOverrides {
+            media_udp_port: Some(41000),
+            ..Default::default()
+        };
+        let config = Config::load(Some(&file), &flags).unwrap();
+        assert_eq!(config.media_udp_port, 41000, "flag beats file");
+        assert_eq!(config.max_participants, 7, "file beats default");
+        assert_eq!(config.keyframe_request_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let config = Config {
+            nack_cache_packets: 1000,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("nack_cache_packets"), "{err}");
+    }
+}

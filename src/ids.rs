@@ -1,0 +1,55 @@
+//! Typed identifiers, so a room name is never passed where a session id belongs.
+
+use std::fmt;
+
+/// A room, named by its clients (the `{room}` of `/whip/{room}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomId(pub String);
+
+/// A participant's identity within a room (the token's `sub`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParticipantId(pub String);
+
+/// One peer connection held by the SFU; also the id of its WHIP/WHEP session resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub uuid::Uuid);
+
+/// A published track, unique across the server for its lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackId(pub u64);
+
+impl PeerId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+}
+
+impl Default for PeerId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Display for TrackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t{}", self.0)
+    }
+}

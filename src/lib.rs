@@ -1,0 +1,34 @@
+//! Convene: a WebRTC SFU with signaling, meetings and auth in one binary.
+//!
+//! Module map:
+//! - [`config`]: one typed `Config` (defaults < convene.toml < CONVENE_* env < flags).
+//! - [`app`]: wires everything; [`app::Server`] is what `main` and the tests start.
+//! - [`sfu`]: the data plane: UDP socket, sans-I/O peer connections, rooms, forwarding.
+//! - [`signaling`]: WHIP/WHEP resources (and later WebSocket signaling), join-token checks.
+//! - [`api`]: REST: health, readiness, metrics, the JSON error envelope.
+//! - [`domain`]: rules that are not HTTP (join tokens and grants).
+//! - [`metrics`], [`telemetry`], [`ids`]: Prometheus metrics, logging, typed ids.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod ids;
+pub mod metrics;
+pub mod sfu;
+pub mod signaling;
+pub mod telemetry;
+
+pub use app::Server;
+pub use config::Config;
+
+/// Runs a server until `shutdown` resolves, then stops it gracefully.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let server = Server::start(config).await?;
+    shutdown.await;
+    server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Every Prometheus metric of the server, declared once, with bounded label sets.
+//!
+//! The forwarding path only touches atomics (prometheus' counters are atomic), so counting a
+//! packet never takes a lock.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub rooms: IntGauge,
+    pub peers: IntGauge,
+    pub published_tracks: IntGauge,
+    pub subscribers: IntGauge,
+    pub rtp_packets_in: IntCounter,
+    pub rtp_bytes_in: IntCounter,
+    pub rtp_packets_out: IntCounter,
+    pub rtp_bytes_out: IntCounter,
+    /// NACKs by direction: `received` from subscribers, `sent` to publishers.
+    pub nacks: IntCounterVec,
+    /// Keyframe requests by kind (`pli`, `fir`) and direction (`received`, `sent`).
+    pub keyframe_requests: IntCounterVec,
+    /// Packets that could not be forwarded, by reason.
+    pub forward_errors: IntCounterVec,
+    pub udp_datagrams_dropped: IntCounter,
+    pub peers_reaped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("convene".to_owned()), None).expect("static prefix is valid");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        Self {
+            rooms: gauge("rooms", "Rooms that currently have peers"),
+            peers: gauge("peers", "Peer connections held by the SFU"),
+            published_tracks: gauge("published_tracks", "Tracks currently published"),
+            subscribers: gauge(
+                "subscribers",
+                "Down tracks currently forwarding to a subscriber",
+            ),
+            rtp_packets_in: counter(
+                "rtp_packets_in_total",
+                "RTP packets received from publishers",
+            ),
+            rtp_bytes_in: counter(
+                "rtp_bytes_in_total",
+                "RTP payload bytes received from publishers",
+            ),
+            rtp_packets_out: counter(
+                "rtp_packets_out_total",
+                "RTP packets forwarded to subscribers",
+            ),
+            rtp_bytes_out: counter(
+                "rtp_bytes_out_total",
+                "RTP payload bytes forwarded to subscribers",
+            ),
+            nacks: counter_vec("nacks_total", "RTCP NACK packets", &["direction"]),
+            keyframe_requests: counter_vec(
+                "keyframe_requests_total",
+                "PLI/FIR keyframe requests",
+                &["kind", "direction"],
+            ),
+            forward_errors: counter_vec(
+                "forward_errors_total",
+                "Packets not forwarded",
+                &["reason"],
+            ),
+            udp_datagrams_dropped: counter(
+                "udp_datagrams_dropped_total",
+                "Datagrams on the media port that matched no peer",
+            ),
+            peers_reaped: counter(
+                "peers_reaped_total",
+                "Peers closed because ICE/DTLS did not complete or the connection failed",
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("prometheus text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

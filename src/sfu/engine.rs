@@ -1,0 +1,1122 @@
+//! The event loop that owns every peer's sans-I/O `rtc` state machine.
+//!
+//! One task drives all peers: it feeds datagrams from the shared socket and timer expiries in,
+//! polls packets, events and timers out, and forwards RTP from publishers to subscribers in the
+//! same pass. Because one owner holds all state, the forwarding path takes no lock.
+//!
+//! A loop iteration: wait for (socket readable | command | earliest peer timer | housekeeping
+//! tick) → handle it → service every peer touched ("dirty") until none is → send everything
+//! queued with batched `sendmmsg`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::demux::Demux;
+use super::error::SfuError;
+use super::peer::{sdp_attribute, Peer, PeerFactory, PeerRole, PeerState};
+use super::room::Room;
+use super::rtcp;
+use super::subscriber::DownTrack;
+use super::track::{KeyframeThrottle, PublishedTrack, SubscriberRef};
+use super::udp::MediaSocket;
+use super::{Command, IceFragment, Intent, Negotiated, PatchOutcome, SfuConfig};
+use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
+use crate::metrics::Metrics;
+
+/// Datagrams taken from the socket before the engine services peers and sends.
+const RECEIVE_BUDGET: usize = 512;
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
+
+pub struct Engine {
+    factory: PeerFactory,
+    max_participants: usize,
+    max_peers: usize,
+    keyframe_interval: Duration,
+    connect_timeout: Duration,
+    metrics: Metrics,
+    demux: Demux,
+    peers: HashMap<PeerId, Peer>,
+    rooms: HashMap<RoomId, Room>,
+    /// The forwarding table: every published track, with its subscribers.
+    tracks: HashMap<TrackId, PublishedTrack>,
+    next_track_id: u64,
+    /// (deadline, peer); stale entries are skipped by comparing with `Peer::next_timeout`.
+    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// Peers with input handled but output not yet polled.
+    dirty: Vec<PeerId>,
+    /// Datagrams to send at the end of this iteration; reused, so it stops allocating.
+    outbox: Vec<(SocketAddr, BytesMut)>,
+    /// Media read from one peer before it is forwarded; reused across iterations.
+    inbound: Vec<RTCMessage>,
+}
+
+impl Engine {
+    pub fn new(config: &SfuConfig, media_port: u16, metrics: Metrics) -> Self {
+        let candidate_addrs = config
+            .announced_ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, media_port))
+            .collect();
+        Self {
+            factory: PeerFactory {
+                candidate_addrs,
+                ice_check_interval: config.ice_check_interval,
+                ice_disconnected_timeout: config.ice_disconnected_timeout,
+                ice_failed_timeout: config.ice_failed_timeout,
+                nack_cache_packets: config.nack_cache_packets,
+            },
+            max_participants: config.max_participants,
+            max_peers: config.max_peers,
+            keyframe_interval: config.keyframe_request_interval,
+            connect_timeout: config.connect_timeout,
+            metrics,
+            demux: Demux::default(),
+            peers: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            next_track_id: 1,
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            outbox: Vec::new(),
+            inbound: Vec::new(),
+        }
+    }
+
+    // ---- commands -------------------------------------------------------------------------
+
+    fn handle_command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Offer {
+                room,
+                identity,
+                intent,
+                offer,
+                reply,
+            } => {
+                let _ = reply.send(self.accept_offer(room, identity, intent, offer, now));
+            }
+            Command::Patch {
+                room,
+                session,
+                if_match,
+                fragment,
+                reply,
+            } => {
+                let _ = reply.send(self.patch(&room, session, if_match, fragment, now));
+            }
+            Command::Close {
+                room,
+                session,
+                reply,
+            } => {
+                let result = match self.peers.get(&session) {
+                    Some(peer) if peer.room == room => {
+                        self.remove_peer(session, "closed by client", now);
+                        Ok(())
+                    }
+                    _ => Err(SfuError::SessionNotFound),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Shutdown { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn accept_offer(
+        &mut self,
+        room_id: RoomId,
+        identity: ParticipantId,
+        intent: Intent,
+        offer_sdp: String,
+        now: Instant,
+    ) -> Result<Negotiated, SfuError> {
+        if self.peers.len() >= self.max_peers {
+            return Err(SfuError::ServerFull {
+                max: self.max_peers,
+            });
+        }
+        if self
+            .rooms
+            .get(&room_id)
+            .is_some_and(|r| r.peers.len() >= self.max_participants)
+        {
+            return Err(SfuError::RoomFull {
+                max: self.max_participants,
+            });
+        }
+        if !offer_sdp
+            .lines()
+            .any(|l| l.starts_with("m=audio") || l.starts_with("m=video"))
+        {
+            return Err(SfuError::BadOffer(
+                "the offer has no audio or video section".into(),
+            ));
+        }
+        let offer = RTCSessionDescription::offer(offer_sdp)
+            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        let remote_ufrag = sdp_attribute(&offer.sdp, "ice-ufrag")
+            .ok_or_else(|| SfuError::BadOffer("the offer has no a=ice-ufrag".into()))?
+            .to_owned();
+
+        let publisher = match &intent {
+            Intent::Publish => None,
+            Intent::Subscribe { publisher } => Some(
+                self.rooms
+                    .get(&room_id)
+                    .and_then(|room| room.choose_publisher(publisher.as_ref()))
+                    .ok_or(SfuError::PublisherNotFound)?,
+            ),
+        };
+
+        let id = PeerId::new();
+        let mut pc = self.factory.new_peer_connection(now)?;
+        let mut down_tracks = Vec::new();
+        if let Some(publisher) = publisher {
+            down_tracks = self.add_down_tracks(&mut pc, id, publisher)?;
+        }
+        pc.set_remote_description(now, offer)
+            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        self.factory.add_host_candidates(&mut pc)?;
+        let answer = pc
+            .create_answer(None)
+            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        pc.set_local_description(now, answer)
+            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        let answer_sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| SfuError::Internal("no local description after answering".into()))?;
+        let local_ufrag = sdp_attribute(&answer_sdp, "ice-ufrag")
+            .ok_or_else(|| SfuError::Internal("answer without ice-ufrag".into()))?
+            .to_owned();
+
+        let mut peer = Peer {
+            id,
+            room: room_id.clone(),
+            identity: identity.clone(),
+            role: match publisher {
+                Some(publisher) => PeerRole::Subscriber { publisher },
+                None => PeerRole::Publisher,
+            },
+            pc,
+            state: PeerState::Connecting,
+            created_at: now,
+            etag: etag_for(&local_ufrag),
+            local_ufrag,
+            remote_ufrag,
+            inbound: HashMap::new(),
+            published: Vec::new(),
+            down_tracks,
+            next_timeout: None,
+        };
+
+        match publisher {
+            None => {
+                self.register_published_tracks(&mut peer);
+                if peer.published.is_empty() {
+                    return Err(SfuError::BadOffer(
+                        "the offer sends no audio or video we can receive".into(),
+                    ));
+                }
+            }
+            Some(_) => {
+                resolve_payload_types(&mut peer);
+                if peer.down_tracks.iter().all(|d| d.payload_type.is_none()) {
+                    return Err(SfuError::BadOffer(
+                        "the offer accepts none of the publisher's codecs".into(),
+                    ));
+                }
+                for (slot, down) in peer.down_tracks.iter().enumerate() {
+                    if let Some(track) = self.tracks.get_mut(&down.source) {
+                        track.subscribers.push(SubscriberRef { peer: id, slot });
+                    }
+                }
+            }
+        }
+
+        let negotiated = Negotiated {
+            session: id,
+            answer: answer_sdp,
+            etag: peer.etag.clone(),
+        };
+        self.demux.bind_ufrag(&peer.local_ufrag, id);
+        let room = self
+            .rooms
+            .entry(room_id.clone())
+            .or_insert_with(|| Room::new(room_id.clone()));
+        room.peers.push(id);
+        if peer.is_publisher() {
+            room.publishers.push((id, identity.clone()));
+        }
+        info!(room = %room_id, participant = %identity, session = %id, role = ?peer.role, "peer created");
+        self.peers.insert(id, peer);
+        self.mark_dirty(id);
+        self.update_gauges();
+        Ok(negotiated)
+    }
+
+    /// One sendonly track per published track of `publisher`, added before the subscriber's
+    /// offer is applied so the answer's recvonly sections bind to them.
+    fn add_down_tracks(
+        &mut self,
+        pc: &mut RTCPeerConnection,
+        subscriber: PeerId,
+        publisher: PeerId,
+    ) -> Result<Vec<DownTrack>, SfuError> {
+        let publisher_peer = self
+            .peers
+            .get(&publisher)
+            .ok_or(SfuError::PublisherNotFound)?;
+        let stream_id = publisher_peer.identity.0.clone();
+        let mut down_tracks = Vec::new();
+        for track_id in &publisher_peer.published {
+            let Some(track) = self.tracks.get(track_id) else {
+                continue;
+            };
+            let ssrc = rand::random::<u32>();
+            let rtc_track_id = format!("{}-{}", track.id, &subscriber.0.simple().to_string()[..8]);
+            let local = MediaStreamTrack::new(
+                stream_id.clone(),
+                rtc_track_id.clone(),
+                format!("{} {}", stream_id, track.kind),
+                track.kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: track.codec.clone(),
+                    ..Default::default()
+                }],
+            );
+            let sender = pc.add_track(local)?;
+            down_tracks.push(DownTrack {
+                source: track.id,
+                sender,
+                rtc_track_id,
+                ssrc,
+                payload_type: None,
+                kind_is_video: track.is_video(),
+            });
+        }
+        Ok(down_tracks)
+    }
+
+    /// Turns each receiving m-line of a publisher's negotiated connection into a published track.
+    fn register_published_tracks(&mut self, peer: &mut Peer) {
+        let transceivers: Vec<_> = peer.pc.get_transceivers().collect();
+        for transceiver_id in transceivers {
+            let Some(mut transceiver) = peer.pc.rtp_transceiver(transceiver_id) else {
+                continue;
+            };
+            if !transceiver.direction().has_recv() {
+                continue;
+            }
+            let (Some(receiver_id), Some(mid)) =
+                (transceiver.receiver(), transceiver.mid().clone())
+            else {
+                continue;
+            };
+            let _ = &mut transceiver;
+            let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) else {
+                continue;
+            };
+            let kind = receiver.track().kind();
+            let rtc_track_id = receiver.track().track_id().clone();
+            let Some(codec) = primary_codec(&receiver.get_parameters().rtp_parameters.codecs)
+            else {
+                continue;
+            };
+            let id = TrackId(self.next_track_id);
+            self.next_track_id += 1;
+            debug!(session = %peer.id, %id, %mid, codec = %codec.mime_type, "track published");
+            self.tracks.insert(
+                id,
+                PublishedTrack {
+                    id,
+                    publisher: peer.id,
+                    kind,
+                    codec,
+                    media_ssrc: None,
+                    receiver: Some(receiver_id),
+                    subscribers: Vec::new(),
+                    keyframes: KeyframeThrottle::default(),
+                },
+            );
+            peer.inbound.insert(rtc_track_id, id);
+            peer.published.push(id);
+        }
+    }
+
+    fn patch(
+        &mut self,
+        room: &RoomId,
+        session: PeerId,
+        if_match: Option<String>,
+        fragment: IceFragment,
+        now: Instant,
+    ) -> Result<PatchOutcome, SfuError> {
+        let peer = self
+            .peers
+            .get_mut(&session)
+            .filter(|p| &p.room == room)
+            .ok_or(SfuError::SessionNotFound)?;
+        if let Some(tag) = &if_match {
+            if tag != "*" && tag != &peer.etag {
+                return Err(SfuError::EtagMismatch);
+            }
+        }
+        let restart = fragment
+            .ufrag
+            .as_deref()
+            .is_some_and(|u| u != peer.remote_ufrag);
+        if !restart {
+            for candidate in fragment.candidates {
+                peer.pc
+                    .add_remote_candidate(RTCIceCandidateInit {
+                        candidate: candidate.candidate,
+                        sdp_mid: candidate.mid,
+                        sdp_mline_index: candidate.mline_index,
+                        username_fragment: fragment.ufrag.clone(),
+                        url: None,
+                    })
+                    .map_err(|e| SfuError::BadFragment(e.to_string()))?;
+            }
+            self.mark_dirty(session);
+            return Ok(PatchOutcome::Trickled);
+        }
+        if if_match.is_none() {
+            return Err(SfuError::EtagRequired);
+        }
+        let (Some(ufrag), Some(pwd)) = (fragment.ufrag.clone(), fragment.pwd.clone()) else {
+            return Err(SfuError::BadFragment(
+                "an ICE restart needs both a=ice-ufrag and a=ice-pwd".into(),
+            ));
+        };
+        let current = peer
+            .pc
+            .remote_description()
+            .map(|d| d.sdp.clone())
+            .ok_or(SfuError::SessionNotFound)?;
+        let restarted_offer = restart_offer(&current, &ufrag, &pwd, &fragment);
+        let offer = RTCSessionDescription::offer(restarted_offer)
+            .map_err(|e| SfuError::BadFragment(e.to_string()))?;
+        peer.pc
+            .set_remote_description(now, offer)
+            .map_err(|e| SfuError::BadFragment(e.to_string()))?;
+        let answer = peer.pc.create_answer(None)?;
+        peer.pc.set_local_description(now, answer)?;
+        let answer_sdp = peer
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .unwrap_or_default();
+        let new_ufrag = sdp_attribute(&answer_sdp, "ice-ufrag")
+            .unwrap_or_default()
+            .to_owned();
+        self.demux.unbind_ufrag(&peer.local_ufrag);
+        self.demux.bind_ufrag(&new_ufrag, session);
+        peer.local_ufrag = new_ufrag;
+        peer.remote_ufrag = ufrag;
+        peer.etag = etag_for(&peer.local_ufrag);
+        let outcome = PatchOutcome::Restarted {
+            fragment: answer_fragment(&answer_sdp),
+            etag: peer.etag.clone(),
+        };
+        info!(session = %session, "ice restarted");
+        self.mark_dirty(session);
+        Ok(outcome)
+    }
+
+    // ---- network input and timers ----------------------------------------------------------
+
+    fn on_datagram(
+        &mut self,
+        source: SocketAddr,
+        destination_ip: Option<std::net::IpAddr>,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let Some(peer_id) = self.demux.route(source, payload) else {
+            self.metrics.udp_datagrams_dropped.inc();
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let transport = TransportContext {
+            local_addr: self.factory.local_addr_for(destination_ip),
+            peer_addr: source,
+            ecn: None,
+            transport_protocol: TransportProtocol::UDP,
+        };
+        if let Err(e) = peer.pc.handle_read(TaggedBytesMut {
+            now,
+            transport,
+            message: BytesMut::from(payload),
+        }) {
+            debug!(session = %peer_id, error = %e, "datagram rejected");
+        }
+        self.mark_dirty(peer_id);
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((deadline, peer_id))) = self.timers.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(&peer_id) else {
+                continue;
+            };
+            if peer.next_timeout != Some(deadline) {
+                continue; // superseded by a newer deadline
+            }
+            peer.next_timeout = None;
+            if let Err(e) = peer.pc.handle_timeout(now) {
+                debug!(session = %peer_id, error = %e, "timeout handling failed");
+            }
+            self.mark_dirty(peer_id);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((deadline, _))| *deadline)
+    }
+
+    /// Reaps peers that never connected, and sends keyframe requests deferred by the throttle.
+    fn housekeeping(&mut self, now: Instant) {
+        let stale: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.state == PeerState::Connecting
+                    && now.duration_since(p.created_at) > self.connect_timeout
+            })
+            .map(|p| p.id)
+            .collect();
+        for peer_id in stale {
+            self.metrics.peers_reaped.inc();
+            self.remove_peer(peer_id, "ice/dtls did not complete in time", now);
+        }
+        let due: Vec<TrackId> = self
+            .tracks
+            .values()
+            .filter(|t| {
+                t.keyframes
+                    .pending_due(self.keyframe_interval)
+                    .is_some_and(|at| at <= now)
+            })
+            .map(|t| t.id)
+            .collect();
+        for track_id in due {
+            self.request_keyframe(track_id, now);
+        }
+    }
+
+    // ---- servicing peers -------------------------------------------------------------------
+
+    fn mark_dirty(&mut self, peer_id: PeerId) {
+        if !self.dirty.contains(&peer_id) {
+            self.dirty.push(peer_id);
+        }
+    }
+
+    /// Polls every touched peer until no output is left. Forwarding marks subscribers dirty, so
+    /// this runs until the fan-out has settled.
+    fn service_dirty(&mut self, now: Instant) {
+        while let Some(peer_id) = self.dirty.pop() {
+            self.service(peer_id, now);
+        }
+    }
+
+    fn service(&mut self, peer_id: PeerId, now: Instant) {
+        let mut closed = false;
+        let mut connected = false;
+        let mut opened_tracks = Vec::new();
+        {
+            let Some(peer) = self.peers.get_mut(&peer_id) else {
+                return;
+            };
+            while let Some(event) = peer.pc.poll_event() {
+                match event {
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                        debug!(session = %peer_id, %state, "connection state");
+                        match state {
+                            RTCPeerConnectionState::Connected
+                                if peer.state == PeerState::Connecting =>
+                            {
+                                peer.state = PeerState::Connected;
+                                connected = true;
+                            }
+                            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                                closed = true
+                            }
+                            _ => {}
+                        }
+                    }
+                    RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                        opened_tracks.push((init.track_id, init.receiver_id, init.ssrc));
+                    }
+                    _ => {}
+                }
+            }
+            // Media first taken out of the peer, then forwarded, since forwarding needs the
+            // other peers mutably too.
+            let mut inbound = std::mem::take(&mut self.inbound);
+            while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
+                inbound.push(message);
+            }
+            self.inbound = inbound;
+        }
+        for (rtc_track_id, receiver_id, ssrc) in opened_tracks {
+            self.on_track_open(peer_id, rtc_track_id, receiver_id, ssrc, now);
+        }
+        if connected {
+            self.on_connected(peer_id, now);
+        }
+        let mut inbound = std::mem::take(&mut self.inbound);
+        for message in inbound.drain(..) {
+            match message {
+                RTCMessage::RtpPacket(rtc_track_id, packet) => {
+                    self.forward(peer_id, &rtc_track_id, packet, now)
+                }
+                RTCMessage::RtcpPacket(rtc_track_id, packets) => {
+                    self.on_rtcp(peer_id, &rtc_track_id, &packets, now)
+                }
+                _ => {}
+            }
+        }
+        self.inbound = inbound;
+
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        while let Some(out) = peer.pc.poll_write() {
+            self.outbox.push((out.transport.peer_addr, out.message));
+        }
+        let deadline = peer.pc.poll_timeout();
+        if deadline != peer.next_timeout {
+            peer.next_timeout = deadline;
+            if let Some(deadline) = deadline {
+                self.timers.push(Reverse((deadline, peer_id)));
+            }
+        }
+        if closed {
+            self.metrics.peers_reaped.inc();
+            self.remove_peer(peer_id, "connection failed or closed", now);
+        }
+    }
+
+    fn on_track_open(
+        &mut self,
+        peer_id: PeerId,
+        rtc_track_id: String,
+        receiver_id: rtc::rtp_transceiver::RTCRtpReceiverId,
+        ssrc: u32,
+        now: Instant,
+    ) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let track_id = match peer.inbound.get(&rtc_track_id) {
+            Some(id) => *id,
+            None => {
+                // The track id differs from the one seen at negotiation: map it by receiver.
+                let Some(id) = peer.published.iter().copied().find(|id| {
+                    self.tracks
+                        .get(id)
+                        .is_some_and(|t| t.receiver == Some(receiver_id))
+                }) else {
+                    return;
+                };
+                peer.inbound.insert(rtc_track_id, id);
+                id
+            }
+        };
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        let first = track.media_ssrc.is_none();
+        track.media_ssrc = Some(ssrc);
+        if first && track.is_video() && !track.subscribers.is_empty() {
+            self.request_keyframe(track_id, now);
+        }
+    }
+
+    /// A subscriber is ready: ask each of its video sources for a keyframe so it can decode now.
+    fn on_connected(&mut self, peer_id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        info!(session = %peer_id, room = %peer.room, "peer connected");
+        let sources: Vec<TrackId> = peer
+            .down_tracks
+            .iter()
+            .filter(|d| d.kind_is_video)
+            .map(|d| d.source)
+            .collect();
+        for source in sources {
+            self.request_keyframe(source, now);
+        }
+    }
+
+    /// The hot path: one inbound packet to every subscriber of its track. Per subscriber it
+    /// builds a new header (no allocation) around the shared payload and queues it on that
+    /// subscriber's connection.
+    fn forward(
+        &mut self,
+        publisher: PeerId,
+        rtc_track_id: &str,
+        packet: rtc::rtp::Packet,
+        now: Instant,
+    ) {
+        let Some(track_id) = self
+            .peers
+            .get(&publisher)
+            .and_then(|p| p.inbound.get(rtc_track_id))
+            .copied()
+        else {
+            self.metrics
+                .forward_errors
+                .with_label_values(&["unknown_track"])
+                .inc();
+            return;
+        };
+        let need_keyframe = match self.tracks.get_mut(&track_id) {
+            None => return,
+            Some(track) if track.media_ssrc.is_none() => {
+                track.media_ssrc = Some(packet.header.ssrc);
+                track.is_video() && !track.subscribers.is_empty()
+            }
+            Some(_) => false,
+        };
+        if need_keyframe {
+            self.request_keyframe(track_id, now);
+        }
+        let Some(track) = self.tracks.get(&track_id) else {
+            return;
+        };
+        self.metrics.rtp_packets_in.inc();
+        self.metrics
+            .rtp_bytes_in
+            .inc_by(packet.payload.len() as u64);
+        let mut forwarded = 0u64;
+        for subscriber in &track.subscribers {
+            let Some(peer) = self.peers.get_mut(&subscriber.peer) else {
+                continue;
+            };
+            if peer.state != PeerState::Connected {
+                continue;
+            }
+            let Some(down) = peer.down_tracks.get(subscriber.slot) else {
+                continue;
+            };
+            let Some(payload_type) = down.payload_type else {
+                continue;
+            };
+            let out = down.rewrite(payload_type, &packet);
+            // handle_write ignores the track id (the SSRC routes the packet), so an empty
+            // String (no allocation) stands in for it.
+            match peer.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), out),
+            }) {
+                Ok(()) => {
+                    forwarded += 1;
+                    if !self.dirty.contains(&subscriber.peer) {
+                        self.dirty.push(subscriber.peer);
+                    }
+                }
+                Err(_) => self
+                    .metrics
+                    .forward_errors
+                    .with_label_values(&["write_failed"])
+                    .inc(),
+            }
+        }
+        self.metrics.rtp_packets_out.inc_by(forwarded);
+        self.metrics
+            .rtp_bytes_out
+            .inc_by(forwarded * packet.payload.len() as u64);
+    }
+
+    fn on_rtcp(
+        &mut self,
+        peer_id: PeerId,
+        rtc_track_id: &str,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+        now: Instant,
+    ) {
+        let feedback = rtcp::classify(packets);
+        if feedback.nacks > 0 {
+            self.metrics
+                .nacks
+                .with_label_values(&["received"])
+                .inc_by(u64::from(feedback.nacks));
+        }
+        let Some(kind) = feedback.keyframe else {
+            return;
+        };
+        self.metrics
+            .keyframe_requests
+            .with_label_values(&[
+                if kind == super::track::KeyframeRequestKind::Fir {
+                    "fir"
+                } else {
+                    "pli"
+                },
+                "received",
+            ])
+            .inc();
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        let Some(slot) = peer.down_track_slot(rtc_track_id) else {
+            return;
+        };
+        let source = peer.down_tracks[slot].source;
+        self.request_keyframe(source, now);
+    }
+
+    /// Sends PLI (or FIR) for `track_id` to its publisher, at most once per interval; requests
+    /// in between are deferred, not dropped (see `KeyframeThrottle`).
+    fn request_keyframe(&mut self, track_id: TrackId, now: Instant) {
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        if !track.is_video() {
+            return;
+        }
+        let (Some(media_ssrc), Some(receiver)) = (track.media_ssrc, track.receiver) else {
+            // Nothing received yet: the first packet triggers the request (see `forward`).
+            return;
+        };
+        if !track.keyframes.request(now, self.keyframe_interval) {
+            return;
+        }
+        let kind = track.keyframe_request_kind();
+        let sequence = track.keyframes.next_fir_sequence();
+        let publisher = track.publisher;
+        let Some(peer) = self.peers.get_mut(&publisher) else {
+            return;
+        };
+        let Some(mut receiver) = peer.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        match receiver.write_rtcp(now, rtcp::keyframe_request(kind, media_ssrc, sequence)) {
+            Ok(()) => {
+                let label = if kind == super::track::KeyframeRequestKind::Fir {
+                    "fir"
+                } else {
+                    "pli"
+                };
+                self.metrics
+                    .keyframe_requests
+                    .with_label_values(&[label, "sent"])
+                    .inc();
+                self.mark_dirty(publisher);
+            }
+            Err(e) => debug!(%track_id, error = %e, "keyframe request not sent"),
+        }
+    }
+
+    // ---- teardown --------------------------------------------------------------------------
+
+    /// Closes a peer and releases everything it held. A publisher's subscribers get RTCP BYE on
+    /// its tracks; a subscriber left with no source is closed too, so its tracks end.
+    fn remove_peer(&mut self, peer_id: PeerId, reason: &str, now: Instant) {
+        let Some(mut peer) = self.peers.remove(&peer_id) else {
+            return;
+        };
+        info!(session = %peer_id, room = %peer.room, participant = %peer.identity, reason, "peer removed");
+        self.demux.remove_peer(peer_id);
+        let mut orphaned = Vec::new();
+        for track_id in peer.published.drain(..) {
+            let Some(track) = self.tracks.remove(&track_id) else {
+                continue;
+            };
+            for subscriber in track.subscribers {
+                let Some(sub) = self.peers.get_mut(&subscriber.peer) else {
+                    continue;
+                };
+                let Some(down) = sub.down_tracks.get_mut(subscriber.slot) else {
+                    continue;
+                };
+                down.payload_type = None;
+                let (sender, ssrc) = (down.sender, down.ssrc);
+                if let Some(mut sender) = sub.pc.rtp_sender(sender) {
+                    let _ = sender.write_rtcp(now, rtcp::goodbye(ssrc));
+                }
+                if sub.down_tracks.iter().all(|d| d.payload_type.is_none()) {
+                    orphaned.push(subscriber.peer);
+                }
+                self.mark_dirty(subscriber.peer);
+            }
+        }
+        for down in &peer.down_tracks {
+            if let Some(track) = self.tracks.get_mut(&down.source) {
+                track.subscribers.retain(|s| s.peer != peer_id);
+            }
+        }
+        // Close sends DTLS close_notify; queue it before the state machine is dropped.
+        let _ = peer.pc.close();
+        while let Some(out) = peer.pc.poll_write() {
+            self.outbox.push((out.transport.peer_addr, out.message));
+        }
+        if let Some(room) = self.rooms.get_mut(&peer.room) {
+            room.remove(peer_id);
+            if room.is_empty() {
+                info!(room = %room.id, "room released");
+                self.rooms.remove(&peer.room);
+            }
+        }
+        self.dirty.retain(|p| *p != peer_id);
+        // Flush the BYEs before closing orphaned subscribers.
+        for sub in &orphaned {
+            self.service(*sub, now);
+        }
+        for sub in orphaned {
+            self.remove_peer(sub, "its publisher left", now);
+        }
+        self.update_gauges();
+    }
+
+    fn close_all(&mut self, now: Instant) {
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            self.remove_peer(id, "server shutting down", now);
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.rooms.set(self.rooms.len() as i64);
+        self.metrics.peers.set(self.peers.len() as i64);
+        self.metrics.published_tracks.set(self.tracks.len() as i64);
+        let subscribers: usize = self.tracks.values().map(|t| t.subscribers.len()).sum();
+        self.metrics.subscribers.set(subscribers as i64);
+    }
+}
+
+/// The engine task.
+pub async fn run(
+    mut engine: Engine,
+    mut socket: MediaSocket,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut shutdown_reply = None;
+    loop {
+        let deadline = engine
+            .next_deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            readable = socket.readable() => {
+                if let Err(e) = readable {
+                    warn!(error = %e, "media socket failed");
+                    break;
+                }
+                let now = Instant::now();
+                if let Err(e) = socket.drain(RECEIVE_BUDGET, |d| engine.on_datagram(d.source, d.destination_ip, d.payload, now)) {
+                    warn!(error = %e, "media socket receive failed");
+                }
+            }
+            command = commands.recv() => match command {
+                Some(Command::Shutdown { reply }) => {
+                    shutdown_reply = Some(reply);
+                    break;
+                }
+                Some(command) => engine.handle_command(command, Instant::now()),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => engine.fire_timers(Instant::now()),
+            _ = housekeeping.tick() => engine.housekeeping(Instant::now()),
+        }
+        engine.service_dirty(Instant::now());
+        flush(&mut engine, &socket).await;
+    }
+    engine.close_all(Instant::now());
+    engine.service_dirty(Instant::now());
+    flush(&mut engine, &socket).await;
+    info!("sfu engine stopped");
+    if let Some(reply) = shutdown_reply {
+        let _ = reply.send(());
+    }
+}
+
+async fn flush(engine: &mut Engine, socket: &MediaSocket) {
+    if engine.outbox.is_empty() {
+        return;
+    }
+    if let Err(e) = socket.send_all(&engine.outbox).await {
+        warn!(error = %e, "media socket send failed");
+    }
+    engine.outbox.clear();
+}
+
+/// The codec a publisher's m-line sends: the first negotiated one that is not a repair format.
+fn primary_codec(
+    codecs: &[rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters],
+) -> Option<RTCRtpCodec> {
+    codecs
+        .iter()
+        .map(|c| &c.rtp_codec)
+        .find(|c| {
+            let mime = c.mime_type.to_ascii_lowercase();
+            !(mime.ends_with("/rtx")
+                || mime.ends_with("fec")
+                || mime.ends_with("/red")
+                || mime.ends_with("telephone-event"))
+        })
+        .cloned()
+}
+
+/// After negotiation: the payload type each down track must use on its subscriber's leg.
+fn resolve_payload_types(peer: &mut Peer) {
+    for down in &mut peer.down_tracks {
+        let Some(mut sender) = peer.pc.rtp_sender(down.sender) else {
+            continue;
+        };
+        let codec = sender.track().codings().first().map(|c| c.codec.clone());
+        let Some(codec) = codec else { continue };
+        let parameters = sender.get_parameters();
+        let codecs = &parameters.rtp_parameters.codecs;
+        let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
+            c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
+        };
+        down.payload_type = codecs
+            .iter()
+            .filter(same_mime)
+            .find(|c| c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line)
+            .or_else(|| codecs.iter().find(same_mime))
+            .map(|c| c.payload_type);
+    }
+}
+
+fn etag_for(local_ufrag: &str) -> String {
+    format!("\"{local_ufrag}\"")
+}
+
+/// The current remote offer with new ICE credentials and the fragment's candidates, so
+/// set_remote_description sees an ICE restart (JSEP: changed ufrag/pwd in a new offer).
+fn restart_offer(current: &str, ufrag: &str, pwd: &str, fragment: &IceFragment) -> String {
+    let mut out = String::with_capacity(current.len());
+    for line in current.lines() {
+        let line = line.trim_end();
+        if line.starts_with("a=ice-ufrag:") {
+            out.push_str("a=ice-ufrag:");
+            out.push_str(ufrag);
+        } else if line.starts_with("a=ice-pwd:") {
+            out.push_str("a=ice-pwd:");
+            out.push_str(pwd);
+        } else if line.starts_with("a=candidate:") || line == "a=end-of-candidates" {
+            continue;
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+        if line.starts_with("a=mid:") {
+            let mid = &line["a=mid:".len()..];
+            for candidate in fragment
+                .candidates
+                .iter()
+                .filter(|c| c.mid.as_deref().is_none_or(|m| m == mid))
+            {
+                out.push_str("a=");
+                out.push_str(&candidate.candidate);
+                out.push_str("\r\n");
+            }
+        }
+    }
+    out
+}
+
+/// RFC 8840 answer fragment: our new credentials, then the first media section's candidates.
+fn answer_fragment(answer_sdp: &str) -> String {
+    let mut out = String::new();
+    for attribute in ["ice-lite", "ice-options"] {
+        if let Some(line) = answer_sdp
+            .lines()
+            .find(|l| l.starts_with(&format!("a={attribute}")))
+        {
+            out.push_str(line.trim_end());
+            out.push_str("\r\n");
+        }
+    }
+    for attribute in ["ice-ufrag", "ice-pwd"] {
+        if let Some(value) = sdp_attribute(answer_sdp, attribute) {
+            out.push_str(&format!("a={attribute}:{value}\r\n"));
+        }
+    }
+    let mut in_first_media = false;
+    for line in answer_sdp.lines().map(str::trim_end) {
+        if line.starts_with("m=") {
+            if in_first_media {
+                break;
+            }
+            in_first_media = true;
+            out.push_str(line);
+            out.push_str("\r\n");
+        } else if in_first_media
+            && (line.starts_with("a=mid:")
+                || line.starts_with("a=candidate:")
+                || line == "a=end-of-candidates")
+        {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::FragmentCandidate;
+
+    #[test]
+    fn restart_offer_swaps_credentials_and_candidates() {
+        let current = "v=0\r\na=ice-ufrag:old\r\na=ice-pwd:oldpwd\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=end-of-candidates\r\n";
+        let fragment = IceFragment {
+            ufrag: Some("new".into()),
+            pwd: Some("newpwd".into()),
+            candidates: vec![FragmentCandidate {
+                mid: Some("0".into()),
+                mline_index: Some(0),
+                candidate: "candidate:2 1 udp 1 10.0.0.2 6000 typ host".into(),
+            }],
+        };
+        let offer = restart_offer(current, "new", "newpwd", &fragment);
+        assert!(offer.contains("a=ice-ufrag:new\r\n") && offer.contains("a=ice-pwd:newpwd\r\n"));
+        assert!(!offer.contains("10.0.0.1") && offer.contains("10.0.0.2 6000"));
+    }
+
+    #[test]
+    fn answer_fragment_carries_credentials_and_first_section_candidates() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:u\r\na=ice-pwd:p\r\na=mid:0\r\na=candidate:1 1 udp 1 127.0.0.1 50000 typ host\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n";
+        let fragment = answer_fragment(answer);
+        assert!(fragment.starts_with("a=ice-ufrag:u\r\na=ice-pwd:p\r\nm=audio"));
+        assert!(fragment.contains("a=mid:0\r\na=candidate:1 1 udp 1 127.0.0.1 50000 typ host\r\n"));
+        assert!(!fragment.contains("a=mid:1"));
+    }
+}

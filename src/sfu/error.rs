@@ -1,0 +1,31 @@
+//! Errors the SFU reports to its callers. The signaling layer maps them to HTTP statuses.
+
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    #[error("the SDP offer was not accepted: {0}")]
+    BadOffer(String),
+    #[error("the ICE fragment was not accepted: {0}")]
+    BadFragment(String),
+    #[error("room is full: it holds at most {max} peers")]
+    RoomFull { max: usize },
+    #[error("server is at its peer limit ({max})")]
+    ServerFull { max: usize },
+    #[error("no such session")]
+    SessionNotFound,
+    #[error("no publisher to watch in this room")]
+    PublisherNotFound,
+    #[error("the session's entity tag does not match If-Match")]
+    EtagMismatch,
+    #[error("an ICE restart needs an If-Match header naming the current entity tag")]
+    EtagRequired,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("internal media error: {0}")]
+    Internal(String),
+}
+
+impl From<rtc::shared::error::Error> for SfuError {
+    fn from(error: rtc::shared::error::Error) -> Self {
+        SfuError::Internal(error.to_string())
+    }
+}

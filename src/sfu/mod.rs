@@ -1,0 +1,214 @@
+//! DATA PLANE. Rooms, published tracks, subscribers and the RTP between them.
+//!
+//! Knows nothing of HTTP, JWT or SQL: callers speak to it through [`Sfu`], a cheap handle that
+//! sends commands to the one engine task owning every peer connection (see `engine.rs`). No peer
+//! state is shared across tasks, so nothing here needs a lock.
+
+mod demux;
+mod engine;
+pub mod error;
+mod peer;
+mod room;
+mod rtcp;
+mod subscriber;
+mod track;
+mod udp;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::SfuError;
+pub use peer::sdp_attribute;
+
+use crate::ids::{ParticipantId, PeerId, RoomId};
+use crate::metrics::Metrics;
+
+/// What a new peer wants to do in its room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    Publish,
+    /// Watch a publisher: the named identity, else the room's most recent publisher.
+    Subscribe {
+        publisher: Option<ParticipantId>,
+    },
+}
+
+/// The outcome of an accepted offer.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    pub session: PeerId,
+    pub answer: String,
+    pub etag: String,
+}
+
+/// Trickled ICE (RFC 8840 `application/trickle-ice-sdpfrag`), parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IceFragment {
+    pub ufrag: Option<String>,
+    pub pwd: Option<String>,
+    pub candidates: Vec<FragmentCandidate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FragmentCandidate {
+    pub mid: Option<String>,
+    pub mline_index: Option<u16>,
+    /// The candidate attribute value, without the leading `a=`.
+    pub candidate: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatchOutcome {
+    /// Candidates were added.
+    Trickled,
+    /// ICE restarted: the answer fragment to return, and the new entity tag.
+    Restarted { fragment: String, etag: String },
+}
+
+/// Limits and timings the engine enforces.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    pub bind: SocketAddr,
+    /// Addresses announced as host candidates (on the media port).
+    pub announced_ips: Vec<std::net::IpAddr>,
+    pub max_participants: usize,
+    pub max_peers: usize,
+    pub keyframe_request_interval: Duration,
+    pub connect_timeout: Duration,
+    pub ice_check_interval: Duration,
+    pub ice_disconnected_timeout: Duration,
+    pub ice_failed_timeout: Duration,
+    pub nack_cache_packets: u16,
+}
+
+pub(crate) enum Command {
+    Offer {
+        room: RoomId,
+        identity: ParticipantId,
+        intent: Intent,
+        offer: String,
+        reply: oneshot::Sender<Result<Negotiated, SfuError>>,
+    },
+    Patch {
+        room: RoomId,
+        session: PeerId,
+        if_match: Option<String>,
+        fragment: IceFragment,
+        reply: oneshot::Sender<Result<PatchOutcome, SfuError>>,
+    },
+    Close {
+        room: RoomId,
+        session: PeerId,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Handle to the SFU engine. Cloning is cheap; every clone talks to the same engine.
+#[derive(Clone)]
+pub struct Sfu {
+    commands: mpsc::Sender<Command>,
+    media_addr: SocketAddr,
+}
+
+impl Sfu {
+    /// Binds the media socket and starts the engine task.
+    pub fn start(
+        config: SfuConfig,
+        metrics: Metrics,
+    ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let socket = udp::MediaSocket::bind(config.bind)?;
+        let media_addr = socket.local_addr()?;
+        let (commands, receiver) = mpsc::channel(1024);
+        let engine = engine::Engine::new(&config, socket.local_port(), metrics);
+        let task = tokio::spawn(engine::run(engine, socket, receiver));
+        Ok((
+            Self {
+                commands,
+                media_addr,
+            },
+            task,
+        ))
+    }
+
+    pub fn media_addr(&self) -> SocketAddr {
+        self.media_addr
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
+    ) -> Result<T, SfuError> {
+        let (reply, response) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| SfuError::ShuttingDown)?;
+        response.await.map_err(|_| SfuError::ShuttingDown)?
+    }
+
+    pub async fn offer(
+        &self,
+        room: RoomId,
+        identity: ParticipantId,
+        intent: Intent,
+        offer: String,
+    ) -> Result<Negotiated, SfuError> {
+        self.call(|reply| Command::Offer {
+            room,
+            identity,
+            intent,
+            offer,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn patch(
+        &self,
+        room: RoomId,
+        session: PeerId,
+        if_match: Option<String>,
+        fragment: IceFragment,
+    ) -> Result<PatchOutcome, SfuError> {
+        self.call(|reply| Command::Patch {
+            room,
+            session,
+            if_match,
+            fragment,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn close(&self, room: RoomId, session: PeerId) -> Result<(), SfuError> {
+        self.call(|reply| Command::Close {
+            room,
+            session,
+            reply,
+        })
+        .await
+    }
+
+    /// Closes every peer (DTLS close_notify goes out) and stops the engine.
+    pub async fn shutdown(&self) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+    }
+
+    /// Whether the engine task is alive.
+    pub fn is_running(&self) -> bool {
+        !self.commands.is_closed()
+    }
+}

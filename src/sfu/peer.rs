@@ -1,0 +1,250 @@
+//! One peer connection held by the SFU: webrtc-rs' sans-I/O `RTCPeerConnection` plus what the
+//! engine needs to route to it and report about it.
+//!
+//! Lifecycle: `Connecting` (answer sent, ICE/DTLS under way) → `Connected` → `Closed`. A peer
+//! that stays `Connecting` past `connect_timeout`, or whose connection fails, is reaped.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_twcc_receiver_only,
+};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
+
+use super::error::SfuError;
+use super::rtcp::DeliverFeedback;
+use super::subscriber::DownTrack;
+use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
+
+/// Why a peer exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRole {
+    /// Sends media into the room (WHIP).
+    Publisher,
+    /// Receives one publisher's media (WHEP).
+    Subscriber { publisher: PeerId },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    Connecting,
+    Connected,
+}
+
+pub struct Peer {
+    pub id: PeerId,
+    pub room: RoomId,
+    pub identity: ParticipantId,
+    pub role: PeerRole,
+    pub pc: RTCPeerConnection,
+    pub state: PeerState,
+    pub created_at: Instant,
+    /// Our ICE ufrag: incoming STUN names the peer with it.
+    pub local_ufrag: String,
+    /// The remote ufrag; a PATCH with another one is an ICE restart.
+    pub remote_ufrag: String,
+    /// Changes with every ICE restart (RFC 9725 §4.3).
+    pub etag: String,
+    /// Publisher: rtc track id of each inbound stream → our track.
+    pub inbound: HashMap<String, TrackId>,
+    /// Publisher: tracks in m-line order.
+    pub published: Vec<TrackId>,
+    /// Subscriber: down tracks; `SubscriberRef::slot` indexes this.
+    pub down_tracks: Vec<DownTrack>,
+    /// The deadline this peer last asked for, to keep one timer entry per peer current.
+    pub next_timeout: Option<Instant>,
+}
+
+impl Peer {
+    pub fn is_publisher(&self) -> bool {
+        self.role == PeerRole::Publisher
+    }
+
+    /// Down track whose sender has this rtc track id (RTCP from the subscriber is tagged so).
+    pub fn down_track_slot(&self, rtc_track_id: &str) -> Option<usize> {
+        self.down_tracks
+            .iter()
+            .position(|d| d.rtc_track_id == rtc_track_id)
+    }
+}
+
+/// How every peer connection is built: the same codecs, interceptors, timeouts and candidates.
+#[derive(Debug, Clone)]
+pub struct PeerFactory {
+    /// Host candidates: one per announced address, all on the shared media port.
+    pub candidate_addrs: Vec<SocketAddr>,
+    pub ice_check_interval: Duration,
+    pub ice_disconnected_timeout: Duration,
+    pub ice_failed_timeout: Duration,
+    pub nack_cache_packets: u16,
+}
+
+impl PeerFactory {
+    pub fn new_peer_connection(&self, now: Instant) -> Result<RTCPeerConnection, SfuError> {
+        let mut media_engine = MediaEngine::default();
+        // Opus, VP8, VP9, H264 (several profiles), AV1, with their RTX pairs.
+        media_engine.register_default_codecs()?;
+        for kind in [RtpCodecKind::Video] {
+            media_engine.register_feedback(
+                RTCPFeedback {
+                    typ: "nack".into(),
+                    parameter: String::new(),
+                },
+                kind,
+            );
+            media_engine.register_feedback(
+                RTCPFeedback {
+                    typ: "nack".into(),
+                    parameter: "pli".into(),
+                },
+                kind,
+            );
+            media_engine.register_feedback(
+                RTCPFeedback {
+                    typ: "ccm".into(),
+                    parameter: "fir".into(),
+                },
+                kind,
+            );
+        }
+        let registry = Registry::new()
+            .with(
+                Slot::NackResponder,
+                NackResponderBuilder::new()
+                    .with_size(self.nack_cache_packets)
+                    .build(),
+            )
+            .with(
+                Slot::NackGenerator,
+                NackGeneratorBuilder::new()
+                    .with_size(self.nack_cache_packets)
+                    .build(),
+            )
+            // After the NACK/report interceptors in the chain (they act first), before the terminus.
+            .with(Slot::from(14_000), DeliverFeedback::default());
+        let registry = configure_rtcp_reports(registry);
+        let registry = configure_twcc_receiver_only(registry, &mut media_engine)?;
+
+        let setting_engine = SettingEngineBuilder::new()
+            .with_ice_connection_attempts(Some(self.ice_check_interval), Some(50))
+            // Browsers without camera permission send mDNS `.local` host candidates; resolving them
+            // would send multicast from the server. Their peer-reflexive address is learned from
+            // their connectivity checks instead.
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_ice_timeouts(
+                Some(self.ice_disconnected_timeout),
+                Some(self.ice_failed_timeout),
+                Some(Duration::from_secs(2)),
+            )
+            .build();
+        let pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(setting_engine)
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(now)?;
+        Ok(pc)
+    }
+
+    /// Adds one host candidate per announced address. Called after the remote offer is set and
+    /// before the answer is created, so the answer carries them (no trickle needed from us).
+    pub fn add_host_candidates(&self, pc: &mut RTCPeerConnection) -> Result<(), SfuError> {
+        for addr in &self.candidate_addrs {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: addr.ip().to_string(),
+                    port: addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()
+            .map_err(|e| SfuError::Internal(e.to_string()))?;
+            let init = RTCIceCandidate::from(&candidate).to_json()?;
+            pc.add_local_candidate(init)?;
+        }
+        Ok(())
+    }
+
+    /// The local address to report for a datagram that reached `destination_ip`: the candidate
+    /// address ICE knows, which differs from the real one behind a NAT 1:1 mapping.
+    pub fn local_addr_for(&self, destination_ip: Option<IpAddr>) -> SocketAddr {
+        let first = self.candidate_addrs[0];
+        let Some(ip) = destination_ip else {
+            return first;
+        };
+        self.candidate_addrs
+            .iter()
+            .find(|c| c.ip() == ip)
+            .or_else(|| {
+                self.candidate_addrs
+                    .iter()
+                    .find(|c| c.is_ipv4() == ip.is_ipv4() && !c.ip().is_loopback())
+            })
+            .copied()
+            .unwrap_or(first)
+    }
+}
+
+/// The value of the first `a=<attribute>:` line of an SDP.
+pub fn sdp_attribute<'a>(sdp: &'a str, attribute: &str) -> Option<&'a str> {
+    sdp.lines().find_map(|line| {
+        line.trim_end()
+            .strip_prefix("a=")
+            .and_then(|rest| rest.strip_prefix(attribute))
+            .and_then(|rest| rest.strip_prefix(':'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_sdp_attributes() {
+        let sdp = "v=0\r\na=ice-ufrag:abcd\r\na=ice-pwd:secret\r\n";
+        assert_eq!(sdp_attribute(sdp, "ice-ufrag"), Some("abcd"));
+        assert_eq!(sdp_attribute(sdp, "ice-pwd"), Some("secret"));
+        assert_eq!(sdp_attribute(sdp, "mid"), None);
+    }
+
+    #[test]
+    fn nat_mapping_prefers_exact_then_public() {
+        let factory = PeerFactory {
+            candidate_addrs: vec![
+                "203.0.113.5:50000".parse().unwrap(),
+                "127.0.0.1:50000".parse().unwrap(),
+            ],
+            ice_check_interval: Duration::from_millis(20),
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(15),
+            nack_cache_packets: 1024,
+        };
+        assert_eq!(
+            factory
+                .local_addr_for(Some("127.0.0.1".parse().unwrap()))
+                .ip()
+                .to_string(),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            factory
+                .local_addr_for(Some("10.0.0.7".parse().unwrap()))
+                .ip()
+                .to_string(),
+            "203.0.113.5"
+        );
+        assert_eq!(factory.local_addr_for(None).ip().to_string(), "203.0.113.5");
+    }
+}

@@ -1,0 +1,264 @@
+//! The one UDP socket every peer's media shares.
+//!
+//! Receive: batched (`recvmmsg` through quinn-udp, which also reports each datagram's destination
+//! address via IP_PKTINFO: ICE needs to know which of our announced addresses a datagram reached).
+//! Send: batched with `sendmmsg`, up to [`SEND_BATCH`] datagrams, each to its own destination, in
+//! one system call. Demultiplexing to peers is the engine's job (see `demux.rs`).
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+
+use quinn_udp::{RecvMeta, UdpSocketState};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Datagrams handed to the kernel per `sendmmsg`.
+pub const SEND_BATCH: usize = 32;
+/// Receive buffers per `recvmmsg`.
+const RECV_BATCH: usize = quinn_udp::BATCH_SIZE;
+/// Largest datagram we accept; media is far below this, GRO may coalesce up to it.
+const RECV_BUF: usize = 64 * 1024;
+
+pub struct MediaSocket {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    local_port: u16,
+    recv_bufs: Vec<Box<[u8]>>,
+    recv_meta: Vec<RecvMeta>,
+}
+
+/// One datagram received: where it came from, which local address it reached, its bytes.
+pub struct Datagram<'a> {
+    pub source: SocketAddr,
+    pub destination_ip: Option<IpAddr>,
+    pub payload: &'a [u8],
+}
+
+impl MediaSocket {
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        socket.set_nonblocking(true)?;
+        // Large buffers absorb bursts (a keyframe fanned out to many subscribers).
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        let _ = socket.set_send_buffer_size(4 << 20);
+        socket.bind(&addr.into())?;
+        let std_socket: std::net::UdpSocket = socket.into();
+        let state = UdpSocketState::new((&std_socket).into())?;
+        let socket = UdpSocket::from_std(std_socket)?;
+        let local_port = socket.local_addr()?.port();
+        Ok(Self {
+            socket,
+            state,
+            local_port,
+            recv_bufs: (0..RECV_BATCH)
+                .map(|_| vec![0u8; RECV_BUF].into_boxed_slice())
+                .collect(),
+            recv_meta: vec![RecvMeta::default(); RECV_BATCH],
+        })
+    }
+
+    pub fn local_port(&self) -> u16 {
+        self.local_port
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// Receives what is queued without waiting and hands each datagram to `on_datagram`.
+    /// Stops after about `budget` datagrams so one busy socket cannot starve commands and timers.
+    /// Returns how many were received; 0 when nothing was waiting.
+    pub fn drain(
+        &mut self,
+        budget: usize,
+        mut on_datagram: impl FnMut(Datagram<'_>),
+    ) -> io::Result<usize> {
+        let mut total = 0;
+        while total < budget {
+            let mut slices: Vec<IoSliceMut<'_>> = self
+                .recv_bufs
+                .iter_mut()
+                .map(|b| IoSliceMut::new(&mut b[..]))
+                .collect();
+            let meta = &mut self.recv_meta;
+            let state = &self.state;
+            let socket = &self.socket;
+            let received = socket.try_io(Interest::READABLE, || {
+                state.recv(socket.into(), &mut slices, meta)
+            });
+            let count = match received {
+                Ok(count) => count,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                // ICMP errors surface as recv errors on Linux; they concern one remote, not us.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            drop(slices);
+            for (meta, buf) in self.recv_meta.iter().zip(self.recv_bufs.iter()).take(count) {
+                // GRO may coalesce several datagrams of one sender into one buffer.
+                let stride = meta.stride.max(1);
+                for chunk in buf[..meta.len].chunks(stride) {
+                    total += 1;
+                    on_datagram(Datagram {
+                        source: meta.addr,
+                        destination_ip: meta.dst_ip,
+                        payload: chunk,
+                    });
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Sends `datagrams` in batches. Waits for the socket when the kernel buffer is full, so a
+    /// burst is delayed rather than dropped.
+    pub async fn send_all(&self, datagrams: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
+        let mut sent = 0;
+        while sent < datagrams.len() {
+            let batch = &datagrams[sent..datagrams.len().min(sent + SEND_BATCH)];
+            match self
+                .socket
+                .try_io(Interest::WRITABLE, || sendmmsg(&self.socket, batch))
+            {
+                Ok(n) => sent += n.max(1),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.writable().await?,
+                Err(e) if is_transient(&e) => sent += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EMSGSIZE
+                | libc::EPERM
+        )
+    )
+}
+
+#[cfg(target_os = "linux")]
+fn sendmmsg(socket: &UdpSocket, batch: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+
+    debug_assert!(batch.len() <= SEND_BATCH);
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut names: [libc::sockaddr_storage; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovecs: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    let mut headers: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    for (i, (destination, payload)) in batch.iter().enumerate() {
+        let name_len = write_sockaddr(&mut names[i], *destination);
+        iovecs[i] = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        headers[i].msg_hdr.msg_name = &mut names[i] as *mut _ as *mut libc::c_void;
+        headers[i].msg_hdr.msg_namelen = name_len;
+        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: headers[..len] point into names/iovecs/batch, all alive for the call.
+    let n = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            headers.as_mut_ptr(),
+            batch.len() as u32,
+            0,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn write_sockaddr(storage: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            };
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+            let sin6 = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: v6.ip().octets(),
+            };
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sendmmsg(socket: &UdpSocket, batch: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
+    let (destination, payload) = &batch[0];
+    socket.try_send_to(payload, *destination).map(|_| 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batched_send_reaches_every_destination() {
+        let mut server = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let batch: Vec<_> = (0..40u8)
+            .map(|i| {
+                let to = if i % 2 == 0 {
+                    a.local_addr().unwrap()
+                } else {
+                    b.local_addr().unwrap()
+                };
+                (to, bytes::BytesMut::from(&[i; 100][..]))
+            })
+            .collect();
+        assert_eq!(server.send_all(&batch).await.unwrap(), 40);
+        let mut buf = [0u8; 200];
+        for expected in (0..40u8).step_by(2) {
+            let (n, _) = a.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[expected; 100][..]);
+        }
+
+        a.send_to(b"hello", ("127.0.0.1", server.local_port()))
+            .unwrap();
+        server.readable().await.unwrap();
+        let mut got = Vec::new();
+        server
+            .drain(64, |d| {
+                got.push((d.source, d.destination_ip, d.payload.to_vec()))
+            })
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, a.local_addr().unwrap());
+        assert_eq!(got[0].1, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(got[0].2, b"hello");
+    }
+}

@@ -1,0 +1,336 @@
+//! WHIP (`/whip/{room}`, publish) and WHEP (`/whep/{room}`, watch): RFC 9725 resources.
+//!
+//! Both share one resource model: `POST` an SDP offer → `201 Created` with the answer, a
+//! `Location` naming the session resource and its `ETag`; `PATCH` the session with trickled
+//! candidates (204) or an ICE restart (200 + answer fragment, `If-Match` checked); `DELETE` it.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+
+use super::auth::{authorize, Need};
+use super::sdpfrag;
+use crate::api::ApiError;
+use crate::app::AppState;
+use crate::config::IceServer;
+use crate::ids::{ParticipantId, PeerId, RoomId};
+use crate::sfu::{Intent, PatchOutcome};
+
+const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Whip,
+    Whep,
+}
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Whip => "whip",
+            Kind::Whep => "whep",
+        }
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/whip/{room}", post(whip_post).options(endpoint_options))
+        .route(
+            "/whip/{room}/{session}",
+            axum::routing::patch(whip_patch)
+                .delete(whip_delete)
+                .options(session_options),
+        )
+        .route("/whep/{room}", post(whep_post).options(endpoint_options))
+        .route(
+            "/whep/{room}/{session}",
+            axum::routing::patch(whep_patch)
+                .delete(whep_delete)
+                .options(session_options),
+        )
+}
+
+async fn whip_post(
+    state: State<AppState>,
+    room: Path<String>,
+    query: Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    create(Kind::Whip, state, room, query, headers, body).await
+}
+
+async fn whep_post(
+    state: State<AppState>,
+    room: Path<String>,
+    query: Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    create(Kind::Whep, state, room, query, headers, body).await
+}
+
+async fn whip_patch(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    patch(state, path, headers, body).await
+}
+
+async fn whep_patch(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    patch(state, path, headers, body).await
+}
+
+async fn whip_delete(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete(state, path, headers).await
+}
+
+async fn whep_delete(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete(state, path, headers).await
+}
+
+async fn create(
+    kind: Kind,
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    validate_room(&room)?;
+    let need = if kind == Kind::Whip {
+        Need::Publish
+    } else {
+        Need::Subscribe
+    };
+    let claims = authorize(&state.keys, &headers, &room, need)?;
+    require_content_type(&headers, SDP)?;
+    let offer = text_body(body)?;
+    let intent = match kind {
+        Kind::Whip => Intent::Publish,
+        Kind::Whep => Intent::Subscribe {
+            publisher: query.get("publisher").map(|p| ParticipantId(p.clone())),
+        },
+    };
+    let negotiated = state
+        .sfu
+        .offer(
+            RoomId(room.clone()),
+            ParticipantId(claims.sub),
+            intent,
+            offer,
+        )
+        .await?;
+
+    let mut response = (StatusCode::CREATED, negotiated.answer).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    headers.insert(
+        header::LOCATION,
+        header_value(&format!("/{}/{}/{}", kind.path(), room, negotiated.session))?,
+    );
+    headers.insert(header::ETAG, header_value(&negotiated.etag)?);
+    headers.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    for link in ice_server_links(&state.config.ice_servers) {
+        headers.append(header::LINK, header_value(&link)?);
+    }
+    Ok(response)
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state.keys, &headers, &room, Need::Session)?;
+    let session = parse_session(&session)?;
+    require_content_type(&headers, SDPFRAG)?;
+    let fragment = sdpfrag::parse(&text_body(body)?)
+        .map_err(|m| ApiError::bad_request("bad_ice_fragment", m))?;
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match state
+        .sfu
+        .patch(RoomId(room), session, if_match, fragment)
+        .await?
+    {
+        PatchOutcome::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
+        PatchOutcome::Restarted { fragment, etag } => {
+            let mut response = (StatusCode::OK, fragment).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
+            response
+                .headers_mut()
+                .insert(header::ETAG, header_value(&etag)?);
+            Ok(response)
+        }
+    }
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state.keys, &headers, &room, Need::Session)?;
+    let session = parse_session(&session)?;
+    state.sfu.close(RoomId(room), session).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Non-preflight OPTIONS on an endpoint (RFC 9725 §4.2): what it accepts and which ICE servers
+/// to use. CORS preflights are answered by the CORS layer before reaching here.
+async fn endpoint_options(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert("accept-post", HeaderValue::from_static(SDP));
+    headers.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
+    for link in ice_server_links(&state.config.ice_servers) {
+        headers.append(header::LINK, header_value(&link)?);
+    }
+    Ok(response)
+}
+
+async fn session_options() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    response.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("OPTIONS, PATCH, DELETE"),
+    );
+    response
+}
+
+fn validate_room(room: &str) -> Result<(), ApiError> {
+    let ok = !room.is_empty()
+        && room.len() <= 128
+        && room
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad_room",
+            "room names are 1-128 characters of A-Z a-z 0-9 - _ .",
+        ))
+    }
+}
+
+fn parse_session(session: &str) -> Result<PeerId, ApiError> {
+    uuid::Uuid::parse_str(session)
+        .map(PeerId)
+        .map_err(|_| ApiError::not_found("session_not_found", "no such session"))
+}
+
+fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+    let actual = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = actual.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("expected Content-Type: {expected}, got '{actual}'"),
+        ))
+    }
+}
+
+fn text_body(body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is over the size limit",
+            )
+        } else {
+            ApiError::bad_request("bad_body", rejection.body_text())
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the request body is empty",
+        ));
+    }
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request("bad_body", "the request body is not UTF-8"))
+}
+
+fn header_value(value: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(value).map_err(ApiError::internal)
+}
+
+/// RFC 9725 §4.6 `Link` headers, one per ICE server URL.
+fn ice_server_links(servers: &[IceServer]) -> Vec<String> {
+    let mut links = Vec::new();
+    for server in servers {
+        for url in &server.urls {
+            let mut link = format!("<{url}>; rel=\"ice-server\"");
+            if let (Some(username), Some(credential)) = (&server.username, &server.credential) {
+                link.push_str(&format!("; username=\"{username}\"; credential=\"{credential}\"; credential-type=\"password\""));
+            }
+            links.push(link);
+        }
+    }
+    links
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_carry_credentials() {
+        let servers = vec![IceServer {
+            urls: vec!["turn:turn.example.net?transport=udp".into()],
+            username: Some("u".into()),
+            credential: Some("p".into()),
+        }];
+        assert_eq!(
+            ice_server_links(&servers),
+            vec!["<turn:turn.example.net?transport=udp>; rel=\"ice-server\"; username=\"u\"; credential=\"p\"; credential-type=\"password\""]
+        );
+    }
+
+    #[test]
+    fn room_names_are_checked() {
+        assert!(validate_room("team-1.a_b").is_ok());
+        assert!(validate_room("").is_err());
+        assert!(validate_room("a/b").is_err());
+    }
+}
