@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
@@ -14,6 +14,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::info;
 
@@ -124,13 +125,22 @@ impl Server {
 
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_allowed_origins);
-    Router::new()
+    let routes = Router::new()
         .route("/", get(index))
         .merge(crate::api::health::router())
         .merge(crate::signaling::router())
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(cors)
-        .with_state(state)
+        .with_state(state);
+    // The CORS layer answers every OPTIONS itself; a plain OPTIONS (no
+    // Access-Control-Request-Method) is a WHIP client asking what the endpoint accepts and which
+    // ICE servers to use (RFC 9725 §4.2), so it goes to the routes.
+    let with_cors = routes.clone().layer(cors);
+    Router::new().fallback_service(tower::service_fn(move |request: Request| {
+        let plain_options = request.method() == Method::OPTIONS
+            && !request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let target = if plain_options { routes.clone() } else { with_cors.clone() };
+        target.oneshot(request)
+    }))
 }
 
 async fn index() -> impl IntoResponse {

@@ -1,0 +1,49 @@
+//! Headless Chromium (Debian's, driven by playwright-core) publishes its fake camera and mic via
+//! WHIP from the page Convene serves, and a second page plays the room via WHEP; the viewer must
+//! decode frames (`framesDecoded > 0` from getStats). Needs `chromium` and
+//! `tests/browser/node_modules` (`scripts/test` and `.ci/run` prepare both); fails, with the
+//! fix in its message, when they are missing.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestServer;
+
+#[tokio::test]
+async fn chromium_publishes_via_whip_and_another_page_decodes_via_whep() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} not found: install Debian's Chromium (apt-get install chromium) or set CHROMIUM"
+    );
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core missing: run `npm ci --prefix tests/browser`"
+    );
+
+    let server = TestServer::start().await;
+    let artifacts = root.join("test-artifacts/whip-whep");
+    let output = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/whip_whep.mjs"))
+        .current_dir(root)
+        .env("CONVENE_URL", &server.base)
+        .env("ROOM", "browser")
+        .env("PUBLISH_TOKEN", server.token("browser", "chromium-publisher", true, false))
+        .env("WATCH_TOKEN", server.token("browser", "chromium-viewer", false, true))
+        .env("CHROMIUM", &chromium)
+        .env("ARTIFACT_DIR", &artifacts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), output).await.expect("browser test finishes").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(output.status.success() && stdout.contains("PASS"), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(server.metric("convene_rtp_packets_out_total").await > 0.0, "media went through the SFU");
+}

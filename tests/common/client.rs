@@ -1,0 +1,850 @@
+//! WHIP publishers and WHEP subscribers built on the async `webrtc` crate, so the media tests
+//! talk to a real server the way a real client does: SDP over HTTP, then ICE, DTLS and SRTP
+//! over UDP.
+//!
+//! [`Peer`] is what both roles share (the connection, its state, offers and answers);
+//! [`Session`] is the WHIP/WHEP resource the server created (`Location`, `ETag`, PATCH,
+//! DELETE). [`WhipPublisher`] adds two send-only tracks whose RTP the test writes packet by
+//! packet; [`WhepSubscriber`] records every packet its receive-only tracks get.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
+use reqwest::StatusCode;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::peer_connection::configuration::RTCOfferOptions;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+pub use rtc::rtp_transceiver::rtp_sender::RtpCodecKind as Kind;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use tokio::sync::watch;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::media_stream::{MediaStreamTrack, Track};
+use webrtc::peer_connection::{
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState,
+    RTCSessionDescription, Registry,
+};
+use webrtc::rtp_transceiver::RtpTransceiver;
+
+use super::TestServer;
+
+/// How long a connection may take to reach `connected` before the test fails.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+const SDP: &str = "application/sdp";
+pub const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+// ---- the peer connection both roles share -----------------------------------------------
+
+/// A webrtc-rs peer connection on 127.0.0.1 with default codecs and interceptors, and watches
+/// on its connection state and ICE gathering.
+pub struct Peer {
+    pub pc: Arc<dyn PeerConnection>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    /// Completed ICE gathering rounds: 1 after the first, 2 after an ICE restart's, ...
+    gathered: watch::Receiver<u32>,
+}
+
+impl Peer {
+    async fn build(with_keyframe_requests: bool, inboxes: Option<Arc<Inboxes>>) -> Self {
+        let mut media_engine = MediaEngine::default();
+        media_engine
+            .register_default_codecs()
+            .expect("default codecs");
+        let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)
+            .expect("default interceptors");
+        if with_keyframe_requests {
+            // Application-most, so every other interceptor has seen the RTCP first.
+            registry = registry.with(Slot::from(14_000), KeyframeRequestsToApp::default());
+        }
+        let (state, state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let (gathered, gathered_rx) = watch::channel(0);
+        let handler = Arc::new(Events {
+            state,
+            gathered,
+            inboxes,
+        });
+        let pc = PeerConnectionBuilder::new()
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .with_handler(handler)
+            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .build()
+            .await
+            .expect("peer connection builds");
+        Self {
+            pc: Arc::new(pc),
+            state: state_rx,
+            gathered: gathered_rx,
+        }
+    }
+
+    pub fn state(&self) -> RTCPeerConnectionState {
+        *self.state.borrow()
+    }
+
+    /// Waits until the connection state satisfies `done`; false if `within` passed first.
+    pub async fn wait_state(
+        &self,
+        within: Duration,
+        done: impl FnMut(&RTCPeerConnectionState) -> bool,
+    ) -> bool {
+        wait_for(&self.state, within, done).await
+    }
+
+    /// Waits for `connected`, failing the test if it does not come within `within`.
+    pub async fn wait_connected(&self, within: Duration) {
+        assert!(
+            self.wait_state(within, |s| *s == RTCPeerConnectionState::Connected)
+                .await,
+            "not connected within {within:?}; state is {}",
+            self.state()
+        );
+    }
+
+    /// Creates an offer and applies it locally. With `gathered`, waits for ICE gathering to
+    /// complete and returns the local description (candidates included); otherwise returns
+    /// the offer as created, which carries no candidates.
+    pub async fn offer(&self, options: Option<RTCOfferOptions>, gathered: bool) -> String {
+        let rounds = *self.gathered.borrow();
+        let offer = self.pc.create_offer(options).await.expect("create_offer");
+        self.pc
+            .set_local_description(offer.clone())
+            .await
+            .expect("set_local_description(offer)");
+        if !gathered {
+            return offer.sdp;
+        }
+        self.wait_gathered(rounds + 1).await;
+        self.local_sdp().await
+    }
+
+    /// Waits until `rounds` ICE gathering rounds have completed.
+    pub async fn wait_gathered(&self, rounds: u32) {
+        let mut gathered = self.gathered.clone();
+        tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|n| *n >= rounds))
+            .await
+            .expect("ICE gathering completes")
+            .expect("peer connection alive");
+    }
+
+    pub fn gathering_rounds(&self) -> u32 {
+        *self.gathered.borrow()
+    }
+
+    pub async fn local_sdp(&self) -> String {
+        self.pc
+            .local_description()
+            .await
+            .expect("a local description")
+            .sdp
+    }
+
+    pub async fn remote_sdp(&self) -> String {
+        self.pc
+            .remote_description()
+            .await
+            .expect("a remote description")
+            .sdp
+    }
+
+    pub async fn apply_answer(&self, sdp: &str) {
+        let answer = RTCSessionDescription::answer(sdp.to_owned()).expect("answer parses");
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .expect("set_remote_description(answer)");
+    }
+
+    pub async fn close(&self) {
+        self.pc.close().await.expect("close");
+    }
+}
+
+/// Receives the connection's callbacks. The trait is declared with `#[async_trait]`; the
+/// methods below are its expansion, written out so the tests need no extra dependency.
+struct Events {
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<u32>,
+    inboxes: Option<Arc<Inboxes>>,
+}
+
+type Done<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+impl PeerConnectionEventHandler for Events {
+    fn on_connection_state_change<'life0, 'async_trait>(
+        &'life0 self,
+        state: RTCPeerConnectionState,
+    ) -> Done<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.state.send_replace(state);
+        Box::pin(async {})
+    }
+
+    fn on_ice_gathering_state_change<'life0, 'async_trait>(
+        &'life0 self,
+        state: RTCIceGatheringState,
+    ) -> Done<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_modify(|rounds| *rounds += 1);
+        }
+        Box::pin(async {})
+    }
+
+    fn on_track<'life0, 'async_trait>(&'life0 self, track: Arc<dyn TrackRemote>) -> Done<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        if let Some(inboxes) = &self.inboxes {
+            tokio::spawn(record_track(Arc::clone(inboxes), track));
+        }
+        Box::pin(async {})
+    }
+}
+
+/// Waits until the watched value satisfies `done`; false if `within` passed first.
+async fn wait_for<T>(
+    watched: &watch::Receiver<T>,
+    within: Duration,
+    done: impl FnMut(&T) -> bool,
+) -> bool {
+    let mut watched = watched.clone();
+    let result = tokio::time::timeout(within, watched.wait_for(done)).await;
+    matches!(result, Ok(Ok(_)))
+}
+
+// ---- the WHIP/WHEP resource -------------------------------------------------------------
+
+/// A non-2xx answer from the server, with its JSON error code when it sent one.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+impl HttpError {
+    /// `error.code` of the JSON error envelope.
+    pub fn code(&self) -> String {
+        error_code(&self.body)
+    }
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.body)
+    }
+}
+
+/// `error.code` of a JSON error envelope (`{"error":{"code":…,"message":…}}`), or the body
+/// itself when it is not one.
+pub fn error_code(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("<not a JSON error: {body}>"))
+}
+
+/// A session resource the server created: where it lives and how to address it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    http: reqwest::Client,
+    token: String,
+    /// `Location` as the server sent it (a path).
+    pub location: String,
+    /// Absolute URL of `location`.
+    pub url: String,
+    pub etag: String,
+    /// The SDP answer of the POST.
+    pub answer: String,
+}
+
+impl Session {
+    /// POSTs `offer` to `path` (`/whip/{room}` or `/whep/{room}[?publisher=…]`).
+    pub async fn create(
+        server: &TestServer,
+        path: &str,
+        token: &str,
+        offer: String,
+    ) -> Result<Self, HttpError> {
+        let response = server
+            .http
+            .post(server.url(path))
+            .header(CONTENT_TYPE, SDP)
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .body(offer)
+            .send()
+            .await
+            .expect("POST reaches the server");
+        let status = response.status();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (location, etag) = (header(LOCATION), header(ETAG));
+        let body = response.text().await.expect("POST body");
+        if status != StatusCode::CREATED {
+            return Err(HttpError { status, body });
+        }
+        let location = location.expect("201 carries Location");
+        Ok(Self {
+            http: server.http.clone(),
+            token: token.to_owned(),
+            url: server.url(&location),
+            location,
+            etag: etag.expect("201 carries ETag"),
+            answer: body,
+        })
+    }
+
+    /// PATCHes an `application/trickle-ice-sdpfrag` body, with `If-Match` if given.
+    pub async fn patch(&self, if_match: Option<&str>, fragment: &str) -> reqwest::Response {
+        let mut request = self
+            .http
+            .patch(&self.url)
+            .header(CONTENT_TYPE, SDPFRAG)
+            .header(AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(fragment.to_owned());
+        if let Some(tag) = if_match {
+            request = request.header(IF_MATCH, tag);
+        }
+        request.send().await.expect("PATCH reaches the server")
+    }
+
+    pub async fn delete(&self) -> reqwest::Response {
+        self.http
+            .delete(&self.url)
+            .header(AUTHORIZATION, format!("Bearer {}", self.token))
+            .send()
+            .await
+            .expect("DELETE reaches the server")
+    }
+}
+
+/// Offers `peer`'s media to `path` and applies the answer. `gathered`: wait for ICE gathering
+/// so the offer carries our candidates (no trickle needed).
+async fn negotiate(
+    server: &TestServer,
+    peer: &Peer,
+    path: &str,
+    token: &str,
+    gathered: bool,
+) -> Result<Session, HttpError> {
+    let offer = peer.offer(None, gathered).await;
+    let session = Session::create(server, path, token, offer).await?;
+    peer.apply_answer(&session.answer).await;
+    Ok(session)
+}
+
+// ---- SDP and sdpfrag text ---------------------------------------------------------------
+
+/// The value of the first `a=<name>:` line of `sdp`.
+pub fn sdp_attribute<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
+    sdp.lines().find_map(|line| {
+        line.trim_end()
+            .strip_prefix("a=")?
+            .strip_prefix(name)?
+            .strip_prefix(':')
+    })
+}
+
+/// Distinct `a=candidate:` lines of `sdp`, in order.
+pub fn candidate_lines(sdp: &str) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for line in sdp.lines().map(str::trim_end) {
+        if line.starts_with("a=candidate:") && !lines.iter().any(|l| l == line) {
+            lines.push(line.to_owned());
+        }
+    }
+    lines
+}
+
+/// RFC 8840 fragment of `sdp`: its ICE credentials, then its candidates under the first media
+/// section (BUNDLE: one transport for all), then `a=end-of-candidates`.
+pub fn trickle_fragment(sdp: &str) -> String {
+    let first_media = sdp
+        .lines()
+        .find(|l| l.starts_with("m="))
+        .expect("an m= line");
+    let mut out = format!(
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n{}\r\na=mid:{}\r\n",
+        sdp_attribute(sdp, "ice-ufrag").expect("a=ice-ufrag"),
+        sdp_attribute(sdp, "ice-pwd").expect("a=ice-pwd"),
+        first_media.trim_end(),
+        sdp_attribute(sdp, "mid").expect("a=mid"),
+    );
+    for candidate in candidate_lines(sdp) {
+        out.push_str(&candidate);
+        out.push_str("\r\n");
+    }
+    out.push_str("a=end-of-candidates\r\n");
+    out
+}
+
+/// A full answer for an ICE restart: `previous` with the credentials and candidates of the
+/// server's answer `fragment` (candidates go to the first media section; BUNDLE).
+pub fn answer_from_fragment(previous: &str, fragment: &str) -> String {
+    let ufrag = sdp_attribute(fragment, "ice-ufrag").expect("fragment has a=ice-ufrag");
+    let pwd = sdp_attribute(fragment, "ice-pwd").expect("fragment has a=ice-pwd");
+    let mut candidates = candidate_lines(fragment);
+    let mut out = String::new();
+    for line in previous.lines().map(str::trim_end) {
+        if line.starts_with("a=candidate:") || line == "a=end-of-candidates" {
+            continue;
+        }
+        if line.starts_with("a=ice-ufrag:") {
+            out.push_str(&format!("a=ice-ufrag:{ufrag}\r\n"));
+        } else if line.starts_with("a=ice-pwd:") {
+            out.push_str(&format!("a=ice-pwd:{pwd}\r\n"));
+        } else {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        if line.starts_with("a=mid:") && !candidates.is_empty() {
+            for candidate in candidates.drain(..) {
+                out.push_str(&candidate);
+                out.push_str("\r\n");
+            }
+            out.push_str("a=end-of-candidates\r\n");
+        }
+    }
+    out
+}
+
+// ---- WHIP publisher ---------------------------------------------------------------------
+
+/// One send-only track whose RTP packets the test writes itself.
+struct SendTrack {
+    track: Arc<TrackLocalStaticRTP>,
+    transceiver: Arc<dyn RtpTransceiver>,
+    ssrc: u32,
+    /// RTP timestamp units per packet (20 ms of audio, one 30 fps frame of video).
+    timestamp_step: u32,
+    /// The payload type negotiated for the codec; known once the answer is applied.
+    payload_type: u8,
+}
+
+impl SendTrack {
+    async fn add(peer: &Peer, kind: Kind, codec: RTCRtpCodec, timestamp_step: u32) -> Self {
+        let ssrc = rand::random::<u32>();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "convene-test".to_owned(),
+            format!("convene-test-{kind}"),
+            format!("convene test {kind}"),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        )));
+        let transceiver = peer
+            .pc
+            .add_transceiver_from_track(
+                Arc::clone(&track) as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .await
+            .expect("add_transceiver_from_track");
+        Self {
+            track,
+            transceiver,
+            ssrc,
+            timestamp_step,
+            payload_type: 0,
+        }
+    }
+
+    /// Reads the payload type the answer settled on for this track's codec.
+    async fn resolve_payload_type(&mut self) {
+        let mime = self.track.codings().await[0].codec.mime_type.clone();
+        let sender = self
+            .transceiver
+            .sender()
+            .await
+            .expect("transceiver alive")
+            .expect("a sender");
+        let parameters = sender.get_parameters().await.expect("sender parameters");
+        self.payload_type = parameters
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
+            .unwrap_or_else(|| panic!("{mime} was not negotiated"))
+            .payload_type;
+    }
+
+    async fn send(&self, sequence: u16, payload: Bytes) {
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: true,
+                payload_type: self.payload_type,
+                sequence_number: sequence,
+                timestamp: u32::from(sequence).wrapping_mul(self.timestamp_step),
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload,
+        };
+        self.track.write_rtp(packet).await.expect("write_rtp");
+    }
+}
+
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "audio/opus".to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/VP8".to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// A WHIP publisher with one Opus and one VP8 track, counting the keyframe requests (PLI/FIR)
+/// the server sends it.
+pub struct WhipPublisher {
+    pub peer: Peer,
+    pub session: Session,
+    audio: SendTrack,
+    video: SendTrack,
+    keyframe_requests: watch::Receiver<u64>,
+}
+
+impl WhipPublisher {
+    /// Publishes into `room` and waits until the connection is up.
+    pub async fn connect(server: &TestServer, room: &str, token: &str) -> Self {
+        let publisher = Self::start(server, room, token, true)
+            .await
+            .unwrap_or_else(|e| panic!("WHIP POST failed: {e}"));
+        publisher.peer.wait_connected(CONNECT_TIMEOUT).await;
+        publisher
+    }
+
+    /// Publishes into `room` without waiting for the connection. `gathered`: whether the
+    /// offer waits for (and carries) our ICE candidates.
+    pub async fn start(
+        server: &TestServer,
+        room: &str,
+        token: &str,
+        gathered: bool,
+    ) -> Result<Self, HttpError> {
+        let peer = Peer::build(true, None).await;
+        let mut audio = SendTrack::add(&peer, Kind::Audio, opus(), 960).await;
+        let mut video = SendTrack::add(&peer, Kind::Video, vp8(), 3_000).await;
+        let (requests, keyframe_requests) = watch::channel(0);
+        for track in [&audio, &video] {
+            tokio::spawn(count_keyframe_requests(
+                Arc::clone(&track.track),
+                requests.clone(),
+            ));
+        }
+        let session = negotiate(server, &peer, &format!("/whip/{room}"), token, gathered).await?;
+        audio.resolve_payload_type().await;
+        video.resolve_payload_type().await;
+        Ok(Self {
+            peer,
+            session,
+            audio,
+            video,
+            keyframe_requests,
+        })
+    }
+
+    /// Sends one RTP packet of `kind` with exactly `payload`.
+    pub async fn send(&self, kind: Kind, sequence: u16, payload: impl Into<Bytes>) {
+        let track = match kind {
+            Kind::Video => &self.video,
+            _ => &self.audio,
+        };
+        track.send(sequence, payload.into()).await;
+    }
+
+    pub fn location(&self) -> &str {
+        &self.session.location
+    }
+
+    pub fn etag(&self) -> &str {
+        &self.session.etag
+    }
+
+    /// PLI and FIR packets received so far.
+    pub fn keyframe_requests(&self) -> u64 {
+        *self.keyframe_requests.borrow()
+    }
+
+    /// Waits until more than `seen` keyframe requests have arrived; false if `within` passed.
+    pub async fn wait_keyframe_request(&self, seen: u64, within: Duration) -> bool {
+        wait_for(&self.keyframe_requests, within, |n| *n > seen).await
+    }
+
+    /// DELETEs the WHIP session (the polite way to leave).
+    pub async fn delete(&self) -> reqwest::Response {
+        self.session.delete().await
+    }
+
+    /// Closes the connection without telling the server over HTTP and drops everything:
+    /// the publisher just vanishes.
+    pub async fn close(self) {
+        self.peer.close().await;
+    }
+}
+
+/// Counts PLI/FIR packets delivered for `track` until its connection goes away.
+async fn count_keyframe_requests(track: Arc<TrackLocalStaticRTP>, count: watch::Sender<u64>) {
+    while let Some(event) = track.poll().await {
+        if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+            let requests = packets.iter().filter(|p| is_keyframe_request(p)).count();
+            count.send_modify(|n| *n += requests as u64);
+        }
+    }
+}
+
+fn is_keyframe_request(packet: &Box<dyn rtc::rtcp::Packet>) -> bool {
+    let any = packet.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+/// Marks inbound PLI/FIR for the application, which otherwise never sees inbound RTCP (see the
+/// webrtc crate's `rtcp-processing` example).
+#[derive(Default)]
+struct KeyframeRequestsToApp {
+    reads: VecDeque<TaggedPacket>,
+    writes: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestsToApp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            if packets.iter().any(is_keyframe_request) {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestsToApp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+// ---- WHEP subscriber --------------------------------------------------------------------
+
+/// One RTP packet as a subscriber received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedPacket {
+    pub sequence: u16,
+    pub payload_type: u8,
+    pub payload: Bytes,
+}
+
+/// What one remote track delivered.
+#[derive(Debug, Clone, Default)]
+pub struct Inbox {
+    pub opened: bool,
+    /// The track's event stream ended (`OnEnded`, or the connection went away).
+    pub ended: bool,
+    pub packets: Vec<ReceivedPacket>,
+}
+
+struct Inboxes {
+    audio: watch::Sender<Inbox>,
+    video: watch::Sender<Inbox>,
+}
+
+impl Inboxes {
+    fn of(&self, kind: Kind) -> &watch::Sender<Inbox> {
+        match kind {
+            Kind::Video => &self.video,
+            _ => &self.audio,
+        }
+    }
+}
+
+/// Records every packet of `track` until it ends.
+async fn record_track(inboxes: Arc<Inboxes>, track: Arc<dyn TrackRemote>) {
+    let inbox = inboxes.of(track.kind().await);
+    inbox.send_modify(|i| i.opened = true);
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => inbox.send_modify(|i| {
+                i.packets.push(ReceivedPacket {
+                    sequence: packet.header.sequence_number,
+                    payload_type: packet.header.payload_type,
+                    payload: packet.payload,
+                })
+            }),
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+    inbox.send_modify(|i| i.ended = true);
+}
+
+/// A WHEP subscriber with a receive-only audio and video transceiver.
+pub struct WhepSubscriber {
+    pub peer: Peer,
+    pub session: Session,
+    inboxes: Arc<Inboxes>,
+}
+
+impl WhepSubscriber {
+    /// Watches `publisher` (or the room's most recent publisher) and waits until connected.
+    pub async fn connect(
+        server: &TestServer,
+        room: &str,
+        token: &str,
+        publisher: Option<&str>,
+    ) -> Self {
+        let subscriber = Self::start(server, room, token, publisher)
+            .await
+            .unwrap_or_else(|e| panic!("WHEP POST failed: {e}"));
+        subscriber.peer.wait_connected(CONNECT_TIMEOUT).await;
+        subscriber
+    }
+
+    /// The WHEP POST and answer, without waiting for the connection.
+    pub async fn start(
+        server: &TestServer,
+        room: &str,
+        token: &str,
+        publisher: Option<&str>,
+    ) -> Result<Self, HttpError> {
+        let inboxes = Arc::new(Inboxes {
+            audio: watch::Sender::new(Inbox::default()),
+            video: watch::Sender::new(Inbox::default()),
+        });
+        let peer = Peer::build(false, Some(Arc::clone(&inboxes))).await;
+        for kind in [Kind::Audio, Kind::Video] {
+            peer.pc
+                .add_transceiver_from_kind(
+                    kind,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .await
+                .expect("add_transceiver_from_kind");
+        }
+        let path = match publisher {
+            Some(identity) => format!("/whep/{room}?publisher={identity}"),
+            None => format!("/whep/{room}"),
+        };
+        let session = negotiate(server, &peer, &path, token, true).await?;
+        Ok(Self {
+            peer,
+            session,
+            inboxes,
+        })
+    }
+
+    /// A snapshot of what the `kind` track has delivered.
+    pub fn inbox(&self, kind: Kind) -> Inbox {
+        self.inboxes.of(kind).borrow().clone()
+    }
+
+    /// Payloads received on the `kind` track, in arrival order.
+    pub fn payloads(&self, kind: Kind) -> Vec<Bytes> {
+        let inbox = self.inboxes.of(kind).borrow();
+        inbox.packets.iter().map(|p| p.payload.clone()).collect()
+    }
+
+    /// Waits until `n` packets of `kind` have arrived; returns how many had when it stopped.
+    pub async fn wait_packets(&self, kind: Kind, n: usize, within: Duration) -> usize {
+        let mut inbox = self.inboxes.of(kind).subscribe();
+        let _ = tokio::time::timeout(within, inbox.wait_for(|i| i.packets.len() >= n)).await;
+        let count = inbox.borrow().packets.len();
+        count
+    }
+
+    /// Waits until the subscription is over: every opened track ended, or the connection is
+    /// disconnected, failed or closed. False if `within` passed first.
+    pub async fn ended(&self, within: Duration) -> bool {
+        let tracks_ended = async {
+            for kind in [Kind::Audio, Kind::Video] {
+                let mut inbox = self.inboxes.of(kind).subscribe();
+                let _ = inbox.wait_for(|i| i.opened && i.ended).await;
+            }
+        };
+        let connection_gone = self.peer.wait_state(within, |s| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Disconnected
+                    | RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Closed
+            )
+        });
+        tokio::select! {
+            finished = tokio::time::timeout(within, tracks_ended) => finished.is_ok(),
+            gone = connection_gone => gone,
+        }
+    }
+
+    pub async fn close(self) {
+        self.peer.close().await;
+    }
+}

@@ -1,0 +1,93 @@
+//! Shared by the integration tests: a real Convene server on ephemeral ports, and join tokens.
+#![allow(dead_code)]
+
+pub mod client;
+
+use std::time::Duration;
+
+use convene::config::Config;
+use convene::domain::token::{Grants, JoinClaims};
+use convene::Server;
+
+pub struct TestServer {
+    pub server: Server,
+    pub base: String,
+    pub http: reqwest::Client,
+    _data_dir: TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server on 127.0.0.1 with port 0 for HTTP and media, after `adjust` edits the config.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        convene::telemetry::init(convene::config::LogFormat::Pretty);
+        let data_dir = TempDir::new();
+        let mut config = Config {
+            http: "127.0.0.1:0".parse().unwrap(),
+            media_udp_port: 0,
+            media_bind_ip: "127.0.0.1".parse().unwrap(),
+            data_dir: data_dir.0.clone(),
+            ice_disconnected_timeout: Duration::from_secs(2),
+            ice_failed_timeout: Duration::from_secs(3),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let server = Server::start(config).await.expect("server starts");
+        let base = format!("http://{}", server.http_addr);
+        Self { server, base, http: reqwest::Client::new(), _data_dir: data_dir }
+    }
+
+    pub fn token(&self, room: &str, identity: &str, publish: bool, subscribe: bool) -> String {
+        let grants = Grants { publish, subscribe, ..Default::default() };
+        self.server.state.keys.sign(&JoinClaims::new(room, identity, grants, Duration::from_secs(600)))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of an unlabelled metric, e.g. `convene_rooms`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+
+    /// Polls `name` until it equals `expected` or `within` passes; returns the last value.
+    pub async fn wait_metric(&self, name: &str, expected: f64, within: Duration) -> f64 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let value = self.metric(name).await;
+            if value == expected || tokio::time::Instant::now() > deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("convene-test-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
