@@ -137,8 +137,14 @@ pub fn router(state: AppState) -> Router {
     let with_cors = routes.clone().layer(cors);
     Router::new().fallback_service(tower::service_fn(move |request: Request| {
         let plain_options = request.method() == Method::OPTIONS
-            && !request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        let target = if plain_options { routes.clone() } else { with_cors.clone() };
+            && !request
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let target = if plain_options {
+            routes.clone()
+        } else {
+            with_cors.clone()
+        };
         target.oneshot(request)
     }))
 }

@@ -21,7 +21,8 @@ async fn chromium_publishes_via_whip_and_another_page_decodes_via_whep() {
         "{chromium} not found: install Debian's Chromium (apt-get install chromium) or set CHROMIUM"
     );
     assert!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
+        root.join("tests/browser/node_modules/playwright-core")
+            .exists(),
         "playwright-core missing: run `npm ci --prefix tests/browser`"
     );
 
@@ -32,18 +33,33 @@ async fn chromium_publishes_via_whip_and_another_page_decodes_via_whep() {
         .current_dir(root)
         .env("CONVENE_URL", &server.base)
         .env("ROOM", "browser")
-        .env("PUBLISH_TOKEN", server.token("browser", "chromium-publisher", true, false))
-        .env("WATCH_TOKEN", server.token("browser", "chromium-viewer", false, true))
+        .env(
+            "PUBLISH_TOKEN",
+            server.token("browser", "chromium-publisher", true, false),
+        )
+        .env(
+            "WATCH_TOKEN",
+            server.token("browser", "chromium-viewer", false, true),
+        )
         .env("CHROMIUM", &chromium)
         .env("ARTIFACT_DIR", &artifacts)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(90), output).await.expect("browser test finishes").unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(90), output)
+        .await
+        .expect("browser test finishes")
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}\n{stderr}");
-    assert!(output.status.success() && stdout.contains("PASS"), "browser test failed:\n{stdout}\n{stderr}");
-    assert!(server.metric("convene_rtp_packets_out_total").await > 0.0, "media went through the SFU");
+    assert!(
+        output.status.success() && stdout.contains("PASS"),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        server.metric("convene_rtp_packets_out_total").await > 0.0,
+        "media went through the SFU"
+    );
 }

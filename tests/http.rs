@@ -13,7 +13,10 @@ use serde_json::Value;
 
 /// A browser-like publish offer (Opus + VP8, sendonly). Nothing will answer its ICE checks.
 fn offer(direction: &str) -> String {
-    let fingerprint = (0..32).map(|i| format!("{:02X}", i * 7 % 256)).collect::<Vec<_>>().join(":");
+    let fingerprint = (0..32)
+        .map(|i| format!("{:02X}", i * 7 % 256))
+        .collect::<Vec<_>>()
+        .join(":");
     let section = |kind: &str, mid: u8, pt: u8, rtpmap: &str, extra: &str, ssrc: u32| {
         format!(
             "m={kind} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
@@ -29,8 +32,18 @@ fn offer(direction: &str) -> String {
     )
 }
 
-async fn post(server: &TestServer, path: &str, token: Option<&str>, content_type: &str, body: String) -> reqwest::Response {
-    let mut request = server.http.post(server.url(path)).header(header::CONTENT_TYPE, content_type).body(body);
+async fn post(
+    server: &TestServer,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: String,
+) -> reqwest::Response {
+    let mut request = server
+        .http
+        .post(server.url(path))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -42,7 +55,9 @@ async fn expect_error(response: reqwest::Response, status: StatusCode, code: &st
     assert_eq!(response.status(), status);
     let body: Value = response.json().await.expect("error body is JSON");
     assert_eq!(body["error"]["code"], code, "{body}");
-    let message = body["error"]["message"].as_str().expect("message is a string");
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("message is a string");
     assert!(!message.is_empty());
     message.to_owned()
 }
@@ -50,12 +65,23 @@ async fn expect_error(response: reqwest::Response, status: StatusCode, code: &st
 #[tokio::test]
 async fn health_readiness_metrics_and_page() {
     let server = TestServer::start().await;
-    let health = server.http.get(server.url("/healthz")).send().await.unwrap();
+    let health = server
+        .http
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let ready = server.http.get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let metrics = server.metrics().await;
-    for name in ["convene_rooms", "convene_peers", "convene_published_tracks", "convene_subscribers", "convene_rtp_packets_in_total"] {
+    for name in [
+        "convene_rooms",
+        "convene_peers",
+        "convene_published_tracks",
+        "convene_subscribers",
+        "convene_rtp_packets_in_total",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     let page = server.http.get(server.url("/")).send().await.unwrap();
@@ -70,37 +96,106 @@ async fn tokens_are_checked() {
     let www = post(&server, "/whip/r1", None, "application/sdp", sdp.clone()).await;
     assert_eq!(www.headers()[header::WWW_AUTHENTICATE], "Bearer");
     expect_error(www, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    let garbage = post(&server, "/whip/r1", Some("not-a-token"), "application/sdp", sdp.clone()).await;
+    let garbage = post(
+        &server,
+        "/whip/r1",
+        Some("not-a-token"),
+        "application/sdp",
+        sdp.clone(),
+    )
+    .await;
     expect_error(garbage, StatusCode::UNAUTHORIZED, "unauthorized").await;
 
-    let foreign = TokenKeys::from_secret(b"someone else").sign(&JoinClaims::new("r1", "a", Grants { publish: true, ..Default::default() }, Duration::from_secs(60)));
-    let response = post(&server, "/whip/r1", Some(&foreign), "application/sdp", sdp.clone()).await;
+    let foreign = TokenKeys::from_secret(b"someone else").sign(&JoinClaims::new(
+        "r1",
+        "a",
+        Grants {
+            publish: true,
+            ..Default::default()
+        },
+        Duration::from_secs(60),
+    ));
+    let response = post(
+        &server,
+        "/whip/r1",
+        Some(&foreign),
+        "application/sdp",
+        sdp.clone(),
+    )
+    .await;
     expect_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
 
-    let mut expired = JoinClaims::new("r1", "a", Grants { publish: true, ..Default::default() }, Duration::from_secs(60));
+    let mut expired = JoinClaims::new(
+        "r1",
+        "a",
+        Grants {
+            publish: true,
+            ..Default::default()
+        },
+        Duration::from_secs(60),
+    );
     expired.exp -= 3600;
     expired.nbf -= 7200;
-    let response = post(&server, "/whip/r1", Some(&server.server.state.keys.sign(&expired)), "application/sdp", sdp.clone()).await;
+    let response = post(
+        &server,
+        "/whip/r1",
+        Some(&server.server.state.keys.sign(&expired)),
+        "application/sdp",
+        sdp.clone(),
+    )
+    .await;
     let message = expect_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
     assert!(message.contains("expired"), "{message}");
 
     let other_room = server.token("r2", "a", true, true);
-    let response = post(&server, "/whip/r1", Some(&other_room), "application/sdp", sdp.clone()).await;
+    let response = post(
+        &server,
+        "/whip/r1",
+        Some(&other_room),
+        "application/sdp",
+        sdp.clone(),
+    )
+    .await;
     expect_error(response, StatusCode::FORBIDDEN, "forbidden").await;
     let watch_only = server.token("r1", "a", false, true);
-    let response = post(&server, "/whip/r1", Some(&watch_only), "application/sdp", sdp.clone()).await;
+    let response = post(
+        &server,
+        "/whip/r1",
+        Some(&watch_only),
+        "application/sdp",
+        sdp.clone(),
+    )
+    .await;
     expect_error(response, StatusCode::FORBIDDEN, "forbidden").await;
     let publish_only = server.token("r1", "a", true, false);
-    let response = post(&server, "/whep/r1", Some(&publish_only), "application/sdp", offer("recvonly")).await;
+    let response = post(
+        &server,
+        "/whep/r1",
+        Some(&publish_only),
+        "application/sdp",
+        offer("recvonly"),
+    )
+    .await;
     expect_error(response, StatusCode::FORBIDDEN, "forbidden").await;
-    assert_eq!(server.metric("convene_peers").await, 0.0, "no peer was created by a refused request");
+    assert_eq!(
+        server.metric("convene_peers").await,
+        0.0,
+        "no peer was created by a refused request"
+    );
 }
 
 #[tokio::test]
 async fn whip_session_lifecycle_over_http() {
     let server = TestServer::start().await;
     let token = server.token("lifecycle", "alice", true, false);
-    let response = post(&server, "/whip/lifecycle", Some(&token), "application/sdp", offer("sendonly")).await;
+    let response = post(
+        &server,
+        "/whip/lifecycle",
+        Some(&token),
+        "application/sdp",
+        offer("sendonly"),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let headers = response.headers().clone();
     assert_eq!(headers[header::CONTENT_TYPE], "application/sdp");
@@ -110,9 +205,15 @@ async fn whip_session_lifecycle_over_http() {
     let etag = headers[header::ETAG].to_str().unwrap().to_owned();
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
     let answer = response.text().await.unwrap();
-    assert!(answer.contains("a=recvonly"), "answer receives what the offer sends:\n{answer}");
+    assert!(
+        answer.contains("a=recvonly"),
+        "answer receives what the offer sends:\n{answer}"
+    );
     let media_port = server.server.media_addr.port();
-    assert!(answer.contains(&format!("127.0.0.1 {media_port} typ host")), "answer carries our host candidate:\n{answer}");
+    assert!(
+        answer.contains(&format!("127.0.0.1 {media_port} typ host")),
+        "answer carries our host candidate:\n{answer}"
+    );
     assert_eq!(server.metric("convene_rooms").await, 1.0);
     assert_eq!(server.metric("convene_published_tracks").await, 2.0);
 
@@ -129,17 +230,55 @@ async fn whip_session_lifecycle_over_http() {
             .send()
     };
     assert_eq!(patch(&etag).await.unwrap().status(), StatusCode::NO_CONTENT);
-    expect_error(patch("\"stale\"").await.unwrap(), StatusCode::PRECONDITION_FAILED, "etag_mismatch").await;
-    let wrong_type = server.http.patch(server.url(&location)).bearer_auth(&token).header(header::CONTENT_TYPE, "text/plain").body(fragment).send().await.unwrap();
-    expect_error(wrong_type, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
-    let garbage = server.http.patch(server.url(&location)).bearer_auth(&token).header(header::CONTENT_TYPE, "application/trickle-ice-sdpfrag").body("hello").send().await.unwrap();
+    expect_error(
+        patch("\"stale\"").await.unwrap(),
+        StatusCode::PRECONDITION_FAILED,
+        "etag_mismatch",
+    )
+    .await;
+    let wrong_type = server
+        .http
+        .patch(server.url(&location))
+        .bearer_auth(&token)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(fragment)
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        wrong_type,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let garbage = server
+        .http
+        .patch(server.url(&location))
+        .bearer_auth(&token)
+        .header(header::CONTENT_TYPE, "application/trickle-ice-sdpfrag")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
     expect_error(garbage, StatusCode::BAD_REQUEST, "bad_ice_fragment").await;
 
-    let deleted = server.http.delete(server.url(&location)).bearer_auth(&token).send().await.unwrap();
+    let deleted = server
+        .http
+        .delete(server.url(&location))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(deleted.status(), StatusCode::OK);
     assert_eq!(server.metric("convene_rooms").await, 0.0);
     assert_eq!(server.metric("convene_published_tracks").await, 0.0);
-    let again = server.http.delete(server.url(&location)).bearer_auth(&token).send().await.unwrap();
+    let again = server
+        .http
+        .delete(server.url(&location))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     expect_error(again, StatusCode::NOT_FOUND, "session_not_found").await;
 }
 
@@ -148,53 +287,163 @@ async fn bad_input_gets_clear_errors_and_server_stays_healthy() {
     let server = TestServer::start().await;
     let token = server.token("bad", "alice", true, true);
     let cases: Vec<(&str, &str, String, StatusCode, &str)> = vec![
-        ("/whip/bad", "text/plain", offer("sendonly"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("/whip/bad", "application/sdp", "this is not sdp".into(), StatusCode::BAD_REQUEST, "bad_sdp"),
-        ("/whip/bad", "application/sdp", "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n".into(), StatusCode::BAD_REQUEST, "bad_sdp"),
-        ("/whip/bad", "application/sdp", offer("sendonly").replace("a=ice-ufrag:tEsT\r\n", ""), StatusCode::BAD_REQUEST, "bad_sdp"),
-        ("/whip/bad", "application/sdp", offer("sendonly").replace("a=fingerprint", "a=fingerprimt"), StatusCode::BAD_REQUEST, "bad_sdp"),
-        ("/whip/bad", "application/sdp", String::new(), StatusCode::BAD_REQUEST, "empty_body"),
-        ("/whip/bad", "application/sdp", "v=0\r\n".repeat(20_000), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-        ("/whip/b%2Fd", "application/sdp", offer("sendonly"), StatusCode::BAD_REQUEST, "bad_room"),
-        ("/whep/bad", "application/sdp", offer("recvonly"), StatusCode::NOT_FOUND, "publisher_not_found"),
+        (
+            "/whip/bad",
+            "text/plain",
+            offer("sendonly"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            "this is not sdp".into(),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n".into(),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            offer("sendonly").replace("a=ice-ufrag:tEsT\r\n", ""),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            offer("sendonly").replace("a=fingerprint", "a=fingerprimt"),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            "v=0\r\n".repeat(20_000),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            "/whip/b%2Fd",
+            "application/sdp",
+            offer("sendonly"),
+            StatusCode::BAD_REQUEST,
+            "bad_room",
+        ),
+        (
+            "/whep/bad",
+            "application/sdp",
+            offer("recvonly"),
+            StatusCode::NOT_FOUND,
+            "publisher_not_found",
+        ),
     ];
     for (path, content_type, body, status, code) in cases {
         let response = post(&server, path, Some(&token), content_type, body).await;
         let got = response.status();
         let text = response.text().await.unwrap();
         assert_eq!(got, status, "{path} {content_type}: {text}");
-        let json: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        let json: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
         assert_eq!(json["error"]["code"], code, "{path}: {text}");
     }
-    for path in ["/whip/bad/0190c0de-0000-7000-8000-000000000000", "/whip/bad/not-a-uuid"] {
-        let response = server.http.delete(server.url(path)).bearer_auth(&token).send().await.unwrap();
+    for path in [
+        "/whip/bad/0190c0de-0000-7000-8000-000000000000",
+        "/whip/bad/not-a-uuid",
+    ] {
+        let response = server
+            .http
+            .delete(server.url(path))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         expect_error(response, StatusCode::NOT_FOUND, "session_not_found").await;
     }
     assert_eq!(server.metric("convene_peers").await, 0.0);
-    assert_eq!(server.http.get(server.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        server
+            .http
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn room_capacity_is_enforced() {
     let server = TestServer::start_with(|c| c.max_participants = 1).await;
     let token = server.token("full", "alice", true, true);
-    let first = post(&server, "/whip/full", Some(&token), "application/sdp", offer("sendonly")).await;
+    let first = post(
+        &server,
+        "/whip/full",
+        Some(&token),
+        "application/sdp",
+        offer("sendonly"),
+    )
+    .await;
     assert_eq!(first.status(), StatusCode::CREATED);
-    let second = post(&server, "/whip/full", Some(&token), "application/sdp", offer("sendonly")).await;
+    let second = post(
+        &server,
+        "/whip/full",
+        Some(&token),
+        "application/sdp",
+        offer("sendonly"),
+    )
+    .await;
     let message = expect_error(second, StatusCode::SERVICE_UNAVAILABLE, "room_full").await;
     assert!(message.contains("at most 1"), "{message}");
-    let elsewhere = post(&server, "/whip/other", Some(&server.token("other", "bob", true, false)), "application/sdp", offer("sendonly")).await;
-    assert_eq!(elsewhere.status(), StatusCode::CREATED, "the limit is per room");
+    let elsewhere = post(
+        &server,
+        "/whip/other",
+        Some(&server.token("other", "bob", true, false)),
+        "application/sdp",
+        offer("sendonly"),
+    )
+    .await;
+    assert_eq!(
+        elsewhere.status(),
+        StatusCode::CREATED,
+        "the limit is per room"
+    );
 }
 
 #[tokio::test]
 async fn peer_that_never_connects_is_reaped() {
     let server = TestServer::start_with(|c| c.connect_timeout = Duration::from_secs(1)).await;
     let token = server.token("reap", "alice", true, false);
-    let response = post(&server, "/whip/reap", Some(&token), "application/sdp", offer("sendonly")).await;
+    let response = post(
+        &server,
+        "/whip/reap",
+        Some(&token),
+        "application/sdp",
+        offer("sendonly"),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(server.metric("convene_peers").await, 1.0);
-    assert_eq!(server.wait_metric("convene_peers", 0.0, Duration::from_secs(10)).await, 0.0);
+    assert_eq!(
+        server
+            .wait_metric("convene_peers", 0.0, Duration::from_secs(10))
+            .await,
+        0.0
+    );
     assert_eq!(server.metric("convene_rooms").await, 0.0);
     assert!(server.metric("convene_peers_reaped_total").await >= 1.0);
 }
@@ -215,18 +464,33 @@ async fn cors_and_options() {
         .request(reqwest::Method::OPTIONS, server.url("/whip/r"))
         .header(header::ORIGIN, "https://app.example")
         .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
-        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization, content-type")
+        .header(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            "authorization, content-type",
+        )
         .send()
         .await
         .unwrap();
     assert!(preflight.status().is_success());
-    assert_eq!(preflight.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example");
+    assert_eq!(
+        preflight.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://app.example"
+    );
 
-    let options = server.http.request(reqwest::Method::OPTIONS, server.url("/whip/r")).send().await.unwrap();
+    let options = server
+        .http
+        .request(reqwest::Method::OPTIONS, server.url("/whip/r"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(options.status(), StatusCode::NO_CONTENT);
     assert_eq!(options.headers()["accept-post"], "application/sdp");
     let link = options.headers()[header::LINK].to_str().unwrap();
-    assert!(link.starts_with("<turn:turn.example:3478>; rel=\"ice-server\"") && link.contains("username=\"user\""), "{link}");
+    assert!(
+        link.starts_with("<turn:turn.example:3478>; rel=\"ice-server\"")
+            && link.contains("username=\"user\""),
+        "{link}"
+    );
 
     let token = server.token("r", "alice", true, false);
     let created = server
@@ -240,28 +504,58 @@ async fn cors_and_options() {
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
-    let exposed = created.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS].to_str().unwrap().to_ascii_lowercase();
+    let exposed = created.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
     for name in ["location", "etag", "link", "accept-patch"] {
         assert!(exposed.contains(name), "{name} not exposed: {exposed}");
     }
-    let foreign = server.http.get(server.url("/healthz")).header(header::ORIGIN, "https://evil.example").send().await.unwrap();
-    assert!(foreign.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    let foreign = server
+        .http
+        .get(server.url("/healthz"))
+        .header(header::ORIGIN, "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(foreign
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
 }
 
 #[tokio::test]
 async fn token_cli_uses_the_servers_key() {
     let data_dir = common::TempDir::new();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_convene"))
-        .args(["token", "create", "--room", "cli-room", "--identity", "carol", "--publish", "--ttl", "2h", "--data-dir"])
+        .args([
+            "token",
+            "create",
+            "--room",
+            "cli-room",
+            "--identity",
+            "carol",
+            "--publish",
+            "--ttl",
+            "2h",
+            "--data-dir",
+        ])
         .arg(&data_dir.0)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let token = stdout.lines().last().unwrap();
     let keys = TokenKeys::load_or_create("", &data_dir.0.join("jwt.key")).unwrap();
     let claims = keys.verify(token).unwrap();
-    assert_eq!((claims.room.as_str(), claims.sub.as_str()), ("cli-room", "carol"));
+    assert_eq!(
+        (claims.room.as_str(), claims.sub.as_str()),
+        ("cli-room", "carol")
+    );
     assert!(claims.grants.publish && !claims.grants.subscribe);
     assert!(claims.exp - claims.nbf >= 7190);
 }
@@ -270,9 +564,22 @@ async fn token_cli_uses_the_servers_key() {
 #[tokio::test]
 async fn sigterm_stops_the_server_gracefully() {
     let data_dir = common::TempDir::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_convene"))
-        .args(["serve", "--http", &format!("127.0.0.1:{port}"), "--media-udp-port", "0", "--log-format", "json", "--data-dir"])
+        .args([
+            "serve",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--media-udp-port",
+            "0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
         .arg(&data_dir.0)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -282,7 +589,12 @@ async fn sigterm_stops_the_server_gracefully() {
     let health = format!("http://127.0.0.1:{port}/healthz");
     let mut up = false;
     for _ in 0..100 {
-        if client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(&health)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             up = true;
             break;
         }
@@ -291,6 +603,9 @@ async fn sigterm_stops_the_server_gracefully() {
     assert!(up, "server did not come up");
     // SAFETY: kill(2) with a pid we spawned and a standard signal number.
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits after SIGTERM").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }

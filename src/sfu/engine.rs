@@ -226,6 +226,7 @@ impl Engine {
             published: Vec::new(),
             down_tracks,
             next_timeout: None,
+            dirty: false,
         };
 
         match publisher {
@@ -535,8 +536,11 @@ impl Engine {
     // ---- servicing peers -------------------------------------------------------------------
 
     fn mark_dirty(&mut self, peer_id: PeerId) {
-        if !self.dirty.contains(&peer_id) {
-            self.dirty.push(peer_id);
+        if let Some(peer) = self.peers.get_mut(&peer_id) {
+            if !peer.dirty {
+                peer.dirty = true;
+                self.dirty.push(peer_id);
+            }
         }
     }
 
@@ -556,6 +560,7 @@ impl Engine {
             let Some(peer) = self.peers.get_mut(&peer_id) else {
                 return;
             };
+            peer.dirty = false;
             while let Some(event) = peer.pc.poll_event() {
                 match event {
                     RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
@@ -742,7 +747,8 @@ impl Engine {
             }) {
                 Ok(()) => {
                     forwarded += 1;
-                    if !self.dirty.contains(&subscriber.peer) {
+                    if !peer.dirty {
+                        peer.dirty = true;
                         self.dirty.push(subscriber.peer);
                     }
                 }
@@ -889,7 +895,6 @@ impl Engine {
                 self.rooms.remove(&peer.room);
             }
         }
-        self.dirty.retain(|p| *p != peer_id);
         // Flush the BYEs before closing orphaned subscribers.
         for sub in &orphaned {
             self.service(*sub, now);

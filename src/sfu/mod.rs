@@ -4,13 +4,13 @@
 //! sends commands to the one engine task owning every peer connection (see `engine.rs`). No peer
 //! state is shared across tasks, so nothing here needs a lock.
 
-mod demux;
+pub mod demux;
 mod engine;
 pub mod error;
 mod peer;
 mod room;
 mod rtcp;
-mod subscriber;
+pub mod subscriber;
 mod track;
 mod udp;
 

@@ -62,6 +62,8 @@ pub struct Peer {
     pub down_tracks: Vec<DownTrack>,
     /// The deadline this peer last asked for, to keep one timer entry per peer current.
     pub next_timeout: Option<Instant>,
+    /// Queued in the engine's dirty list (input handled, output not yet polled).
+    pub dirty: bool,
 }
 
 impl Peer {

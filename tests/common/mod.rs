@@ -37,12 +37,26 @@ impl TestServer {
         adjust(&mut config);
         let server = Server::start(config).await.expect("server starts");
         let base = format!("http://{}", server.http_addr);
-        Self { server, base, http: reqwest::Client::new(), _data_dir: data_dir }
+        Self {
+            server,
+            base,
+            http: reqwest::Client::new(),
+            _data_dir: data_dir,
+        }
     }
 
     pub fn token(&self, room: &str, identity: &str, publish: bool, subscribe: bool) -> String {
-        let grants = Grants { publish, subscribe, ..Default::default() };
-        self.server.state.keys.sign(&JoinClaims::new(room, identity, grants, Duration::from_secs(600)))
+        let grants = Grants {
+            publish,
+            subscribe,
+            ..Default::default()
+        };
+        self.server.state.keys.sign(&JoinClaims::new(
+            room,
+            identity,
+            grants,
+            Duration::from_secs(600),
+        ))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -50,14 +64,24 @@ impl TestServer {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The value of an unlabelled metric, e.g. `convene_rooms`.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
-            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
     }

@@ -1,0 +1,119 @@
+//! Per-packet costs of Convene's own code on the forwarding path: the per-subscriber header
+//! rewrite, the datagram demultiplexer, and join-token verification (per request, not packet).
+//! End-to-end forwarding cost through real peers is measured by `benches/fanout.rs`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use convene::domain::token::{Grants, JoinClaims, TokenKeys};
+use convene::ids::{PeerId, TrackId};
+use convene::sfu::demux::Demux;
+use convene::sfu::subscriber::DownTrack;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use rtc::rtp::header::{Extension, Header};
+use rtc::rtp::Packet;
+
+fn inbound_packet() -> Packet {
+    Packet {
+        header: Header {
+            version: 2,
+            marker: true,
+            payload_type: 96,
+            sequence_number: 4242,
+            timestamp: 90_000,
+            ssrc: 0x1234_5678,
+            extension: true,
+            extension_profile: 0xBEDE,
+            extensions: vec![Extension {
+                id: 3,
+                payload: Bytes::from_static(&[1, 2, 3]),
+            }],
+            ..Default::default()
+        },
+        payload: Bytes::from(vec![0xAB; 1200]),
+    }
+}
+
+fn rewrite(c: &mut Criterion) {
+    let packet = inbound_packet();
+    let down_tracks: Vec<DownTrack> = (0..50)
+        .map(|i| DownTrack {
+            source: TrackId(1),
+            sender: Default::default(),
+            rtc_track_id: format!("t1-{i}"),
+            ssrc: 1000 + i,
+            payload_type: Some(96),
+            kind_is_video: true,
+        })
+        .collect();
+    let mut group = c.benchmark_group("fanout_rewrite");
+    group.throughput(Throughput::Elements(down_tracks.len() as u64));
+    group.bench_function("50_subscribers", |b| {
+        b.iter(|| {
+            for down in &down_tracks {
+                black_box(down.rewrite(96, black_box(&packet)));
+            }
+        })
+    });
+    group.finish();
+}
+
+fn demux(c: &mut Criterion) {
+    let mut demux = Demux::default();
+    let peers: Vec<(SocketAddr, PeerId)> = (0..1000u16)
+        .map(|i| {
+            (
+                SocketAddr::from(([127, 0, 0, 1], 10_000 + i)),
+                PeerId::new(),
+            )
+        })
+        .collect();
+    for (i, (addr, peer)) in peers.iter().enumerate() {
+        let ufrag = format!("ufrag{i}");
+        demux.bind_ufrag(&ufrag, *peer);
+        demux.route(*addr, &stun_request(&ufrag));
+    }
+    let srtp = [0x80u8; 1200];
+    let target = peers[517].0;
+    c.bench_function("demux_media_datagram_1000_peers", |b| {
+        b.iter(|| black_box(demux.route(black_box(target), black_box(&srtp))))
+    });
+}
+
+fn stun_request(ufrag: &str) -> Vec<u8> {
+    let username = format!("{ufrag}:client");
+    let mut attrs = vec![0x00, 0x06];
+    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attrs.extend_from_slice(username.as_bytes());
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    let mut msg = vec![0x00, 0x01];
+    msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+    msg.extend_from_slice(&[9; 12]);
+    msg.extend_from_slice(&attrs);
+    msg
+}
+
+fn token(c: &mut Criterion) {
+    let keys = TokenKeys::from_secret(b"bench-secret");
+    let grants = Grants {
+        publish: true,
+        subscribe: true,
+        ..Default::default()
+    };
+    let token = keys.sign(&JoinClaims::new(
+        "room",
+        "alice",
+        grants,
+        Duration::from_secs(600),
+    ));
+    c.bench_function("join_token_verify", |b| {
+        b.iter(|| black_box(keys.verify(black_box(&token)).unwrap()))
+    });
+}
+
+criterion_group!(benches, rewrite, demux, token);
+criterion_main!(benches);
