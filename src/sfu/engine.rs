@@ -19,7 +19,7 @@ use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::transport::{RTCDtlsTransportState, RTCIceCandidateInit};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -584,6 +584,13 @@ impl Engine {
                     _ => {}
                 }
             }
+            // A client that closed its connection sent DTLS close_notify; the connection state
+            // stays `connected` then (W3C counts a closed DTLS transport as connected), so look
+            // at the transport instead of waiting for the ICE timeouts.
+            if peer.state == PeerState::Connected && dtls_closed(&mut peer.pc) {
+                debug!(session = %peer_id, "dtls closed by the client");
+                closed = true;
+            }
             // Media first taken out of the peer, then forwarded, since forwarding needs the
             // other peers mutably too.
             let mut inbound = std::mem::take(&mut self.inbound);
@@ -996,6 +1003,22 @@ fn primary_codec(
         .cloned()
 }
 
+/// Whether the connection's DTLS transport is closed (the remote sent close_notify).
+fn dtls_closed(pc: &mut RTCPeerConnection) -> bool {
+    let receiver = pc.get_receivers().next();
+    let sender = pc.get_senders().next();
+    let state = match (receiver, sender) {
+        (Some(id), _) => pc
+            .rtp_receiver(id)
+            .and_then(|r| r.transport().map(|t| t.state())),
+        (None, Some(id)) => pc
+            .rtp_sender(id)
+            .and_then(|s| s.transport().map(|t| t.state())),
+        (None, None) => None,
+    };
+    state == Some(RTCDtlsTransportState::Closed)
+}
+
 /// After negotiation: the payload type each down track must use on its subscriber's leg.
 fn resolve_payload_types(peer: &mut Peer) {
     for down in &mut peer.down_tracks {
@@ -1040,8 +1063,7 @@ fn restart_offer(current: &str, ufrag: &str, pwd: &str, fragment: &IceFragment) 
             out.push_str(line);
         }
         out.push_str("\r\n");
-        if line.starts_with("a=mid:") {
-            let mid = &line["a=mid:".len()..];
+        if let Some(mid) = line.strip_prefix("a=mid:") {
             for candidate in fragment
                 .candidates
                 .iter()

@@ -95,28 +95,13 @@ impl PeerFactory {
         let mut media_engine = MediaEngine::default();
         // Opus, VP8, VP9, H264 (several profiles), AV1, with their RTX pairs.
         media_engine.register_default_codecs()?;
-        for kind in [RtpCodecKind::Video] {
-            media_engine.register_feedback(
-                RTCPFeedback {
-                    typ: "nack".into(),
-                    parameter: String::new(),
-                },
-                kind,
-            );
-            media_engine.register_feedback(
-                RTCPFeedback {
-                    typ: "nack".into(),
-                    parameter: "pli".into(),
-                },
-                kind,
-            );
-            media_engine.register_feedback(
-                RTCPFeedback {
-                    typ: "ccm".into(),
-                    parameter: "fir".into(),
-                },
-                kind,
-            );
+        // Video feedback the SFU relies on: NACK (retransmission), PLI and FIR (keyframes).
+        for (typ, parameter) in [("nack", ""), ("nack", "pli"), ("ccm", "fir")] {
+            let feedback = RTCPFeedback {
+                typ: typ.into(),
+                parameter: parameter.into(),
+            };
+            media_engine.register_feedback(feedback, RtpCodecKind::Video);
         }
         let registry = Registry::new()
             .with(

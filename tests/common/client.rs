@@ -9,8 +9,12 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +22,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
 use reqwest::StatusCode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::RTCOfferOptions;
+use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 pub use rtc::rtp_transceiver::rtp_sender::RtpCodecKind as Kind;
@@ -37,6 +42,10 @@ use webrtc::peer_connection::{
     RTCSessionDescription, Registry,
 };
 use webrtc::rtp_transceiver::RtpTransceiver;
+use webrtc::runtime::{
+    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
+    TokioRuntime, Transmit,
+};
 
 use super::TestServer;
 
@@ -55,6 +64,8 @@ pub struct Peer {
     state: watch::Receiver<RTCPeerConnectionState>,
     /// Completed ICE gathering rounds: 1 after the first, 2 after an ICE restart's, ...
     gathered: watch::Receiver<u32>,
+    /// Set: every datagram this connection sends is dropped.
+    network_cut: Arc<AtomicBool>,
 }
 
 impl Peer {
@@ -76,7 +87,12 @@ impl Peer {
             gathered,
             inboxes,
         });
+        let network_cut = Arc::new(AtomicBool::new(false));
+        let runtime = CuttableRuntime {
+            cut: Arc::clone(&network_cut),
+        };
         let pc = PeerConnectionBuilder::new()
+            .with_runtime(Arc::new(runtime))
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .with_handler(handler)
@@ -88,7 +104,13 @@ impl Peer {
             pc: Arc::new(pc),
             state: state_rx,
             gathered: gathered_rx,
+            network_cut,
         }
+    }
+
+    /// From now on nothing this connection sends reaches anyone.
+    pub fn cut_network(&self) {
+        self.network_cut.store(true, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> RTCPeerConnectionState {
@@ -102,6 +124,39 @@ impl Peer {
         done: impl FnMut(&RTCPeerConnectionState) -> bool,
     ) -> bool {
         wait_for(&self.state, within, done).await
+    }
+
+    /// Resolves when the connection is disconnected, failed or closed, with that state.
+    pub async fn connection_lost(&self) -> RTCPeerConnectionState {
+        let lost = |s: &RTCPeerConnectionState| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Disconnected
+                    | RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Closed
+            )
+        };
+        let mut state = self.state.clone();
+        let result = state.wait_for(lost).await.map(|s| *s);
+        result.unwrap_or(RTCPeerConnectionState::Closed)
+    }
+
+    /// Resolves once the DTLS transport is closed (the remote sent `close_notify`).
+    pub async fn transport_closed(&self) {
+        loop {
+            if self.dtls_state().await == Some(RTCDtlsTransportState::Closed) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The DTLS transport's state, seen through the first receiver (webrtc-rs makes one when
+    /// its track's first packet arrives; `None` before that).
+    async fn dtls_state(&self) -> Option<RTCDtlsTransportState> {
+        let receiver = self.pc.get_receivers().await.into_iter().next()?;
+        let transport = receiver.transport().await.ok().flatten()?;
+        transport.state().await.ok()
     }
 
     /// Waits for `connected`, failing the test if it does not come within `within`.
@@ -210,7 +265,10 @@ impl PeerConnectionEventHandler for Events {
         Box::pin(async {})
     }
 
-    fn on_track<'life0, 'async_trait>(&'life0 self, track: Arc<dyn TrackRemote>) -> Done<'async_trait>
+    fn on_track<'life0, 'async_trait>(
+        &'life0 self,
+        track: Arc<dyn TrackRemote>,
+    ) -> Done<'async_trait>
     where
         'life0: 'async_trait,
         Self: 'async_trait,
@@ -231,6 +289,104 @@ async fn wait_for<T>(
     let mut watched = watched.clone();
     let result = tokio::time::timeout(within, watched.wait_for(done)).await;
     matches!(result, Ok(Ok(_)))
+}
+
+// ---- a network that can be cut ----------------------------------------------------------
+
+static TOKIO: TokioRuntime = TokioRuntime;
+
+/// The tokio runtime, except that the UDP sockets it wraps can be silenced: once `cut` is set
+/// nothing leaves the connection any more (no consent checks, no DTLS close_notify), which is
+/// what the server sees of a client whose network dropped or whose process was killed.
+#[derive(Debug)]
+struct CuttableRuntime {
+    cut: Arc<AtomicBool>,
+}
+
+impl Runtime for CuttableRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
+        TOKIO.spawn(future)
+    }
+
+    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        Ok(Arc::new(CuttableSocket {
+            inner: TOKIO.wrap_udp_socket(socket)?,
+            cut: Arc::clone(&self.cut),
+        }))
+    }
+
+    fn wrap_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Arc<dyn AsyncTcpListener>> {
+        TOKIO.wrap_tcp_listener(listener)
+    }
+
+    fn connect_tcp<'a>(
+        &'a self,
+        remote_addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
+        TOKIO.connect_tcp(remote_addr)
+    }
+
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        TOKIO.resolve_host(host)
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        TOKIO.sleep(duration)
+    }
+
+    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
+        TOKIO.interval(period)
+    }
+
+    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
+        TOKIO.block_on(future)
+    }
+
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        TOKIO.yield_now()
+    }
+}
+
+#[derive(Debug)]
+struct CuttableSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    cut: Arc<AtomicBool>,
+}
+
+impl AsyncUdpSocket for CuttableSocket {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
+        if self.cut.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(transmit.contents.len()));
+        }
+        self.inner.poll_send(cx, transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        self.inner.max_gso_segments()
+    }
+
+    fn max_gro_segments(&self) -> usize {
+        self.inner.max_gro_segments()
+    }
 }
 
 // ---- the WHIP/WHEP resource -------------------------------------------------------------
@@ -274,7 +430,8 @@ pub struct Session {
     /// Absolute URL of `location`.
     pub url: String,
     pub etag: String,
-    /// The SDP answer of the POST.
+    /// The SDP offer POSTed, and the server's answer.
+    pub offer: String,
     pub answer: String,
 }
 
@@ -291,7 +448,7 @@ impl Session {
             .post(server.url(path))
             .header(CONTENT_TYPE, SDP)
             .header(AUTHORIZATION, format!("Bearer {token}"))
-            .body(offer)
+            .body(offer.clone())
             .send()
             .await
             .expect("POST reaches the server");
@@ -315,6 +472,7 @@ impl Session {
             url: server.url(&location),
             location,
             etag: etag.expect("201 carries ETag"),
+            offer,
             answer: body,
         })
     }
@@ -622,9 +780,15 @@ impl WhipPublisher {
         self.session.delete().await
     }
 
-    /// Closes the connection without telling the server over HTTP and drops everything:
-    /// the publisher just vanishes.
+    /// Closes the connection (DTLS close_notify goes out) without a DELETE.
     pub async fn close(self) {
+        self.peer.close().await;
+    }
+
+    /// Vanishes: the network goes silent first, so the server hears nothing at all, not even
+    /// the close_notify of the close that follows.
+    pub async fn vanish(self) {
+        self.peer.cut_network();
         self.peer.close().await;
     }
 }
@@ -633,13 +797,16 @@ impl WhipPublisher {
 async fn count_keyframe_requests(track: Arc<TrackLocalStaticRTP>, count: watch::Sender<u64>) {
     while let Some(event) = track.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(packets) = event {
-            let requests = packets.iter().filter(|p| is_keyframe_request(p)).count();
+            let requests = packets
+                .iter()
+                .filter(|p| is_keyframe_request(p.as_ref()))
+                .count();
             count.send_modify(|n| *n += requests as u64);
         }
     }
 }
 
-fn is_keyframe_request(packet: &Box<dyn rtc::rtcp::Packet>) -> bool {
+fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     let any = packet.as_any();
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
@@ -661,7 +828,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestsToApp {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            if packets.iter().any(is_keyframe_request) {
+            if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }
@@ -743,6 +910,18 @@ async fn record_track(inboxes: Arc<Inboxes>, track: Arc<dyn TrackRemote>) {
     inbox.send_modify(|i| i.ended = true);
 }
 
+/// How a subscriber saw its subscription end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every track's event stream ended.
+    TracksEnded,
+    /// The server closed DTLS (`close_notify`). webrtc-rs keeps the connection state at
+    /// `connected` then (W3C counts a closed DTLS transport as connected), so this is polled.
+    TransportClosed,
+    /// The connection state became disconnected, failed or closed.
+    Connection(RTCPeerConnectionState),
+}
+
 /// A WHEP subscriber with a receive-only audio and video transceiver.
 pub struct WhepSubscriber {
     pub peer: Peer,
@@ -821,26 +1000,24 @@ impl WhepSubscriber {
         count
     }
 
-    /// Waits until the subscription is over: every opened track ended, or the connection is
-    /// disconnected, failed or closed. False if `within` passed first.
-    pub async fn ended(&self, within: Duration) -> bool {
-        let tracks_ended = async {
-            for kind in [Kind::Audio, Kind::Video] {
-                let mut inbox = self.inboxes.of(kind).subscribe();
-                let _ = inbox.wait_for(|i| i.opened && i.ended).await;
+    /// Waits until the subscription is over, and says how that showed; `None` if `within`
+    /// passed first.
+    pub async fn ended(&self, within: Duration) -> Option<Ending> {
+        let ending = async {
+            tokio::select! {
+                _ = self.tracks_ended() => Ending::TracksEnded,
+                _ = self.peer.transport_closed() => Ending::TransportClosed,
+                state = self.peer.connection_lost() => Ending::Connection(state),
             }
         };
-        let connection_gone = self.peer.wait_state(within, |s| {
-            matches!(
-                s,
-                RTCPeerConnectionState::Disconnected
-                    | RTCPeerConnectionState::Failed
-                    | RTCPeerConnectionState::Closed
-            )
-        });
-        tokio::select! {
-            finished = tokio::time::timeout(within, tracks_ended) => finished.is_ok(),
-            gone = connection_gone => gone,
+        tokio::time::timeout(within, ending).await.ok()
+    }
+
+    /// Every track opened and then ended.
+    async fn tracks_ended(&self) {
+        for kind in [Kind::Audio, Kind::Video] {
+            let mut inbox = self.inboxes.of(kind).subscribe();
+            let _ = inbox.wait_for(|i| i.opened && i.ended).await;
         }
     }
 
