@@ -18,16 +18,24 @@ use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::info;
 
+use crate::api::ratelimit::RateLimits;
 use crate::config::Config;
+use crate::domain::access::AccessKeys;
 use crate::domain::token::TokenKeys;
 use crate::metrics::Metrics;
 use crate::sfu::{Sfu, SfuConfig};
+use crate::store::Store;
 
 /// Shared by every HTTP handler; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    pub store: Store,
+    /// Join tokens (media).
     pub keys: TokenKeys,
+    /// REST access tokens.
+    pub access: AccessKeys,
+    pub limits: RateLimits,
     pub metrics: Metrics,
     pub sfu: Sfu,
     /// Cleared when shutdown starts, so /readyz turns away new load first.
@@ -57,6 +65,11 @@ impl Server {
                     config.signing_key_path().display()
                 )
             })?;
+        let store = Store::connect(&config.database_url, &config.data_dir)
+            .await
+            .context("opening the database")?;
+        let access = keys.access_keys(config.access_token_ttl);
+        let limits = RateLimits::from_config(&config);
         let metrics = Metrics::new();
         let sfu_config = SfuConfig {
             bind: SocketAddr::new(config.media_bind_ip, config.media_udp_port),
@@ -82,7 +95,10 @@ impl Server {
         let http_addr = listener.local_addr()?;
         let state = AppState {
             config: Arc::new(config),
+            store,
             keys,
+            access,
+            limits,
             metrics,
             sfu: sfu.clone(),
             accepting: Arc::new(AtomicBool::new(true)),
@@ -90,7 +106,8 @@ impl Server {
         let router = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let http = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            let serve = axum::serve(listener, service).with_graceful_shutdown(async {
                 let _ = stopped.await;
             });
             if let Err(e) = serve.await {
@@ -129,6 +146,11 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(index))
         .merge(crate::api::health::router())
         .merge(crate::signaling::router())
+        .merge(crate::api::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::api::ratelimit::enforce,
+        ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state);
     // The CORS layer answers every OPTIONS itself; a plain OPTIONS (no

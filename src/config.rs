@@ -78,6 +78,36 @@ pub struct Config {
     /// How long graceful shutdown waits for peers to close before exiting.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
+    /// Empty: SQLite at `data_dir/convene.db`. `postgres://…`: PostgreSQL. Env: `DATABASE_URL`
+    /// (or `CONVENE_DATABASE_URL`).
+    pub database_url: String,
+    /// Base URL clients reach this server at, for join links (`{public_url}/m/{code}`).
+    /// Empty: relative links.
+    pub public_url: String,
+    /// Lifetime of REST access tokens (JWT).
+    #[serde(with = "humantime_serde_compat")]
+    pub access_token_ttl: Duration,
+    /// Lifetime of refresh tokens (opaque, stored hashed, single use).
+    #[serde(with = "humantime_serde_compat")]
+    pub refresh_token_ttl: Duration,
+    /// Lifetime of meeting join tokens (media JWTs) issued by `POST /meetings/{code}/join`.
+    #[serde(with = "humantime_serde_compat")]
+    pub join_token_ttl: Duration,
+    pub password_min_length: usize,
+    pub password_max_length: usize,
+    /// Failed logins in a row before an account's logins are delayed.
+    pub login_failures_before_backoff: u32,
+    /// The first delay; it doubles with each further failure, up to `login_backoff_max`.
+    #[serde(with = "humantime_serde_compat")]
+    pub login_backoff_base: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub login_backoff_max: Duration,
+    /// Requests per minute per client address, by class. 0 disables a class's limit.
+    pub rate_limit_auth_per_minute: u32,
+    pub rate_limit_general_per_minute: u32,
+    pub rate_limit_meeting_create_per_hour: u32,
+    /// Chat message length, in characters.
+    pub chat_max_length: usize,
 }
 
 impl Default for Config {
@@ -102,6 +132,20 @@ impl Default for Config {
             ice_failed_timeout: Duration::from_secs(15),
             nack_cache_packets: 1024,
             shutdown_grace: Duration::from_secs(3),
+            database_url: String::new(),
+            public_url: String::new(),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
+            join_token_ttl: Duration::from_secs(6 * 3600),
+            password_min_length: 8,
+            password_max_length: 128,
+            login_failures_before_backoff: 5,
+            login_backoff_base: Duration::from_secs(1),
+            login_backoff_max: Duration::from_secs(300),
+            rate_limit_auth_per_minute: 30,
+            rate_limit_general_per_minute: 600,
+            rate_limit_meeting_create_per_hour: 120,
+            chat_max_length: 4000,
         }
     }
 }
@@ -124,6 +168,11 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("convene.toml"));
         let figment = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|k| k.as_str().to_ascii_lowercase().into()),
+            )
             .merge(Env::prefixed("CONVENE_").map(|k| k.as_str().to_ascii_lowercase().into()))
             .merge(Serialized::defaults(overrides));
         let config: Config = figment
@@ -155,6 +204,25 @@ impl Config {
         }
         if self.nack_cache_packets == 0 || !self.nack_cache_packets.is_power_of_two() {
             return Err(invalid("nack_cache_packets", "must be a power of two"));
+        }
+        if self.password_min_length < 8 || self.password_max_length < self.password_min_length {
+            return Err(invalid(
+                "password_min_length",
+                "must be at least 8 and at most password_max_length",
+            ));
+        }
+        if self.access_token_ttl < Duration::from_secs(30) {
+            return Err(invalid("access_token_ttl", "must be at least 30s"));
+        }
+        if !(self.database_url.is_empty()
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://")
+            || self.database_url.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must be postgres://…, sqlite:… or empty",
+            ));
         }
         if self.public_ip.iter().any(|ip| ip.is_unspecified()) {
             return Err(invalid("public_ip", "0.0.0.0 / :: cannot be announced"));

@@ -5,8 +5,9 @@
 //! - [`app`]: wires everything; [`app::Server`] is what `main` and the tests start.
 //! - [`sfu`]: the data plane: UDP socket, sans-I/O peer connections, rooms, forwarding.
 //! - [`signaling`]: WHIP/WHEP resources (and later WebSocket signaling), join-token checks.
-//! - [`api`]: REST: health, readiness, metrics, the JSON error envelope.
-//! - [`domain`]: rules that are not HTTP (join tokens and grants).
+//! - [`api`]: REST under /api/v1 (accounts, meetings, moderation, chat), health, metrics.
+//! - [`domain`]: rules that are not HTTP (tokens, passwords, roles and grants).
+//! - [`store`]: sqlx repositories over SQLite (default) or PostgreSQL.
 //! - [`metrics`], [`telemetry`], [`ids`]: Prometheus metrics, logging, typed ids.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod ids;
 pub mod metrics;
 pub mod sfu;
 pub mod signaling;
+pub mod store;
 pub mod telemetry;
 
 pub use app::Server;

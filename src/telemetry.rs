@@ -9,7 +9,9 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,rtc=warn,rtc_ice=warn,rtc_dtls=warn"));
     // Colour only for a person at a terminal; files and log shippers get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     // try_init: tests start several servers in one process and only the first installs it.
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),

@@ -23,7 +23,9 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let ready = state.accepting.load(Ordering::Relaxed) && state.sfu.is_running();
+    let ready = state.accepting.load(Ordering::Relaxed)
+        && state.sfu.is_running()
+        && state.store.ping().await;
     let status = if ready {
         StatusCode::OK
     } else {

@@ -1,3 +1,7 @@
-//! Rules that are not HTTP: join tokens and their grants. Accounts and meetings join later.
+//! Rules that are not HTTP: join tokens and their grants, REST access tokens, passwords, roles
+//! and permissions, meeting codes.
 
+pub mod access;
+pub mod password;
+pub mod roles;
 pub mod token;

@@ -54,6 +54,8 @@ pub enum TokenError {
 /// Signs and verifies join tokens with the server's one key.
 #[derive(Clone)]
 pub struct TokenKeys {
+    /// Kept to derive the REST access-token key from the same server secret.
+    secret: std::sync::Arc<[u8]>,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -72,6 +74,7 @@ impl TokenKeys {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "nbf", "sub"]);
         Self {
+            secret: secret.into(),
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
@@ -114,6 +117,11 @@ impl TokenKeys {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The REST access-token keys, derived from the same server secret.
+    pub fn access_keys(&self, ttl: Duration) -> super::access::AccessKeys {
+        super::access::AccessKeys::new(&self.secret, ttl)
     }
 
     pub fn sign(&self, claims: &JoinClaims) -> String {

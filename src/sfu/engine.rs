@@ -136,6 +136,31 @@ impl Engine {
                 };
                 let _ = reply.send(result);
             }
+            Command::CloseParticipant {
+                room,
+                identity,
+                reply,
+            } => {
+                let sessions: Vec<PeerId> = self
+                    .peers
+                    .values()
+                    .filter(|p| p.room == room && p.identity == identity)
+                    .map(|p| p.id)
+                    .collect();
+                for session in &sessions {
+                    self.remove_peer(*session, "removed by a moderator", now);
+                }
+                let _ = reply.send(Ok(sessions.len()));
+            }
+            Command::SetMuted {
+                room,
+                identity,
+                kind,
+                muted,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.set_muted(&room, &identity, kind, muted, now)));
+            }
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }
@@ -360,11 +385,49 @@ impl Engine {
                     receiver: Some(receiver_id),
                     subscribers: Vec::new(),
                     keyframes: KeyframeThrottle::default(),
+                    muted: false,
                 },
             );
             peer.inbound.insert(rtc_track_id, id);
             peer.published.push(id);
         }
+    }
+
+    fn set_muted(
+        &mut self,
+        room: &RoomId,
+        identity: &ParticipantId,
+        kind: super::MediaKind,
+        muted: bool,
+        now: Instant,
+    ) -> usize {
+        let track_ids: Vec<TrackId> = self
+            .peers
+            .values()
+            .filter(|p| &p.room == room && &p.identity == identity && p.is_publisher())
+            .flat_map(|p| p.published.iter().copied())
+            .collect();
+        let mut changed = Vec::new();
+        for track_id in track_ids {
+            let Some(track) = self.tracks.get_mut(&track_id) else {
+                continue;
+            };
+            if track.is_video() != (kind == super::MediaKind::Video) {
+                continue;
+            }
+            if track.muted != muted {
+                track.muted = muted;
+                changed.push(track_id);
+            }
+        }
+        // Unmuted video resumes mid-stream: subscribers need a keyframe to decode again.
+        if !muted {
+            for track_id in &changed {
+                self.request_keyframe(*track_id, now);
+            }
+        }
+        info!(%room, participant = %identity, ?kind, muted, tracks = changed.len(), "mute applied");
+        changed.len()
     }
 
     fn patch(
@@ -727,6 +790,9 @@ impl Engine {
         let Some(track) = self.tracks.get(&track_id) else {
             return;
         };
+        if track.muted {
+            return;
+        }
         self.metrics.rtp_packets_in.inc();
         self.metrics
             .rtp_bytes_in

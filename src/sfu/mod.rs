@@ -35,6 +35,13 @@ pub enum Intent {
     },
 }
 
+/// Audio or video, for moderation that acts on one kind of a participant's tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
 /// The outcome of an accepted offer.
 #[derive(Debug, Clone)]
 pub struct Negotiated {
@@ -102,6 +109,18 @@ pub(crate) enum Command {
         room: RoomId,
         session: PeerId,
         reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    CloseParticipant {
+        room: RoomId,
+        identity: ParticipantId,
+        reply: oneshot::Sender<Result<usize, SfuError>>,
+    },
+    SetMuted {
+        room: RoomId,
+        identity: ParticipantId,
+        kind: MediaKind,
+        muted: bool,
+        reply: oneshot::Sender<Result<usize, SfuError>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -189,6 +208,39 @@ impl Sfu {
         self.call(|reply| Command::Close {
             room,
             session,
+            reply,
+        })
+        .await
+    }
+
+    /// Closes every peer of `identity` in `room` (kick). Returns how many were closed.
+    pub async fn close_participant(
+        &self,
+        room: RoomId,
+        identity: ParticipantId,
+    ) -> Result<usize, SfuError> {
+        self.call(|reply| Command::CloseParticipant {
+            room,
+            identity,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops (or resumes) forwarding `identity`'s tracks of `kind` in `room`. Returns how many
+    /// tracks it applied to.
+    pub async fn set_muted(
+        &self,
+        room: RoomId,
+        identity: ParticipantId,
+        kind: MediaKind,
+        muted: bool,
+    ) -> Result<usize, SfuError> {
+        self.call(|reply| Command::SetMuted {
+            room,
+            identity,
+            kind,
+            muted,
             reply,
         })
         .await

@@ -26,6 +26,8 @@ pub struct PublishedTrack {
     pub receiver: Option<rtc::rtp_transceiver::RTCRtpReceiverId>,
     pub subscribers: Vec<SubscriberRef>,
     pub keyframes: KeyframeThrottle,
+    /// Muted by a moderator: packets are dropped instead of forwarded.
+    pub muted: bool,
 }
 
 impl PublishedTrack {

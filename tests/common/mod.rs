@@ -1,6 +1,7 @@
 //! Shared by the integration tests: a real Convene server on ephemeral ports, and join tokens.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod client;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
     _data_dir: TempDir,
+    _schema: Option<PgSchema>,
 }
 
 impl TestServer {
@@ -25,6 +27,7 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         convene::telemetry::init(convene::config::LogFormat::Pretty);
         let data_dir = TempDir::new();
+        let schema = PgSchema::create().await;
         let mut config = Config {
             http: "127.0.0.1:0".parse().unwrap(),
             media_udp_port: 0,
@@ -32,6 +35,11 @@ impl TestServer {
             data_dir: data_dir.0.clone(),
             ice_disconnected_timeout: Duration::from_secs(2),
             ice_failed_timeout: Duration::from_secs(3),
+            database_url: schema.as_ref().map(|s| s.url.clone()).unwrap_or_default(),
+            // Every test client comes from 127.0.0.1: limits are tested on their own.
+            rate_limit_auth_per_minute: 100_000,
+            rate_limit_general_per_minute: 100_000,
+            rate_limit_meeting_create_per_hour: 100_000,
             ..Config::default()
         };
         adjust(&mut config);
@@ -42,6 +50,7 @@ impl TestServer {
             base,
             http: reqwest::Client::new(),
             _data_dir: data_dir,
+            _schema: schema,
         }
     }
 
@@ -61,6 +70,11 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// `/api/v1{path}` on this server.
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{}", self.base, path)
     }
 
     pub async fn metrics(&self) -> String {
@@ -113,5 +127,55 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// With `DATABASE_URL=postgres://…` set, each server gets a schema of its own in that database
+/// (dropped afterwards), so tests running in parallel never see each other's rows. Without it,
+/// servers use SQLite in their temporary data dir.
+pub struct PgSchema {
+    pub url: String,
+    base: String,
+    name: String,
+}
+
+impl PgSchema {
+    pub async fn create() -> Option<Self> {
+        let base = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| u.starts_with("postgres"))?;
+        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
+            .await
+            .expect("DATABASE_URL reachable");
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{name}");
+        Some(Self { url, base, name })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Drop runs inside the test's runtime; a thread with its own runtime may block.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&base).await
+                {
+                    let _ = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
     }
 }

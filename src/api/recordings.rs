@@ -1,0 +1,18 @@
+//! (being written: recordings and stats)
+
+use axum::Router;
+use utoipa::OpenApi;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi()]
+struct Doc;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+}
+
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    Doc::openapi()
+}

@@ -1,0 +1,82 @@
+//! REST helpers for the API tests: users made straight through the store (so a test of one
+//! resource does not depend on another's endpoints), and requests returning (status, JSON).
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use super::TestServer;
+
+pub struct TestUser {
+    pub id: String,
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    /// A valid REST access token for this user.
+    pub token: String,
+}
+
+impl TestServer {
+    /// Creates a user (unique name derived from `name`) and an access token for it.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let suffix = &uuid::Uuid::now_v7().simple().to_string()[20..];
+        let username = format!("{name}_{suffix}");
+        let email = format!("{username}@example.test");
+        let password = format!("pw-{username}-secret");
+        let hash = convene::domain::password::hash(password.clone())
+            .await
+            .unwrap();
+        let user = self
+            .server
+            .state
+            .store
+            .insert_user(convene::store::users::NewUser {
+                email: &email,
+                username: &username,
+                display_name: name,
+                password_hash: &hash,
+            })
+            .await
+            .unwrap();
+        let token = self.server.state.access.issue(&user.id, &user.username);
+        TestUser {
+            id: user.id,
+            username,
+            email,
+            password,
+            token,
+        }
+    }
+
+    /// Sends a JSON request to `/api/v1{path}`; returns the status and the JSON body (Null when
+    /// the body is empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.api(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, json)
+    }
+}
+
+/// Asserts an error envelope with `code`.
+pub fn assert_error(result: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(result.0, status, "{}", result.1);
+    assert_eq!(result.1["error"]["code"], code, "{}", result.1);
+}
