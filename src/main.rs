@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run the server (what runs with no subcommand).
     Serve,
+    /// Create or upgrade the database schema, then exit (the server also does this on start).
+    Migrate,
     /// Join tokens.
     Token {
         #[command(subcommand)]
@@ -97,6 +99,7 @@ fn main() -> anyhow::Result<()> {
     let config = cli.common.load()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
+        Command::Migrate => migrate(config),
         Command::Token {
             command: TokenCommand::Create(args),
         } => create_token(&config, args),
@@ -129,6 +132,17 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+fn migrate(config: Config) -> anyhow::Result<()> {
+    convene::telemetry::init(config.log_format);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = convene::store::Store::connect(&config.database_url, &config.data_dir).await?;
+        println!("database schema is up to date ({:?})", store.backend);
+        anyhow::Ok(())
+    })
 }
 
 fn create_token(config: &Config, args: TokenArgs) -> anyhow::Result<()> {

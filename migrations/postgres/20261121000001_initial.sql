@@ -1,5 +1,6 @@
--- Convene schema v1 (PostgreSQL). Ids are UUID text; times are unix milliseconds (BIGINT), so the
--- same queries run on SQLite and PostgreSQL through sqlx's Any driver.
+-- Convene schema v1 (PostgreSQL). Portable types, so the same queries run on SQLite and
+-- PostgreSQL through sqlx's Any driver: ids are UUID text, times unix milliseconds (BIGINT),
+-- flags BIGINT 0/1 (the Any driver cannot decode SQLite booleans).
 
 CREATE TABLE users (
     id              TEXT PRIMARY KEY,
@@ -8,8 +9,8 @@ CREATE TABLE users (
     display_name    TEXT NOT NULL,
     password_hash   TEXT NOT NULL,
     avatar_url      TEXT,
-    pref_mic_muted  BOOLEAN NOT NULL DEFAULT FALSE,
-    pref_camera_off BOOLEAN NOT NULL DEFAULT FALSE,
+    pref_mic_muted  BIGINT NOT NULL DEFAULT 0,
+    pref_camera_off BIGINT NOT NULL DEFAULT 0,
     failed_logins   BIGINT NOT NULL DEFAULT 0,
     locked_until    BIGINT,
     created_at      BIGINT NOT NULL,
@@ -39,13 +40,13 @@ CREATE TABLE meetings (
     duration_minutes BIGINT,
     access           TEXT NOT NULL,
     passcode         TEXT,
-    allow_guests     BOOLEAN NOT NULL,
-    waiting_room     BOOLEAN NOT NULL,
-    mute_on_join     BOOLEAN NOT NULL,
-    video_on_join    BOOLEAN NOT NULL,
-    chat             BOOLEAN NOT NULL,
-    screen_share     BOOLEAN NOT NULL,
-    recording        BOOLEAN NOT NULL,
+    allow_guests     BIGINT NOT NULL,
+    waiting_room     BIGINT NOT NULL,
+    mute_on_join     BIGINT NOT NULL,
+    video_on_join    BIGINT NOT NULL,
+    chat             BIGINT NOT NULL,
+    screen_share     BIGINT NOT NULL,
+    recording        BIGINT NOT NULL,
     max_participants BIGINT NOT NULL,
     status           TEXT NOT NULL,
     started_at       BIGINT,
@@ -87,8 +88,8 @@ CREATE TABLE participants (
     display_name  TEXT NOT NULL,
     role          TEXT NOT NULL,
     status        TEXT NOT NULL,
-    mic_muted     BOOLEAN NOT NULL DEFAULT FALSE,
-    camera_off    BOOLEAN NOT NULL DEFAULT FALSE,
+    mic_muted     BIGINT NOT NULL DEFAULT 0,
+    camera_off    BIGINT NOT NULL DEFAULT 0,
     joined_at     BIGINT,
     left_at       BIGINT,
     created_at    BIGINT NOT NULL

@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{opt, Store, StoreError, StoreResult};
+use super::{flag, opt, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeetingSettings {
@@ -54,13 +54,13 @@ pub fn meeting_from_row(row: &AnyRow) -> StoreResult<Meeting> {
         access: row.try_get("access")?,
         passcode: opt(row, "passcode")?,
         settings: MeetingSettings {
-            allow_guests: row.try_get("allow_guests")?,
-            waiting_room: row.try_get("waiting_room")?,
-            mute_on_join: row.try_get("mute_on_join")?,
-            video_on_join: row.try_get("video_on_join")?,
-            chat: row.try_get("chat")?,
-            screen_share: row.try_get("screen_share")?,
-            recording: row.try_get("recording")?,
+            allow_guests: flag(row, "allow_guests")?,
+            waiting_room: flag(row, "waiting_room")?,
+            mute_on_join: flag(row, "mute_on_join")?,
+            video_on_join: flag(row, "video_on_join")?,
+            chat: flag(row, "chat")?,
+            screen_share: flag(row, "screen_share")?,
+            recording: flag(row, "recording")?,
             max_participants: row.try_get("max_participants")?,
         },
         status: row.try_get("status")?,
@@ -104,13 +104,13 @@ impl Store {
             .bind(m.duration_minutes)
             .bind(&m.access)
             .bind(m.passcode.as_deref())
-            .bind(s.allow_guests)
-            .bind(s.waiting_room)
-            .bind(s.mute_on_join)
-            .bind(s.video_on_join)
-            .bind(s.chat)
-            .bind(s.screen_share)
-            .bind(s.recording)
+            .bind(i64::from(s.allow_guests))
+            .bind(i64::from(s.waiting_room))
+            .bind(i64::from(s.mute_on_join))
+            .bind(i64::from(s.video_on_join))
+            .bind(i64::from(s.chat))
+            .bind(i64::from(s.screen_share))
+            .bind(i64::from(s.recording))
             .bind(s.max_participants)
             .bind(&m.status)
             .bind(m.started_at)

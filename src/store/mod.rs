@@ -123,3 +123,9 @@ where
     use sqlx::Row;
     Ok(row.try_get::<Option<T>, _>(column)?)
 }
+
+/// Reads a 0/1 flag column as a bool.
+pub fn flag(row: &AnyRow, column: &str) -> StoreResult<bool> {
+    use sqlx::Row;
+    Ok(row.try_get::<i64, _>(column)? != 0)
+}

@@ -4,7 +4,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{opt, Store, StoreError, StoreResult};
+use super::{flag, opt, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Participant {
@@ -35,8 +35,8 @@ pub fn participant_from_row(row: &AnyRow) -> StoreResult<Participant> {
         display_name: row.try_get("display_name")?,
         role: row.try_get("role")?,
         status: row.try_get("status")?,
-        mic_muted: row.try_get("mic_muted")?,
-        camera_off: row.try_get("camera_off")?,
+        mic_muted: flag(row, "mic_muted")?,
+        camera_off: flag(row, "camera_off")?,
         joined_at: opt(row, "joined_at")?,
         left_at: opt(row, "left_at")?,
         created_at: row.try_get("created_at")?,
@@ -80,8 +80,8 @@ where
         .bind(&p.display_name)
         .bind(&p.role)
         .bind(&p.status)
-        .bind(p.mic_muted)
-        .bind(p.camera_off)
+        .bind(i64::from(p.mic_muted))
+        .bind(i64::from(p.camera_off))
         .bind(p.joined_at)
         .bind(p.left_at)
         .bind(p.created_at)

@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{map_unique, now_ms, opt, Store, StoreError, StoreResult};
+use super::{flag, map_unique, now_ms, opt, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -40,8 +40,8 @@ fn user_from_row(row: &AnyRow) -> StoreResult<User> {
         display_name: row.try_get("display_name")?,
         password_hash: row.try_get("password_hash")?,
         avatar_url: opt(row, "avatar_url")?,
-        pref_mic_muted: row.try_get("pref_mic_muted")?,
-        pref_camera_off: row.try_get("pref_camera_off")?,
+        pref_mic_muted: flag(row, "pref_mic_muted")?,
+        pref_camera_off: flag(row, "pref_camera_off")?,
         failed_logins: row.try_get("failed_logins")?,
         locked_until: opt(row, "locked_until")?,
         created_at: row.try_get("created_at")?,
@@ -58,7 +58,7 @@ impl Store {
         let result = sqlx::query(
             "INSERT INTO users (id, email, username, display_name, password_hash, pref_mic_muted, \
              pref_camera_off, failed_logins, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, FALSE, FALSE, 0, $6, $6)",
+             VALUES ($1, $2, $3, $4, $5, 0, 0, 0, $6, $6)",
         )
         .bind(&id)
         .bind(&email)
