@@ -581,6 +581,8 @@ async fn sigterm_stops_the_server_gracefully() {
             "--data-dir",
         ])
         .arg(&data_dir.0)
+        // Its own SQLite in the temp dir, never a shared database.
+        .env_remove("DATABASE_URL")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

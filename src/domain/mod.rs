@@ -2,6 +2,7 @@
 //! and permissions, meeting codes.
 
 pub mod access;
+pub mod meetings;
 pub mod password;
 pub mod roles;
 pub mod token;

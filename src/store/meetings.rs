@@ -126,3 +126,385 @@ impl Store {
         Ok(())
     }
 }
+
+/// Which of a user's meetings `meetings_for_user` lists.
+#[derive(Debug, Clone, Default)]
+pub struct MeetingFilter {
+    /// Only meetings with this status.
+    pub status: Option<String>,
+    /// Only meetings still ahead: live ones, and scheduled ones whose time is unset or at or
+    /// after `now`; ordered by time (soonest first) instead of newest first.
+    pub upcoming: bool,
+    pub now: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// An invite link (`join_links` row): admits its holder with `role` while uses remain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinLink {
+    pub id: String,
+    pub meeting_id: String,
+    /// SHA-256 (hex) of the token; the token itself is never stored.
+    pub token_hash: String,
+    pub role: String,
+    pub uses_left: i64,
+    pub expires_at: i64,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// A parameter of a query whose conditions are assembled at run time.
+enum FilterArg {
+    Text(String),
+    Int(i64),
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    args: &'q [FilterArg],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for arg in args {
+        query = match arg {
+            FilterArg::Text(text) => query.bind(text.as_str()),
+            FilterArg::Int(number) => query.bind(*number),
+        };
+    }
+    query
+}
+
+/// `MEETING_COLUMNS` qualified with the alias `m`, for queries that join other tables.
+fn qualified_meeting_columns() -> String {
+    MEETING_COLUMNS
+        .split(',')
+        .map(|c| format!("m.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// Whether `user_id` (or, when given, `email`) is on the meeting's invite list.
+    pub async fn is_invited(
+        &self,
+        meeting_id: &str,
+        user_id: &str,
+        email: Option<&str>,
+    ) -> StoreResult<bool> {
+        // An impossible email when none is given keeps the query one shape for both cases.
+        let email = email.map(|e| e.trim().to_lowercase()).unwrap_or_default();
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM meeting_invites WHERE meeting_id = $1 \
+             AND (user_id = $2 OR (email = $3 AND $3 <> '')) LIMIT 1",
+        )
+        .bind(meeting_id)
+        .bind(user_id)
+        .bind(&email)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Adds invites; ones already present are skipped. Returns how many were new.
+    pub async fn add_invites(
+        &self,
+        meeting_id: &str,
+        user_ids: &[String],
+        emails: &[String],
+    ) -> StoreResult<u64> {
+        let now = super::now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut added = 0;
+        for user_id in user_ids {
+            added += sqlx::query(
+                "INSERT INTO meeting_invites (id, meeting_id, user_id, email, created_at) \
+                 VALUES ($1, $2, $3, NULL, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(super::new_id())
+            .bind(meeting_id)
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        for email in emails {
+            added += sqlx::query(
+                "INSERT INTO meeting_invites (id, meeting_id, user_id, email, created_at) \
+                 VALUES ($1, $2, NULL, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(super::new_id())
+            .bind(meeting_id)
+            .bind(email.trim().to_lowercase())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    /// The meetings a user hosts or is invited to (by user id or by email), each with its
+    /// host's display name, and the total matching `filter` before paging.
+    pub async fn meetings_for_user(
+        &self,
+        user_id: &str,
+        email: &str,
+        filter: &MeetingFilter,
+    ) -> StoreResult<(Vec<(Meeting, String)>, i64)> {
+        // Placeholders are numbered as conditions are added, so each query binds exactly the
+        // parameters it references (both backends insist on that).
+        let email = email.trim().to_lowercase();
+        let mut args: Vec<FilterArg> =
+            vec![FilterArg::Text(user_id.to_owned()), FilterArg::Text(email)];
+        let mut conditions = String::from(
+            "(m.host_id = $1 OR EXISTS (SELECT 1 FROM meeting_invites i WHERE i.meeting_id = m.id \
+             AND (i.user_id = $1 OR i.email = $2)))",
+        );
+        if let Some(status) = &filter.status {
+            args.push(FilterArg::Text(status.clone()));
+            conditions.push_str(&format!(" AND m.status = ${}", args.len()));
+        }
+        if filter.upcoming {
+            args.push(FilterArg::Int(filter.now));
+            conditions.push_str(&format!(
+                " AND (m.status = 'live' OR (m.status = 'scheduled' \
+                 AND (m.scheduled_at IS NULL OR m.scheduled_at >= ${})))",
+                args.len()
+            ));
+        }
+        let order = if filter.upcoming {
+            "COALESCE(m.scheduled_at, m.created_at) ASC, m.id ASC"
+        } else {
+            "m.created_at DESC, m.id DESC"
+        };
+
+        let count_sql = format!("SELECT COUNT(*) AS total FROM meetings m WHERE {conditions}");
+        let total: i64 = bind_all(sqlx::query(&count_sql), &args)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("total")?;
+
+        let list_sql = format!(
+            "SELECT {}, u.display_name AS host_name FROM meetings m \
+             JOIN users u ON u.id = m.host_id WHERE {conditions} ORDER BY {order} \
+             LIMIT ${} OFFSET ${}",
+            qualified_meeting_columns(),
+            args.len() + 1,
+            args.len() + 2
+        );
+        let rows = bind_all(sqlx::query(&list_sql), &args)
+            .bind(filter.limit)
+            .bind(filter.offset)
+            .fetch_all(&self.pool)
+            .await?;
+        let items = rows
+            .iter()
+            .map(|row| Ok((meeting_from_row(row)?, row.try_get("host_name")?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((items, total))
+    }
+
+    /// Writes the editable fields of `m` (not status or times). Returns false when the meeting
+    /// is ended or cancelled by now, so an edit never races a close into reopening it.
+    pub async fn update_meeting(&self, m: &Meeting) -> StoreResult<bool> {
+        let s = &m.settings;
+        let result = sqlx::query(
+            "UPDATE meetings SET title = $2, description = $3, scheduled_at = $4, \
+             duration_minutes = $5, access = $6, passcode = $7, allow_guests = $8, \
+             waiting_room = $9, mute_on_join = $10, video_on_join = $11, chat = $12, \
+             screen_share = $13, recording = $14, max_participants = $15, updated_at = $16 \
+             WHERE id = $1 AND status IN ('scheduled', 'live')",
+        )
+        .bind(&m.id)
+        .bind(&m.title)
+        .bind(&m.description)
+        .bind(m.scheduled_at)
+        .bind(m.duration_minutes)
+        .bind(&m.access)
+        .bind(m.passcode.as_deref())
+        .bind(i64::from(s.allow_guests))
+        .bind(i64::from(s.waiting_room))
+        .bind(i64::from(s.mute_on_join))
+        .bind(i64::from(s.video_on_join))
+        .bind(i64::from(s.chat))
+        .bind(i64::from(s.screen_share))
+        .bind(i64::from(s.recording))
+        .bind(s.max_participants)
+        .bind(m.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// `scheduled → live`. Returns false when the meeting was not scheduled (already live, or
+    /// closed); the caller tells those apart.
+    pub async fn start_meeting(&self, meeting_id: &str, now: i64) -> StoreResult<bool> {
+        start_meeting_on(&self.pool, meeting_id, now).await
+    }
+
+    /// Closes a scheduled or live meeting as `status` (`ended` or `cancelled`) and marks every
+    /// joined or waiting participant as left, in one transaction. Returns the identities that
+    /// were in the room (their media must be closed), or None when the meeting was already
+    /// closed.
+    pub async fn close_meeting(
+        &self,
+        meeting_id: &str,
+        status: &str,
+        now: i64,
+    ) -> StoreResult<Option<Vec<String>>> {
+        let mut tx = self.pool.begin().await?;
+        let closed = sqlx::query(
+            "UPDATE meetings SET status = $2, ended_at = $3, updated_at = $3 \
+             WHERE id = $1 AND status IN ('scheduled', 'live')",
+        )
+        .bind(meeting_id)
+        .bind(status)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if closed == 0 {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT DISTINCT identity FROM participants WHERE meeting_id = $1 AND status = 'joined'",
+        )
+        .bind(meeting_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let identities = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>("identity"))
+            .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query(
+            "UPDATE participants SET status = 'left', left_at = $2 \
+             WHERE meeting_id = $1 AND status IN ('joined', 'waiting')",
+        )
+        .bind(meeting_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(identities))
+    }
+
+    pub async fn insert_join_link(&self, link: &JoinLink) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO join_links (id, meeting_id, token_hash, role, uses_left, expires_at, \
+             created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&link.id)
+        .bind(&link.meeting_id)
+        .bind(&link.token_hash)
+        .bind(&link.role)
+        .bind(link.uses_left)
+        .bind(link.expires_at)
+        .bind(&link.created_by)
+        .bind(link.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(super::map_unique)?;
+        Ok(())
+    }
+
+    /// The meeting's invite link with this token hash if it still has uses and has not expired.
+    pub async fn usable_join_link(
+        &self,
+        meeting_id: &str,
+        token_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<JoinLink>> {
+        let row = sqlx::query(
+            "SELECT id, meeting_id, token_hash, role, uses_left, expires_at, created_by, created_at \
+             FROM join_links WHERE meeting_id = $1 AND token_hash = $2 AND uses_left > 0 \
+             AND expires_at > $3",
+        )
+        .bind(meeting_id)
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(JoinLink {
+                id: row.try_get("id")?,
+                meeting_id: row.try_get("meeting_id")?,
+                token_hash: row.try_get("token_hash")?,
+                role: row.try_get("role")?,
+                uses_left: row.try_get("uses_left")?,
+                expires_at: row.try_get("expires_at")?,
+                created_by: row.try_get("created_by")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Re-reads a meeting on any executor (inside a join transaction, after its seat lock).
+pub async fn meeting_on<'e, E>(executor: E, meeting_id: &str) -> StoreResult<Meeting>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!("SELECT {MEETING_COLUMNS} FROM meetings WHERE id = $1");
+    let row = sqlx::query(&sql)
+        .bind(meeting_id)
+        .fetch_optional(executor)
+        .await?;
+    row.as_ref()
+        .map(meeting_from_row)
+        .transpose()?
+        .ok_or(StoreError::NotFound)
+}
+
+/// `scheduled → live` on any executor; false when the meeting was not scheduled.
+pub async fn start_meeting_on<'e, E>(executor: E, meeting_id: &str, now: i64) -> StoreResult<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let result = sqlx::query(
+        "UPDATE meetings SET status = 'live', started_at = COALESCE(started_at, $2), updated_at = $2 \
+         WHERE id = $1 AND status = 'scheduled'",
+    )
+    .bind(meeting_id)
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// The first write of a join transaction: bumping the meeting's `seat_version` takes the
+/// meeting's row lock (PostgreSQL) or the database write lock (SQLite), so concurrent joins of
+/// one meeting count and insert one after another. False when the meeting is gone.
+pub async fn lock_seats<'e, E>(executor: E, meeting_id: &str) -> StoreResult<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let result = sqlx::query("UPDATE meetings SET seat_version = seat_version + 1 WHERE id = $1")
+        .bind(meeting_id)
+        .execute(executor)
+        .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Uses up one use of an invite link, atomically: false when none is left or it expired.
+pub async fn consume_join_link<'e, E>(
+    executor: E,
+    meeting_id: &str,
+    token_hash: &str,
+    now: i64,
+) -> StoreResult<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let result = sqlx::query(
+        "UPDATE join_links SET uses_left = uses_left - 1 WHERE meeting_id = $1 \
+         AND token_hash = $2 AND uses_left > 0 AND expires_at > $3",
+    )
+    .bind(meeting_id)
+    .bind(token_hash)
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}

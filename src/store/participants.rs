@@ -95,3 +95,90 @@ impl Store {
         insert_participant(&self.pool, p).await
     }
 }
+
+impl Store {
+    /// Whether `identity` (a user id, or `guest-…`) is banned from the meeting.
+    pub async fn is_banned(&self, meeting_id: &str, identity: &str) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM bans WHERE meeting_id = $1 AND identity = $2")
+            .bind(meeting_id)
+            .bind(identity)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// The role of the user's most recent participation in the meeting, if any: a promotion
+    /// to moderator outlives a reconnect (and a later demotion is seen too).
+    pub async fn latest_role(
+        &self,
+        meeting_id: &str,
+        user_id: &str,
+    ) -> StoreResult<Option<String>> {
+        let row = sqlx::query(
+            "SELECT role FROM participants WHERE meeting_id = $1 AND user_id = $2 \
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(meeting_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| row.try_get("role")).transpose()?)
+    }
+}
+
+/// Participants holding a seat (status `joined`), on any executor.
+pub async fn count_joined<'e, E>(executor: E, meeting_id: &str) -> StoreResult<i64>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS seats FROM participants WHERE meeting_id = $1 AND status = 'joined'",
+    )
+    .bind(meeting_id)
+    .fetch_one(executor)
+    .await?;
+    Ok(row.try_get("seats")?)
+}
+
+/// Whether the user holds a seat (`joined`) in the meeting right now, on any executor.
+pub async fn user_is_joined<'e, E>(
+    executor: E,
+    meeting_id: &str,
+    user_id: &str,
+) -> StoreResult<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let row = sqlx::query(
+        "SELECT 1 AS one FROM participants WHERE meeting_id = $1 AND user_id = $2 \
+         AND status = 'joined' LIMIT 1",
+    )
+    .bind(meeting_id)
+    .bind(user_id)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// Marks the user's joined or waiting rows of the meeting as left: a new join of the same
+/// account replaces its earlier session instead of taking a second seat.
+pub async fn leave_user_sessions<'e, E>(
+    executor: E,
+    meeting_id: &str,
+    user_id: &str,
+    now: i64,
+) -> StoreResult<u64>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let result = sqlx::query(
+        "UPDATE participants SET status = 'left', left_at = $3 \
+         WHERE meeting_id = $1 AND user_id = $2 AND status IN ('joined', 'waiting')",
+    )
+    .bind(meeting_id)
+    .bind(user_id)
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(result.rows_affected())
+}
