@@ -63,11 +63,7 @@ impl MeetingCaller {
             seat.as_ref()
                 .map(|s| Role::parse(&s.role).unwrap_or(Role::Guest))
         };
-        let invited = role.is_none()
-            && state
-                .store
-                .user_invited_to_meeting(&meeting.id, &user.user_id)
-                .await?;
+        let invited = role.is_none() && state.store.is_invited(&meeting.id, &user.user_id).await?;
         if role.is_none() && !invited && meeting.access != "public" {
             return Err(meeting_not_found());
         }

@@ -176,9 +176,7 @@ pub async fn can_view(
     if viewer.id == meeting.host_id || meeting.access == Access::Public.as_str() {
         return Ok(true);
     }
-    store
-        .is_invited(&meeting.id, &viewer.id, Some(&viewer.email))
-        .await
+    store.is_invited(&meeting.id, &viewer.id).await
 }
 
 /// What a joiner brings.
@@ -316,7 +314,7 @@ pub async fn join(
     }
     if meeting.access == Access::InviteOnly.as_str() && !is_host && link.is_none() {
         let invited = match &user {
-            Some(u) => store.is_invited(&meeting.id, &u.id, Some(&u.email)).await?,
+            Some(u) => store.is_invited(&meeting.id, &u.id).await?,
             None => false,
         };
         if !invited {

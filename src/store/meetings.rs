@@ -183,22 +183,14 @@ fn qualified_meeting_columns() -> String {
 }
 
 impl Store {
-    /// Whether `user_id` (or, when given, `email`) is on the meeting's invite list.
-    pub async fn is_invited(
-        &self,
-        meeting_id: &str,
-        user_id: &str,
-        email: Option<&str>,
-    ) -> StoreResult<bool> {
-        // An impossible email when none is given keeps the query one shape for both cases.
-        let email = email.map(|e| e.trim().to_lowercase()).unwrap_or_default();
+    /// Whether the user is on the meeting's invite list, by account or by the account's email.
+    pub async fn is_invited(&self, meeting_id: &str, user_id: &str) -> StoreResult<bool> {
         let row = sqlx::query(
-            "SELECT 1 AS one FROM meeting_invites WHERE meeting_id = $1 \
-             AND (user_id = $2 OR (email = $3 AND $3 <> '')) LIMIT 1",
+            "SELECT 1 AS one FROM meeting_invites WHERE meeting_id = $1 AND (user_id = $2 \
+             OR LOWER(email) = (SELECT LOWER(email) FROM users WHERE id = $2)) LIMIT 1",
         )
         .bind(meeting_id)
         .bind(user_id)
-        .bind(&email)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.is_some())

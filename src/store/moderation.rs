@@ -4,7 +4,6 @@
 //! Every update is a single conditional statement (or one transaction), so two moderators acting
 //! at once cannot leave a row half-changed; the caller re-reads the row to answer.
 
-use sqlx::Row;
 
 use super::participants::{participant_from_row, Participant, PARTICIPANT_COLUMNS};
 use super::{Store, StoreResult};
@@ -35,25 +34,6 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(participant_from_row).transpose()
-    }
-
-    /// Whether the user is invited to the meeting, by account or by the email of the account.
-    pub async fn user_invited_to_meeting(
-        &self,
-        meeting_id: &str,
-        user_id: &str,
-    ) -> StoreResult<bool> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM meeting_invites \
-             WHERE meeting_id = $1 AND (user_id = $2 \
-                OR LOWER(email) = (SELECT LOWER(email) FROM users WHERE id = $3))",
-        )
-        .bind(meeting_id)
-        .bind(user_id)
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
     /// Every participant row of a meeting (present and past), oldest first, optionally only
