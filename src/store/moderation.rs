@@ -4,7 +4,6 @@
 //! Every update is a single conditional statement (or one transaction), so two moderators acting
 //! at once cannot leave a row half-changed; the caller re-reads the row to answer.
 
-
 use super::participants::{participant_from_row, Participant, PARTICIPANT_COLUMNS};
 use super::{Store, StoreResult};
 
