@@ -1387,3 +1387,73 @@ async fn openapi_lists_the_meeting_endpoints() {
         assert!(paths[p][method].is_object(), "{method} {p} missing");
     }
 }
+
+#[tokio::test]
+async fn waiting_guest_claims_the_admission_with_its_wait_token() {
+    let server = TestServer::start().await;
+    let host = server.user("host").await;
+    let meeting = create(
+        &server,
+        &host,
+        json!({ "title": "Lobby", "settings": { "waiting_room": true } }),
+    )
+    .await;
+
+    let first = join_guest(&server, &meeting, "Gail").await;
+    assert_eq!(first.0, StatusCode::ACCEPTED, "{}", first.1);
+    let participant_id = first.1["participant_id"].as_str().unwrap().to_owned();
+    let wait_token = first.1["wait_token"].as_str().unwrap().to_owned();
+
+    let still = join(&server, &meeting, None, json!({ "wait_token": wait_token })).await;
+    assert_eq!(still.0, StatusCode::ACCEPTED, "still waiting: {}", still.1);
+    assert_eq!(
+        still.1["participant_id"],
+        participant_id.as_str(),
+        "the same seat, not a new one"
+    );
+
+    let admit = path(&meeting, &format!("/waiting/{participant_id}/admit"));
+    let (status, body) = server
+        .call(Method::POST, &admit, Some(&host.token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let admitted = join(&server, &meeting, None, json!({ "wait_token": wait_token })).await;
+    assert_eq!(admitted.0, StatusCode::OK, "{}", admitted.1);
+    assert_eq!(admitted.1["participant_id"], participant_id.as_str());
+    let token = claims(&server, &admitted);
+    assert_eq!(token.sub, format!("guest-{participant_id}"));
+    assert_eq!(token.grants.role.as_deref(), Some("guest"));
+
+    let second = join_guest(&server, &meeting, "Gus").await;
+    let denied_id = second.1["participant_id"].as_str().unwrap().to_owned();
+    let deny = path(&meeting, &format!("/waiting/{denied_id}/deny"));
+    assert_eq!(
+        server
+            .call(Method::POST, &deny, Some(&host.token), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let refused = join(
+        &server,
+        &meeting,
+        None,
+        json!({ "wait_token": second.1["wait_token"] }),
+    )
+    .await;
+    common::api::assert_error(&refused, StatusCode::FORBIDDEN, "denied");
+
+    let other = create(&server, &host, json!({ "title": "Other" })).await;
+    let foreign = join(&server, &other, None, json!({ "wait_token": wait_token })).await;
+    common::api::assert_error(&foreign, StatusCode::FORBIDDEN, "invalid_wait_token");
+    let forged = join(
+        &server,
+        &meeting,
+        None,
+        json!({ "wait_token": "not-a-token" }),
+    )
+    .await;
+    common::api::assert_error(&forged, StatusCode::FORBIDDEN, "invalid_wait_token");
+    let access_as_wait = join(&server, &meeting, None, json!({ "wait_token": host.token })).await;
+    common::api::assert_error(&access_as_wait, StatusCode::FORBIDDEN, "invalid_wait_token");
+}

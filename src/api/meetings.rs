@@ -204,6 +204,8 @@ pub struct JoinBody {
     pub display_name: Option<String>,
     /// The `invite` token of an invite link.
     pub invite_token: Option<String>,
+    /// The `wait_token` of an earlier 202: learn whether a moderator admitted you.
+    pub wait_token: Option<String>,
 }
 
 /// A STUN/TURN server for the client's peer connection.
@@ -243,6 +245,9 @@ pub struct WaitingResponse {
     pub status: String,
     pub participant_id: String,
     pub meeting_id: String,
+    /// POST it back to this join endpoint (`{"wait_token": …}`) to learn the decision: 202 while
+    /// waiting, 200 with the join token once admitted, 403 `denied` if refused.
+    pub wait_token: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1008,6 +1013,10 @@ impl From<JoinError> for ApiError {
                 ApiError::validation(vec![FieldError::new(field, message)])
             }
             JoinError::Full => ApiError::conflict("meeting_full", message),
+            JoinError::InvalidWaitToken => {
+                ApiError::new(StatusCode::FORBIDDEN, "invalid_wait_token", message)
+            }
+            JoinError::Denied => ApiError::new(StatusCode::FORBIDDEN, "denied", message),
             JoinError::Store(e) => e.into(),
         }
     }
@@ -1026,6 +1035,7 @@ impl From<JoinError> for ApiError {
         (status = 401, description = "login_required (guests not allowed), or a bad access token"),
         (status = 403, description = "banned, wrong_passcode, not_invited or invalid_invite"),
         (status = 404, description = "meeting_not_found"),
+        (status = 403, description = "invalid_wait_token / denied (a wait token's claim)"),
         (status = 409, description = "meeting_full"),
         (status = 410, description = "meeting_ended"),
         (status = 422, description = "validation_failed (display_name)"),
@@ -1041,10 +1051,12 @@ async fn join_meeting(
         passcode: body.passcode,
         display_name: body.display_name,
         invite_token: body.invite_token,
+        wait_token: body.wait_token,
     };
     let context = rules::JoinContext {
         store: &state.store,
         keys: &state.keys,
+        access: &state.access,
         config: &state.config,
     };
     match rules::join(context, &id, request).await? {
@@ -1079,12 +1091,14 @@ async fn join_meeting(
         JoinOutcome::Waiting {
             participant_id,
             meeting_id,
+            wait_token,
         } => Ok((
             StatusCode::ACCEPTED,
             Json(WaitingResponse {
                 status: "waiting".to_owned(),
                 participant_id,
                 meeting_id,
+                wait_token,
             }),
         )
             .into_response()),

@@ -67,6 +67,38 @@ impl AccessKeys {
     }
 }
 
+/// Proof that its holder is the participant parked in a meeting's waiting room: presented to the
+/// join endpoint again, it claims the admission once a moderator has admitted them. Guests have
+/// no account, so without it an admitted guest could not be recognised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitClaims {
+    /// Participant id.
+    pub sub: String,
+    pub meeting: String,
+    pub typ: String,
+    pub exp: u64,
+}
+
+impl AccessKeys {
+    pub fn issue_wait(&self, participant_id: &str, meeting_id: &str, ttl: Duration) -> String {
+        let claims = WaitClaims {
+            sub: participant_id.to_owned(),
+            meeting: meeting_id.to_owned(),
+            typ: "wait".to_owned(),
+            exp: unix_now() + ttl.as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail")
+    }
+
+    pub fn verify_wait(&self, token: &str) -> Option<WaitClaims> {
+        let claims = jsonwebtoken::decode::<WaitClaims>(token, &self.decoding, &self.validation)
+            .ok()?
+            .claims;
+        (claims.typ == "wait").then_some(claims)
+    }
+}
+
 impl std::fmt::Debug for AccessKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AccessKeys(..)")
@@ -86,5 +118,14 @@ mod tests {
             .verify(&token)
             .is_none());
         assert!(keys.verify("garbage").is_none());
+    }
+
+    #[test]
+    fn wait_and_access_tokens_are_not_interchangeable() {
+        let keys = AccessKeys::new(b"secret", Duration::from_secs(60));
+        let wait = keys.issue_wait("p1", "m1", Duration::from_secs(60));
+        assert_eq!(keys.verify_wait(&wait).unwrap().meeting, "m1");
+        assert!(keys.verify(&wait).is_none());
+        assert!(keys.verify_wait(&keys.issue("u1", "alice")).is_none());
     }
 }

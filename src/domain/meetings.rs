@@ -189,6 +189,8 @@ pub struct JoinRequest {
     pub display_name: Option<String>,
     /// An invite-link token (`?invite=` of the link).
     pub invite_token: Option<String>,
+    /// The wait token of an earlier 202: claims the admission once a moderator admitted it.
+    pub wait_token: Option<String>,
 }
 
 /// A successful join: the participant row is `joined` and the token admits it to the media.
@@ -213,6 +215,8 @@ pub enum JoinOutcome {
     Waiting {
         participant_id: String,
         meeting_id: String,
+        /// Present it to the join endpoint again to learn the decision (see [`JoinRequest`]).
+        wait_token: String,
     },
 }
 
@@ -243,6 +247,10 @@ pub enum JoinError {
     },
     #[error("the meeting is full")]
     Full,
+    #[error("the wait token is invalid or expired")]
+    InvalidWaitToken,
+    #[error("a moderator did not admit you to this meeting")]
+    Denied,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -252,6 +260,7 @@ pub enum JoinError {
 pub struct JoinContext<'a> {
     pub store: &'a Store,
     pub keys: &'a TokenKeys,
+    pub access: &'a crate::domain::access::AccessKeys,
     pub config: &'a Config,
 }
 
@@ -277,6 +286,9 @@ pub async fn join(
     };
     if is_closed(&meeting.status) {
         return Err(JoinError::Ended);
+    }
+    if let Some(token) = &request.wait_token {
+        return claim_waiting_seat(ctx, &meeting, token).await;
     }
     let user = match &request.user_id {
         Some(id) => match store.user(id).await {
@@ -408,10 +420,7 @@ pub async fn join(
     if to_waiting_room {
         insert_participant(&mut *tx, &participant).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        return Ok(JoinOutcome::Waiting {
-            participant_id,
-            meeting_id: meeting.id,
-        });
+        return Ok(waiting(ctx, &participant));
     }
     if link.is_some() {
         let hash = hash_link_token(request.invite_token.as_deref().unwrap_or_default());
@@ -426,6 +435,34 @@ pub async fn join(
     start_meeting_on(&mut *tx, &meeting.id, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
 
+    Ok(JoinOutcome::Joined(admit(
+        ctx,
+        &meeting,
+        &participant,
+        role,
+    )))
+}
+
+fn waiting(ctx: JoinContext<'_>, participant: &Participant) -> JoinOutcome {
+    JoinOutcome::Waiting {
+        participant_id: participant.id.clone(),
+        meeting_id: participant.meeting_id.clone(),
+        wait_token: ctx.access.issue_wait(
+            &participant.id,
+            &participant.meeting_id,
+            ctx.config.join_token_ttl,
+        ),
+    }
+}
+
+/// The join token and what the client needs with it, for a participant now `joined`.
+fn admit(
+    ctx: JoinContext<'_>,
+    meeting: &Meeting,
+    participant: &Participant,
+    role: Role,
+) -> Admission {
+    let settings = &meeting.settings;
     let grants = grants_for(
         role,
         GrantSettings {
@@ -436,22 +473,51 @@ pub async fn join(
     );
     let mut claims = JoinClaims::new(
         &meeting.id,
-        &identity,
+        &participant.identity,
         grants.clone(),
         ctx.config.join_token_ttl,
     );
-    claims.name = Some(display_name.clone());
-    Ok(JoinOutcome::Joined(Admission {
+    claims.name = Some(participant.display_name.clone());
+    Admission {
         join_token: ctx.keys.sign(&claims),
         role,
-        participant_id,
+        participant_id: participant.id.clone(),
         meeting_id: meeting.id.clone(),
-        identity,
-        display_name,
+        identity: participant.identity.clone(),
+        display_name: participant.display_name.clone(),
         grants,
         mic_muted: participant.mic_muted,
         camera_off: participant.camera_off,
-    }))
+    }
+}
+
+/// A participant from the waiting room comes back with its wait token: still waiting (202
+/// again), admitted (its join token now), or refused.
+async fn claim_waiting_seat(
+    ctx: JoinContext<'_>,
+    meeting: &Meeting,
+    token: &str,
+) -> Result<JoinOutcome, JoinError> {
+    let claims = ctx
+        .access
+        .verify_wait(token)
+        .ok_or(JoinError::InvalidWaitToken)?;
+    if claims.meeting != meeting.id {
+        return Err(JoinError::InvalidWaitToken);
+    }
+    let participant = match ctx.store.participant(&meeting.id, &claims.sub).await {
+        Err(StoreError::NotFound) => return Err(JoinError::InvalidWaitToken),
+        other => other?,
+    };
+    match participant.status.as_str() {
+        "waiting" => Ok(waiting(ctx, &participant)),
+        "joined" => {
+            let role = Role::parse(&participant.role).unwrap_or(Role::Guest);
+            Ok(JoinOutcome::Joined(admit(ctx, meeting, &participant, role)))
+        }
+        "kicked" => Err(JoinError::Banned),
+        _ => Err(JoinError::Denied),
+    }
 }
 
 #[cfg(test)]
