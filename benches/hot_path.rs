@@ -45,6 +45,7 @@ fn rewrite(c: &mut Criterion) {
             ssrc: 1000 + i,
             payload_type: Some(96),
             kind_is_video: true,
+            removed: false,
         })
         .collect();
     let mut group = c.benchmark_group("fanout_rewrite");

@@ -36,6 +36,8 @@ pub struct AppState {
     /// REST access tokens.
     pub access: AccessKeys,
     pub limits: RateLimits,
+    /// Routes SFU events to signaling sessions.
+    pub hub: crate::signaling::hub::Hub,
     pub metrics: Metrics,
     pub sfu: Sfu,
     /// Cleared when shutdown starts, so /readyz turns away new load first.
@@ -87,7 +89,7 @@ impl Server {
             !sfu_config.announced_ips.is_empty(),
             "no address to announce: set public_ip"
         );
-        let (sfu, engine) = Sfu::start(sfu_config.clone(), metrics.clone())
+        let (sfu, engine, sfu_events) = Sfu::start(sfu_config.clone(), metrics.clone())
             .with_context(|| format!("binding media UDP {}", sfu_config.bind))?;
         let listener = TcpListener::bind(config.http)
             .await
@@ -99,10 +101,12 @@ impl Server {
             keys,
             access,
             limits,
+            hub: crate::signaling::hub::Hub::default(),
             metrics,
             sfu: sfu.clone(),
             accepting: Arc::new(AtomicBool::new(true)),
         };
+        tokio::spawn(crate::signaling::hub::run(state.hub.clone(), sfu_events));
         let router = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let http = tokio::spawn(async move {

@@ -46,30 +46,37 @@ const RECEIVE_BUDGET: usize = 512;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
 
 pub struct Engine {
-    factory: PeerFactory,
-    max_participants: usize,
-    max_peers: usize,
-    keyframe_interval: Duration,
-    connect_timeout: Duration,
-    metrics: Metrics,
-    demux: Demux,
-    peers: HashMap<PeerId, Peer>,
-    rooms: HashMap<RoomId, Room>,
+    pub(super) factory: PeerFactory,
+    pub(super) max_participants: usize,
+    pub(super) max_peers: usize,
+    pub(super) keyframe_interval: Duration,
+    pub(super) connect_timeout: Duration,
+    pub(super) metrics: Metrics,
+    pub(super) demux: Demux,
+    pub(super) peers: HashMap<PeerId, Peer>,
+    pub(super) rooms: HashMap<RoomId, Room>,
     /// The forwarding table: every published track, with its subscribers.
-    tracks: HashMap<TrackId, PublishedTrack>,
-    next_track_id: u64,
+    pub(super) tracks: HashMap<TrackId, PublishedTrack>,
+    pub(super) next_track_id: u64,
     /// (deadline, peer); stale entries are skipped by comparing with `Peer::next_timeout`.
-    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    pub(super) timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
     /// Peers with input handled but output not yet polled.
-    dirty: Vec<PeerId>,
+    pub(super) dirty: Vec<PeerId>,
     /// Datagrams to send at the end of this iteration; reused, so it stops allocating.
-    outbox: Vec<(SocketAddr, BytesMut)>,
+    pub(super) outbox: Vec<(SocketAddr, BytesMut)>,
     /// Media read from one peer before it is forwarded; reused across iterations.
-    inbound: Vec<RTCMessage>,
+    pub(super) inbound: Vec<RTCMessage>,
+    /// To signaling (offers for room subscribers, track and peer lifecycle).
+    pub(super) events: mpsc::UnboundedSender<super::SfuEvent>,
 }
 
 impl Engine {
-    pub fn new(config: &SfuConfig, media_port: u16, metrics: Metrics) -> Self {
+    pub fn new(
+        config: &SfuConfig,
+        media_port: u16,
+        metrics: Metrics,
+        events: mpsc::UnboundedSender<super::SfuEvent>,
+    ) -> Self {
         let candidate_addrs = config
             .announced_ips
             .iter()
@@ -97,6 +104,7 @@ impl Engine {
             dirty: Vec::new(),
             outbox: Vec::new(),
             inbound: Vec::new(),
+            events,
         }
     }
 
@@ -160,6 +168,27 @@ impl Engine {
                 reply,
             } => {
                 let _ = reply.send(Ok(self.set_muted(&room, &identity, kind, muted, now)));
+            }
+            Command::SubscribeRoom {
+                room,
+                identity,
+                reply,
+            } => {
+                let _ = reply.send(self.subscribe_room(room, identity, now));
+            }
+            Command::Answer {
+                session,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.apply_answer(session, sdp, now));
+            }
+            Command::Renegotiate {
+                session,
+                offer,
+                reply,
+            } => {
+                let _ = reply.send(self.renegotiate_publisher(session, offer, now));
             }
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
@@ -252,11 +281,14 @@ impl Engine {
             down_tracks,
             next_timeout: None,
             dirty: false,
+            negotiating: false,
+            offer_pending: false,
         };
 
+        let mut new_tracks = Vec::new();
         match publisher {
             None => {
-                self.register_published_tracks(&mut peer);
+                new_tracks = self.register_published_tracks(&mut peer);
                 if peer.published.is_empty() {
                     return Err(SfuError::BadOffer(
                         "the offer sends no audio or video we can receive".into(),
@@ -295,6 +327,7 @@ impl Engine {
         info!(room = %room_id, participant = %identity, session = %id, role = ?peer.role, "peer created");
         self.peers.insert(id, peer);
         self.mark_dirty(id);
+        self.announce_tracks(id, &new_tracks, now);
         self.update_gauges();
         Ok(negotiated)
     }
@@ -341,16 +374,19 @@ impl Engine {
                 ssrc,
                 payload_type: None,
                 kind_is_video: track.is_video(),
+                removed: false,
             });
         }
         Ok(down_tracks)
     }
 
-    /// Turns each receiving m-line of a publisher's negotiated connection into a published track.
-    fn register_published_tracks(&mut self, peer: &mut Peer) {
+    /// Turns each receiving m-line of a publisher's negotiated connection that is not yet a
+    /// published track into one. Returns the new tracks.
+    pub(super) fn register_published_tracks(&mut self, peer: &mut Peer) -> Vec<TrackId> {
+        let mut added = Vec::new();
         let transceivers: Vec<_> = peer.pc.get_transceivers().collect();
         for transceiver_id in transceivers {
-            let Some(mut transceiver) = peer.pc.rtp_transceiver(transceiver_id) else {
+            let Some(transceiver) = peer.pc.rtp_transceiver(transceiver_id) else {
                 continue;
             };
             if !transceiver.direction().has_recv() {
@@ -361,7 +397,14 @@ impl Engine {
             else {
                 continue;
             };
-            let _ = &mut transceiver;
+            let known = peer.published.iter().any(|id| {
+                self.tracks
+                    .get(id)
+                    .is_some_and(|t| t.receiver == Some(receiver_id))
+            });
+            if known {
+                continue;
+            }
             let Some(mut receiver) = peer.pc.rtp_receiver(receiver_id) else {
                 continue;
             };
@@ -379,6 +422,8 @@ impl Engine {
                 PublishedTrack {
                     id,
                     publisher: peer.id,
+                    mid,
+                    publisher_track_id: rtc_track_id.clone(),
                     kind,
                     codec,
                     media_ssrc: None,
@@ -390,7 +435,9 @@ impl Engine {
             );
             peer.inbound.insert(rtc_track_id, id);
             peer.published.push(id);
+            added.push(id);
         }
+        added
     }
 
     fn set_muted(
@@ -598,7 +645,7 @@ impl Engine {
 
     // ---- servicing peers -------------------------------------------------------------------
 
-    fn mark_dirty(&mut self, peer_id: PeerId) {
+    pub(super) fn mark_dirty(&mut self, peer_id: PeerId) {
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             if !peer.dirty {
                 peer.dirty = true;
@@ -615,7 +662,7 @@ impl Engine {
         }
     }
 
-    fn service(&mut self, peer_id: PeerId, now: Instant) {
+    pub(super) fn service(&mut self, peer_id: PeerId, now: Instant) {
         let mut closed = false;
         let mut connected = false;
         let mut opened_tracks = Vec::new();
@@ -682,6 +729,7 @@ impl Engine {
         }
         self.inbound = inbound;
 
+        self.offer_if_pending(peer_id, now);
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -743,6 +791,9 @@ impl Engine {
             return;
         };
         info!(session = %peer_id, room = %peer.room, "peer connected");
+        let _ = self
+            .events
+            .send(super::SfuEvent::Connected { session: peer_id });
         let sources: Vec<TrackId> = peer
             .down_tracks
             .iter()
@@ -878,7 +929,7 @@ impl Engine {
 
     /// Sends PLI (or FIR) for `track_id` to its publisher, at most once per interval; requests
     /// in between are deferred, not dropped (see `KeyframeThrottle`).
-    fn request_keyframe(&mut self, track_id: TrackId, now: Instant) {
+    pub(super) fn request_keyframe(&mut self, track_id: TrackId, now: Instant) {
         let Some(track) = self.tracks.get_mut(&track_id) else {
             return;
         };
@@ -922,34 +973,15 @@ impl Engine {
 
     /// Closes a peer and releases everything it held. A publisher's subscribers get RTCP BYE on
     /// its tracks; a subscriber left with no source is closed too, so its tracks end.
-    fn remove_peer(&mut self, peer_id: PeerId, reason: &str, now: Instant) {
+    pub(super) fn remove_peer(&mut self, peer_id: PeerId, reason: &str, now: Instant) {
         let Some(mut peer) = self.peers.remove(&peer_id) else {
             return;
         };
         info!(session = %peer_id, room = %peer.room, participant = %peer.identity, reason, "peer removed");
         self.demux.remove_peer(peer_id);
         let mut orphaned = Vec::new();
-        for track_id in peer.published.drain(..) {
-            let Some(track) = self.tracks.remove(&track_id) else {
-                continue;
-            };
-            for subscriber in track.subscribers {
-                let Some(sub) = self.peers.get_mut(&subscriber.peer) else {
-                    continue;
-                };
-                let Some(down) = sub.down_tracks.get_mut(subscriber.slot) else {
-                    continue;
-                };
-                down.payload_type = None;
-                let (sender, ssrc) = (down.sender, down.ssrc);
-                if let Some(mut sender) = sub.pc.rtp_sender(sender) {
-                    let _ = sender.write_rtcp(now, rtcp::goodbye(ssrc));
-                }
-                if sub.down_tracks.iter().all(|d| d.payload_type.is_none()) {
-                    orphaned.push(subscriber.peer);
-                }
-                self.mark_dirty(subscriber.peer);
-            }
+        for track_id in std::mem::take(&mut peer.published) {
+            orphaned.extend(self.unpublish(&peer, track_id, now));
         }
         for down in &peer.down_tracks {
             if let Some(track) = self.tracks.get_mut(&down.source) {
@@ -968,6 +1000,10 @@ impl Engine {
                 self.rooms.remove(&peer.room);
             }
         }
+        let _ = self.events.send(super::SfuEvent::Closed {
+            session: peer_id,
+            reason: reason.to_owned(),
+        });
         // Flush the BYEs before closing orphaned subscribers.
         for sub in &orphaned {
             self.service(*sub, now);
@@ -985,7 +1021,7 @@ impl Engine {
         }
     }
 
-    fn update_gauges(&self) {
+    pub(super) fn update_gauges(&self) {
         self.metrics.rooms.set(self.rooms.len() as i64);
         self.metrics.peers.set(self.peers.len() as i64);
         self.metrics.published_tracks.set(self.tracks.len() as i64);
@@ -1086,8 +1122,8 @@ fn dtls_closed(pc: &mut RTCPeerConnection) -> bool {
 }
 
 /// After negotiation: the payload type each down track must use on its subscriber's leg.
-fn resolve_payload_types(peer: &mut Peer) {
-    for down in &mut peer.down_tracks {
+pub(super) fn resolve_payload_types(peer: &mut Peer) {
+    for down in peer.down_tracks.iter_mut().filter(|d| !d.removed) {
         let Some(mut sender) = peer.pc.rtp_sender(down.sender) else {
             continue;
         };

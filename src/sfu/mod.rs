@@ -11,6 +11,7 @@ mod peer;
 mod room;
 mod rtcp;
 pub mod subscriber;
+mod subscription;
 mod track;
 mod udp;
 
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::SfuError;
 pub use peer::sdp_attribute;
 
-use crate::ids::{ParticipantId, PeerId, RoomId};
+use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::metrics::Metrics;
 
 /// What a new peer wants to do in its room.
@@ -40,6 +41,42 @@ pub enum Intent {
 pub enum MediaKind {
     Audio,
     Video,
+}
+
+/// A published track as signaling describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub kind: MediaKind,
+    /// The publisher's m-line.
+    pub mid: String,
+    /// The track id the publisher's SDP gave it (`a=msid:<stream> <track id>`): how a client
+    /// says which of its tracks is camera, microphone or screen.
+    pub publisher_track_id: String,
+    pub mime_type: String,
+}
+
+/// What the engine tells signaling. Delivered in order on one channel.
+#[derive(Debug, Clone)]
+pub enum SfuEvent {
+    /// Apply this offer on the session's subscriber connection and send back an answer.
+    Offer { session: PeerId, sdp: String },
+    TrackPublished {
+        room: RoomId,
+        identity: ParticipantId,
+        session: PeerId,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        room: RoomId,
+        identity: ParticipantId,
+        session: PeerId,
+        track: TrackId,
+    },
+    /// ICE and DTLS are up.
+    Connected { session: PeerId },
+    /// The peer is gone (closed, failed, kicked, or never connected).
+    Closed { session: PeerId, reason: String },
 }
 
 /// The outcome of an accepted offer.
@@ -110,6 +147,21 @@ pub(crate) enum Command {
         session: PeerId,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
+    SubscribeRoom {
+        room: RoomId,
+        identity: ParticipantId,
+        reply: oneshot::Sender<Result<Negotiated, SfuError>>,
+    },
+    Answer {
+        session: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Renegotiate {
+        session: PeerId,
+        offer: String,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
     CloseParticipant {
         room: RoomId,
         identity: ParticipantId,
@@ -135,15 +187,22 @@ pub struct Sfu {
 }
 
 impl Sfu {
-    /// Binds the media socket and starts the engine task.
+    /// Binds the media socket and starts the engine task. Events go to the returned receiver;
+    /// its one consumer is signaling.
     pub fn start(
         config: SfuConfig,
         metrics: Metrics,
-    ) -> std::io::Result<(Self, tokio::task::JoinHandle<()>)> {
+    ) -> std::io::Result<(
+        Self,
+        tokio::task::JoinHandle<()>,
+        mpsc::UnboundedReceiver<SfuEvent>,
+    )> {
         let socket = udp::MediaSocket::bind(config.bind)?;
         let media_addr = socket.local_addr()?;
         let (commands, receiver) = mpsc::channel(1024);
-        let engine = engine::Engine::new(&config, socket.local_port(), metrics);
+        // Unbounded: offers must never be dropped; their number is bounded by peers × changes.
+        let (events, event_receiver) = mpsc::unbounded_channel();
+        let engine = engine::Engine::new(&config, socket.local_port(), metrics, events);
         let task = tokio::spawn(engine::run(engine, socket, receiver));
         Ok((
             Self {
@@ -151,6 +210,7 @@ impl Sfu {
                 media_addr,
             },
             task,
+            event_receiver,
         ))
     }
 
@@ -208,6 +268,43 @@ impl Sfu {
         self.call(|reply| Command::Close {
             room,
             session,
+            reply,
+        })
+        .await
+    }
+
+    /// A subscriber connection for `identity` receiving every other participant's tracks in the
+    /// room; the answer's `answer` field holds the server's offer. Later changes arrive as
+    /// [`SfuEvent::Offer`].
+    pub async fn subscribe_room(
+        &self,
+        room: RoomId,
+        identity: ParticipantId,
+    ) -> Result<Negotiated, SfuError> {
+        self.call(|reply| Command::SubscribeRoom {
+            room,
+            identity,
+            reply,
+        })
+        .await
+    }
+
+    /// The client's answer to the last server offer on `session`.
+    pub async fn answer(&self, session: PeerId, sdp: String) -> Result<(), SfuError> {
+        self.call(|reply| Command::Answer {
+            session,
+            sdp,
+            reply,
+        })
+        .await
+    }
+
+    /// A publisher's new offer on its existing connection (a track added or removed). Returns
+    /// the answer.
+    pub async fn renegotiate(&self, session: PeerId, offer: String) -> Result<String, SfuError> {
+        self.call(|reply| Command::Renegotiate {
+            session,
+            offer,
             reply,
         })
         .await

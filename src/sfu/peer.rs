@@ -32,6 +32,9 @@ pub enum PeerRole {
     Publisher,
     /// Receives one publisher's media (WHEP).
     Subscriber { publisher: PeerId },
+    /// Receives every other participant's tracks in the room; the server offers, and offers
+    /// again whenever tracks come and go (WebSocket signaling).
+    RoomSubscriber,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,10 @@ pub struct Peer {
     pub next_timeout: Option<Instant>,
     /// Queued in the engine's dirty list (input handled, output not yet polled).
     pub dirty: bool,
+    /// A server offer awaits the client's answer (room subscribers).
+    pub negotiating: bool,
+    /// Tracks changed while negotiating: offer again once the answer is in.
+    pub offer_pending: bool,
 }
 
 impl Peer {

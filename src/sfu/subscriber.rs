@@ -20,6 +20,8 @@ pub struct DownTrack {
     /// when the subscriber did not accept the codec (then nothing is forwarded).
     pub payload_type: Option<u8>,
     pub kind_is_video: bool,
+    /// Its source is gone and the sender was removed; the slot stays so indexes stay valid.
+    pub removed: bool,
 }
 
 impl DownTrack {

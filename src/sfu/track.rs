@@ -17,6 +17,10 @@ pub struct SubscriberRef {
 pub struct PublishedTrack {
     pub id: TrackId,
     pub publisher: PeerId,
+    /// The publisher's m-line, stable across renegotiation.
+    pub mid: String,
+    /// The track id in the publisher's SDP (msid), by which its client names the track.
+    pub publisher_track_id: String,
     pub kind: RtpCodecKind,
     /// The codec the publisher negotiated first for this m-line; subscribers are offered it.
     pub codec: RTCRtpCodec,

@@ -2,6 +2,7 @@
 //! signaling. Owns authentication of media sessions by join token.
 
 pub mod auth;
+pub mod hub;
 pub mod sdpfrag;
 pub mod whip;
 

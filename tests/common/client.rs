@@ -1025,3 +1025,67 @@ impl WhepSubscriber {
         self.peer.close().await;
     }
 }
+
+// ---- a connection the server offers (room subscriptions) -----------------------------------
+
+/// The client side of a room subscription: the server offers, this answers (after gathering)
+/// and records every packet that arrives, per kind, like [`WhepSubscriber`].
+pub struct OfferedSubscriber {
+    pub peer: Peer,
+    inboxes: Arc<Inboxes>,
+}
+
+impl OfferedSubscriber {
+    pub async fn new() -> Self {
+        let inboxes = Arc::new(Inboxes {
+            audio: watch::Sender::new(Inbox::default()),
+            video: watch::Sender::new(Inbox::default()),
+        });
+        let peer = Peer::build(false, Some(Arc::clone(&inboxes))).await;
+        Self { peer, inboxes }
+    }
+
+    /// Applies a server offer; returns the answer with our candidates in it.
+    pub async fn answer(&self, offer: &str) -> String {
+        let rounds = self.peer.gathering_rounds();
+        let offer = RTCSessionDescription::offer(offer.to_owned()).expect("a valid offer");
+        self.peer
+            .pc
+            .set_remote_description(offer)
+            .await
+            .expect("set_remote_description(offer)");
+        let answer = self
+            .peer
+            .pc
+            .create_answer(None)
+            .await
+            .expect("create_answer");
+        self.peer
+            .pc
+            .set_local_description(answer)
+            .await
+            .expect("set_local_description(answer)");
+        if rounds == 0 {
+            self.peer.wait_gathered(1).await;
+        }
+        self.peer.local_sdp().await
+    }
+
+    pub fn payloads(&self, kind: Kind) -> Vec<Bytes> {
+        self.inboxes
+            .of(kind)
+            .borrow()
+            .packets
+            .iter()
+            .map(|p| p.payload.clone())
+            .collect()
+    }
+
+    /// Waits until `n` packets of `kind` arrived; returns how many had when it stopped.
+    pub async fn wait_packets(&self, kind: Kind, n: usize, within: Duration) -> usize {
+        let mut inbox = self.inboxes.of(kind).subscribe();
+        let _ = tokio::time::timeout(within, inbox.wait_for(|i| i.packets.len() >= n)).await;
+        let count = inbox.borrow().packets.len();
+        count
+    }
+}

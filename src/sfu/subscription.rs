@@ -1,0 +1,430 @@
+//! Room subscriptions and renegotiation: what WebSocket signaling needs beyond WHIP/WHEP.
+//!
+//! A room subscriber is one connection per participant that receives every other participant's
+//! tracks. The server is the offerer on it: when a track is published or unpublished in the room,
+//! the engine adds or removes a sender and offers again ([`SfuEvent::Offer`]). One offer is in
+//! flight at a time; changes made meanwhile are folded into the next offer once the answer is in.
+//! Publishers renegotiate the other way round: they offer (a screen share added), we answer.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tracing::{debug, info};
+
+use super::engine::{resolve_payload_types, Engine};
+use super::error::SfuError;
+use super::peer::{sdp_attribute, Peer, PeerRole, PeerState};
+use super::room::Room;
+use super::rtcp;
+use super::subscriber::DownTrack;
+use super::track::{PublishedTrack, SubscriberRef};
+use super::{MediaKind, Negotiated, SfuEvent, TrackInfo};
+use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
+
+impl Engine {
+    /// Creates `identity`'s room subscriber with a sender for every other participant's track,
+    /// and returns the server's offer.
+    pub(super) fn subscribe_room(
+        &mut self,
+        room_id: RoomId,
+        identity: ParticipantId,
+        now: Instant,
+    ) -> Result<Negotiated, SfuError> {
+        if self.peers.len() >= self.max_peers {
+            return Err(SfuError::ServerFull {
+                max: self.max_peers,
+            });
+        }
+        if self
+            .rooms
+            .get(&room_id)
+            .is_some_and(|r| r.peers.len() >= self.max_participants)
+        {
+            return Err(SfuError::RoomFull {
+                max: self.max_participants,
+            });
+        }
+        let id = PeerId::new();
+        let mut pc = self.factory.new_peer_connection(now)?;
+        // A data channel gives the offer a section even before any track exists, so ICE and DTLS
+        // come up at join time and the first track later only costs a renegotiation.
+        pc.create_data_channel("convene", None)?;
+        self.factory.add_host_candidates(&mut pc)?;
+        let mut peer = Peer {
+            id,
+            room: room_id.clone(),
+            identity: identity.clone(),
+            role: PeerRole::RoomSubscriber,
+            pc,
+            state: PeerState::Connecting,
+            created_at: now,
+            local_ufrag: String::new(),
+            remote_ufrag: String::new(),
+            etag: String::new(),
+            inbound: HashMap::new(),
+            published: Vec::new(),
+            down_tracks: Vec::new(),
+            next_timeout: None,
+            dirty: false,
+            negotiating: false,
+            offer_pending: false,
+        };
+        let sources: Vec<TrackId> = self
+            .tracks
+            .values()
+            .filter(|t| {
+                self.peers
+                    .get(&t.publisher)
+                    .is_some_and(|p| p.room == room_id && p.identity != identity)
+            })
+            .map(|t| t.id)
+            .collect();
+        for source in sources {
+            self.attach(&mut peer, source)?;
+        }
+        let offer = create_offer(&mut peer, now)?;
+        peer.local_ufrag = sdp_attribute(&offer, "ice-ufrag")
+            .unwrap_or_default()
+            .to_owned();
+        peer.etag = format!("\"{}\"", peer.local_ufrag);
+        self.demux.bind_ufrag(&peer.local_ufrag, id);
+        let room = self
+            .rooms
+            .entry(room_id.clone())
+            .or_insert_with(|| Room::new(room_id.clone()));
+        room.peers.push(id);
+        info!(room = %room_id, participant = %identity, session = %id, tracks = peer.down_tracks.len(), "room subscriber created");
+        let negotiated = Negotiated {
+            session: id,
+            answer: offer,
+            etag: peer.etag.clone(),
+        };
+        self.peers.insert(id, peer);
+        self.mark_dirty(id);
+        self.update_gauges();
+        Ok(negotiated)
+    }
+
+    /// The client's answer to our last offer on a room subscriber.
+    pub(super) fn apply_answer(
+        &mut self,
+        session: PeerId,
+        sdp: String,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let peer = self
+            .peers
+            .get_mut(&session)
+            .ok_or(SfuError::SessionNotFound)?;
+        if peer.role != PeerRole::RoomSubscriber || !peer.negotiating {
+            return Err(SfuError::BadOffer(
+                "no offer of ours is waiting for an answer on this session".into(),
+            ));
+        }
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        peer.remote_ufrag = sdp_attribute(&answer.sdp, "ice-ufrag")
+            .unwrap_or_default()
+            .to_owned();
+        peer.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        let unbound: Vec<usize> = peer
+            .down_tracks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.removed && d.payload_type.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        resolve_payload_types(peer);
+        peer.negotiating = false;
+        let connected = peer.state == PeerState::Connected;
+        // Newly bound video needs a keyframe to start decoding; before the connection is up,
+        // `on_connected` asks for it instead.
+        let keyframes: Vec<TrackId> = unbound
+            .into_iter()
+            .filter_map(|i| peer.down_tracks.get(i))
+            .filter(|d| connected && d.kind_is_video && d.payload_type.is_some())
+            .map(|d| d.source)
+            .collect();
+        // A change that came while this offer was out is offered when the peer is serviced.
+        self.mark_dirty(session);
+        for source in keyframes {
+            self.request_keyframe(source, now);
+        }
+        Ok(())
+    }
+
+    /// A publisher offers again on its connection: new sending sections become tracks, sections
+    /// that stopped sending are unpublished.
+    pub(super) fn renegotiate_publisher(
+        &mut self,
+        session: PeerId,
+        offer: String,
+        now: Instant,
+    ) -> Result<String, SfuError> {
+        let mut peer = self
+            .peers
+            .remove(&session)
+            .ok_or(SfuError::SessionNotFound)?;
+        let result = self.renegotiate_removed_publisher(&mut peer, offer, now);
+        let added = match result {
+            Ok((answer, added)) => {
+                self.peers.insert(session, peer);
+                self.mark_dirty(session);
+                self.announce_tracks(session, &added, now);
+                Ok(answer)
+            }
+            Err(e) => {
+                self.peers.insert(session, peer);
+                Err(e)
+            }
+        };
+        self.update_gauges();
+        added
+    }
+
+    fn renegotiate_removed_publisher(
+        &mut self,
+        peer: &mut Peer,
+        offer: String,
+        now: Instant,
+    ) -> Result<(String, Vec<TrackId>), SfuError> {
+        if !peer.is_publisher() {
+            return Err(SfuError::BadOffer(
+                "only a publishing session takes offers".into(),
+            ));
+        }
+        let offer =
+            RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        peer.pc
+            .set_remote_description(now, offer)
+            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        let answer = peer
+            .pc
+            .create_answer(None)
+            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        peer.pc
+            .set_local_description(now, answer)
+            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        let answer_sdp = peer
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .unwrap_or_default();
+        // Sections the publisher no longer sends end their tracks.
+        let receiving: Vec<_> = peer
+            .pc
+            .get_transceivers()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|t| {
+                let transceiver = peer.pc.rtp_transceiver(t)?;
+                transceiver
+                    .direction()
+                    .has_recv()
+                    .then(|| transceiver.receiver())
+                    .flatten()
+            })
+            .collect();
+        let stopped: Vec<TrackId> = peer
+            .published
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.tracks
+                    .get(id)
+                    .is_some_and(|t| t.receiver.is_none_or(|r| !receiving.contains(&r)))
+            })
+            .collect();
+        for track_id in stopped {
+            peer.published.retain(|id| *id != track_id);
+            peer.inbound.retain(|_, id| *id != track_id);
+            for orphan in self.unpublish(peer, track_id, now) {
+                self.remove_peer(orphan, "its publisher stopped sending", now);
+            }
+        }
+        let added = self.register_published_tracks(peer);
+        Ok((answer_sdp, added))
+    }
+
+    /// Tells signaling about new tracks and adds them to every room subscriber of the room
+    /// except the publisher's own.
+    pub(super) fn announce_tracks(&mut self, publisher: PeerId, tracks: &[TrackId], now: Instant) {
+        let Some(peer) = self.peers.get(&publisher) else {
+            return;
+        };
+        let (room, identity) = (peer.room.clone(), peer.identity.clone());
+        for track_id in tracks {
+            if let Some(info) = self.tracks.get(track_id).map(track_info) {
+                let _ = self.events.send(SfuEvent::TrackPublished {
+                    room: room.clone(),
+                    identity: identity.clone(),
+                    session: publisher,
+                    track: info,
+                });
+            }
+        }
+        let subscribers: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.role == PeerRole::RoomSubscriber && p.room == room && p.identity != identity
+            })
+            .map(|p| p.id)
+            .collect();
+        for session in subscribers {
+            let Some(mut sub) = self.peers.remove(&session) else {
+                continue;
+            };
+            for track_id in tracks {
+                if let Err(e) = self.attach(&mut sub, *track_id) {
+                    debug!(%session, %track_id, error = %e, "track not added to subscriber");
+                }
+            }
+            self.peers.insert(session, sub);
+            self.send_offer(session, now);
+        }
+    }
+
+    /// Adds a sender for `source` to a room subscriber (not yet in `self.peers`, or taken out).
+    fn attach(&mut self, sub: &mut Peer, source: TrackId) -> Result<(), SfuError> {
+        let Some(track) = self.tracks.get_mut(&source) else {
+            return Ok(());
+        };
+        let stream_id = self
+            .peers
+            .get(&track.publisher)
+            .map(|p| p.identity.0.clone())
+            .unwrap_or_default();
+        let ssrc = rand::random::<u32>();
+        // The client sees `track.id` as the remote track's id and the publisher's identity as its
+        // stream id: how it maps a media track to a participant and a published track.
+        let rtc_track_id = track.id.to_string();
+        let local = MediaStreamTrack::new(
+            stream_id.clone(),
+            rtc_track_id.clone(),
+            format!("{} {}", stream_id, track.kind),
+            track.kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: track.codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let sender = sub.pc.add_track(local)?;
+        let slot = sub.down_tracks.len();
+        sub.down_tracks.push(DownTrack {
+            source,
+            sender,
+            rtc_track_id,
+            ssrc,
+            payload_type: None,
+            kind_is_video: track.is_video(),
+            removed: false,
+        });
+        track.subscribers.push(SubscriberRef { peer: sub.id, slot });
+        Ok(())
+    }
+
+    /// Asks for a new offer to the room subscriber. Deferred to when the engine services the
+    /// peer, so every change of one command or datagram batch goes out in a single offer, and
+    /// held back while an offer is waiting for its answer.
+    pub(super) fn send_offer(&mut self, session: PeerId, _now: Instant) {
+        if let Some(peer) = self.peers.get_mut(&session) {
+            peer.offer_pending = true;
+        }
+        self.mark_dirty(session);
+    }
+
+    /// Called while servicing a peer: makes the pending offer if nothing is in flight.
+    pub(super) fn offer_if_pending(&mut self, session: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&session) else {
+            return;
+        };
+        if !peer.offer_pending || peer.negotiating {
+            return;
+        }
+        peer.offer_pending = false;
+        match create_offer(peer, now) {
+            Ok(sdp) => {
+                let _ = self.events.send(SfuEvent::Offer { session, sdp });
+            }
+            Err(e) => debug!(%session, error = %e, "renegotiation offer failed"),
+        }
+    }
+
+    /// Ends a published track: every subscriber gets RTCP BYE; room subscribers lose the sender
+    /// and get a new offer; WHEP subscribers left with nothing are returned, to be closed.
+    pub(super) fn unpublish(
+        &mut self,
+        publisher: &Peer,
+        track_id: TrackId,
+        now: Instant,
+    ) -> Vec<PeerId> {
+        let Some(track) = self.tracks.remove(&track_id) else {
+            return Vec::new();
+        };
+        let _ = self.events.send(SfuEvent::TrackUnpublished {
+            room: publisher.room.clone(),
+            identity: publisher.identity.clone(),
+            session: publisher.id,
+            track: track_id,
+        });
+        let mut orphaned = Vec::new();
+        for subscriber in track.subscribers {
+            let Some(sub) = self.peers.get_mut(&subscriber.peer) else {
+                continue;
+            };
+            let Some(down) = sub.down_tracks.get_mut(subscriber.slot) else {
+                continue;
+            };
+            down.payload_type = None;
+            let (sender, ssrc) = (down.sender, down.ssrc);
+            if let Some(mut sender) = sub.pc.rtp_sender(sender) {
+                let _ = sender.write_rtcp(now, rtcp::goodbye(ssrc));
+            }
+            if sub.role == PeerRole::RoomSubscriber {
+                down.removed = true;
+                let _ = sub.pc.remove_track(sender);
+                self.send_offer(subscriber.peer, now);
+            } else if sub.down_tracks.iter().all(|d| d.payload_type.is_none()) {
+                orphaned.push(subscriber.peer);
+            }
+            self.mark_dirty(subscriber.peer);
+        }
+        orphaned
+    }
+}
+
+fn create_offer(peer: &mut Peer, now: Instant) -> Result<String, SfuError> {
+    let offer = peer.pc.create_offer(None)?;
+    peer.pc.set_local_description(now, offer)?;
+    peer.negotiating = true;
+    peer.pc
+        .local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| SfuError::Internal("no local description after offering".into()))
+}
+
+pub(super) fn track_info(track: &PublishedTrack) -> TrackInfo {
+    TrackInfo {
+        id: track.id,
+        kind: if track.kind == RtpCodecKind::Video {
+            MediaKind::Video
+        } else {
+            MediaKind::Audio
+        },
+        mid: track.mid.clone(),
+        publisher_track_id: track.publisher_track_id.clone(),
+        mime_type: track.codec.mime_type.clone(),
+    }
+}
