@@ -84,6 +84,7 @@ impl Server {
             ice_disconnected_timeout: config.ice_disconnected_timeout,
             ice_failed_timeout: config.ice_failed_timeout,
             nack_cache_packets: config.nack_cache_packets.min(u16::MAX as usize / 2) as u16,
+            active_speaker_interval: config.active_speaker_interval,
         };
         anyhow::ensure!(
             !sfu_config.announced_ips.is_empty(),

@@ -68,6 +68,8 @@ pub struct Engine {
     pub(super) inbound: Vec<RTCMessage>,
     /// To signaling (offers for room subscribers, track and peer lifecycle).
     pub(super) events: mpsc::UnboundedSender<super::SfuEvent>,
+    pub(super) speaker_interval: Duration,
+    pub(super) last_speaker_ranking: Instant,
 }
 
 impl Engine {
@@ -105,6 +107,8 @@ impl Engine {
             outbox: Vec::new(),
             inbound: Vec::new(),
             events,
+            speaker_interval: config.active_speaker_interval,
+            last_speaker_ranking: Instant::now(),
         }
     }
 
@@ -414,6 +418,13 @@ impl Engine {
             else {
                 continue;
             };
+            let audio_level_extension = receiver
+                .get_parameters()
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+                .and_then(|e| u8::try_from(e.id).ok());
             let id = TrackId(self.next_track_id);
             self.next_track_id += 1;
             debug!(session = %peer.id, %id, %mid, codec = %codec.mime_type, "track published");
@@ -431,6 +442,8 @@ impl Engine {
                     subscribers: Vec::new(),
                     keyframes: KeyframeThrottle::default(),
                     muted: false,
+                    audio_level_extension,
+                    audio_level: Default::default(),
                 },
             );
             peer.inbound.insert(rtc_track_id, id);
@@ -615,6 +628,10 @@ impl Engine {
 
     /// Reaps peers that never connected, and sends keyframe requests deferred by the throttle.
     fn housekeeping(&mut self, now: Instant) {
+        if now.duration_since(self.last_speaker_ranking) >= self.speaker_interval {
+            self.last_speaker_ranking = now;
+            self.rank_speakers(now);
+        }
         let stale: Vec<PeerId> = self
             .peers
             .values()
@@ -644,6 +661,34 @@ impl Engine {
     }
 
     // ---- servicing peers -------------------------------------------------------------------
+
+    /// Ranks each room's speakers; announces a room's ranking when its order changed.
+    fn rank_speakers(&mut self, now: Instant) {
+        let mut heard: HashMap<RoomId, Vec<(ParticipantId, f32)>> = HashMap::new();
+        for track in self
+            .tracks
+            .values()
+            .filter(|t| t.audio_level_extension.is_some() && !t.muted)
+        {
+            let Some(peer) = self.peers.get(&track.publisher) else {
+                continue;
+            };
+            heard
+                .entry(peer.room.clone())
+                .or_default()
+                .push((peer.identity.clone(), track.audio_level.loudness(now)));
+        }
+        for room in self.rooms.values_mut() {
+            let ranking = super::speaker::rank(heard.remove(&room.id).unwrap_or_default());
+            if !super::speaker::same_order(&room.speakers, &ranking) {
+                room.speakers = ranking.clone();
+                let _ = self.events.send(super::SfuEvent::ActiveSpeakers {
+                    room: room.id.clone(),
+                    speakers: ranking,
+                });
+            }
+        }
+    }
 
     pub(super) fn mark_dirty(&mut self, peer_id: PeerId) {
         if let Some(peer) = self.peers.get_mut(&peer_id) {
@@ -829,6 +874,20 @@ impl Engine {
         };
         let need_keyframe = match self.tracks.get_mut(&track_id) {
             None => return,
+            Some(track) if track.audio_level_extension.is_some() => {
+                let id = track.audio_level_extension;
+                if let Some(level) = packet
+                    .header
+                    .extensions
+                    .iter()
+                    .find(|e| Some(e.id) == id)
+                    .and_then(|e| e.payload.first())
+                {
+                    track.audio_level.observe(*level, now);
+                }
+                track.media_ssrc.get_or_insert(packet.header.ssrc);
+                false
+            }
             Some(track) if track.media_ssrc.is_none() => {
                 track.media_ssrc = Some(packet.header.ssrc);
                 track.is_video() && !track.subscribers.is_empty()

@@ -10,6 +10,7 @@ pub mod error;
 mod peer;
 mod room;
 mod rtcp;
+pub mod speaker;
 pub mod subscriber;
 mod subscription;
 mod track;
@@ -73,6 +74,12 @@ pub enum SfuEvent {
         session: PeerId,
         track: TrackId,
     },
+    /// The room's speakers changed order: loudest first, at most every
+    /// `active_speaker_interval`.
+    ActiveSpeakers {
+        room: RoomId,
+        speakers: Vec<speaker::Speaker>,
+    },
     /// ICE and DTLS are up.
     Connected { session: PeerId },
     /// The peer is gone (closed, failed, kicked, or never connected).
@@ -125,6 +132,8 @@ pub struct SfuConfig {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub nack_cache_packets: u16,
+    /// How often active speakers are ranked (a change is announced at most this often).
+    pub active_speaker_interval: Duration,
 }
 
 pub(crate) enum Command {

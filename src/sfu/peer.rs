@@ -18,7 +18,9 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
 
 use super::error::SfuError;
 use super::rtcp::DeliverFeedback;
@@ -125,6 +127,14 @@ impl PeerFactory {
             )
             // After the NACK/report interceptors in the chain (they act first), before the terminus.
             .with(Slot::from(14_000), DeliverFeedback::default());
+        // Audio level (RFC 6464) from publishers drives active-speaker detection.
+        media_engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )?;
         let registry = configure_rtcp_reports(registry);
         let registry = configure_twcc_receiver_only(registry, &mut media_engine)?;
 

@@ -7,6 +7,8 @@ pub struct Room {
     pub peers: Vec<PeerId>,
     /// Publishers in the order they joined; WHEP watches the most recent by default.
     pub publishers: Vec<(PeerId, ParticipantId)>,
+    /// The ranking last announced, to announce only changes.
+    pub speakers: Vec<crate::sfu::speaker::Speaker>,
 }
 
 impl Room {
@@ -15,6 +17,7 @@ impl Room {
             id,
             peers: Vec::new(),
             publishers: Vec::new(),
+            speakers: Vec::new(),
         }
     }
 

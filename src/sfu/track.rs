@@ -32,6 +32,9 @@ pub struct PublishedTrack {
     pub keyframes: KeyframeThrottle,
     /// Muted by a moderator: packets are dropped instead of forwarded.
     pub muted: bool,
+    /// Audio: the negotiated id of the audio-level header extension, if any.
+    pub audio_level_extension: Option<u8>,
+    pub audio_level: crate::sfu::speaker::AudioLevel,
 }
 
 impl PublishedTrack {

@@ -1,5 +1,5 @@
 //! Routes the SFU's events to the signaling sessions they concern: offers and connection
-//! changes to the session's own listener, track changes to every listener of the room.
+//! changes to the session's own listener, track and speaker changes to every listener of the room.
 //!
 //! A std mutex guards the routing tables: held only to look up or change a route, never across
 //! an await (the senders are unbounded, so a send never waits).
@@ -70,7 +70,9 @@ impl Hub {
                     let _ = sender.send(event);
                 }
             }
-            SfuEvent::TrackPublished { room, .. } | SfuEvent::TrackUnpublished { room, .. } => {
+            SfuEvent::TrackPublished { room, .. }
+            | SfuEvent::TrackUnpublished { room, .. }
+            | SfuEvent::ActiveSpeakers { room, .. } => {
                 for (_, sender) in routes.rooms.get(room).into_iter().flatten() {
                     let _ = sender.send(event.clone());
                 }
