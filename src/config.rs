@@ -108,6 +108,41 @@ pub struct Config {
     pub rate_limit_meeting_create_per_hour: u32,
     /// Chat message length, in characters.
     pub chat_max_length: usize,
+    /// WebSocket signaling (`/ws`): the largest client message accepted, in bytes. Larger ones
+    /// are refused with an `error` (a violation); frames over four times this close the socket.
+    pub ws_max_message_bytes: usize,
+    /// Client messages per second a socket may send on average ...
+    pub ws_messages_per_second: u32,
+    /// ... and in one burst. Messages over the rate are refused with an `error`.
+    pub ws_message_burst: u32,
+    /// Refused messages (malformed, unknown, too large, over the rate) a socket may send before
+    /// it is closed with 1008 (policy violation).
+    pub ws_max_violations: u32,
+    /// How often the server sends a WebSocket ping.
+    #[serde(with = "humantime_serde_compat")]
+    pub ws_ping_interval: Duration,
+    /// A socket from which nothing (not even a pong) arrived for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub ws_idle_timeout: Duration,
+    /// Time a new socket has to authenticate with `join`.
+    #[serde(with = "humantime_serde_compat")]
+    pub ws_join_timeout: Duration,
+    /// A participant whose socket dropped keeps their seat and media this long, so a new socket
+    /// can resume the session without others seeing them leave and join again.
+    #[serde(with = "humantime_serde_compat")]
+    pub ws_resume_grace: Duration,
+    /// Server messages queued for a socket that does not read them; over it the socket is
+    /// closed (the session may resume).
+    pub ws_send_queue: usize,
+    /// Chat messages one participant may send per minute over the socket.
+    pub ws_chat_per_minute: u32,
+    /// A participant's typing indicator is relayed at most once per this interval.
+    #[serde(with = "humantime_serde_compat")]
+    pub ws_typing_interval: Duration,
+    /// How often active speakers are ranked from RTP audio levels; a changed ranking is
+    /// announced at most this often.
+    #[serde(with = "humantime_serde_compat")]
+    pub active_speaker_interval: Duration,
 }
 
 impl Default for Config {
@@ -146,6 +181,18 @@ impl Default for Config {
             rate_limit_general_per_minute: 600,
             rate_limit_meeting_create_per_hour: 120,
             chat_max_length: 4000,
+            ws_max_message_bytes: 64 * 1024,
+            ws_messages_per_second: 20,
+            ws_message_burst: 50,
+            ws_max_violations: 20,
+            ws_ping_interval: Duration::from_secs(15),
+            ws_idle_timeout: Duration::from_secs(45),
+            ws_join_timeout: Duration::from_secs(10),
+            ws_resume_grace: Duration::from_secs(15),
+            ws_send_queue: 1024,
+            ws_chat_per_minute: 30,
+            ws_typing_interval: Duration::from_secs(1),
+            active_speaker_interval: Duration::from_millis(500),
         }
     }
 }
@@ -226,6 +273,27 @@ impl Config {
         }
         if self.public_ip.iter().any(|ip| ip.is_unspecified()) {
             return Err(invalid("public_ip", "0.0.0.0 / :: cannot be announced"));
+        }
+        if self.ws_max_message_bytes < 4096 {
+            return Err(invalid("ws_max_message_bytes", "must be at least 4096"));
+        }
+        if self.ws_messages_per_second == 0 || self.ws_message_burst == 0 {
+            return Err(invalid(
+                "ws_messages_per_second",
+                "the rate and ws_message_burst must be at least 1",
+            ));
+        }
+        if self.ws_ping_interval.is_zero() || self.ws_idle_timeout <= self.ws_ping_interval {
+            return Err(invalid(
+                "ws_idle_timeout",
+                "must be longer than ws_ping_interval, which must be positive",
+            ));
+        }
+        if self.ws_join_timeout.is_zero() {
+            return Err(invalid("ws_join_timeout", "must be positive"));
+        }
+        if self.ws_send_queue < 16 {
+            return Err(invalid("ws_send_queue", "must be at least 16"));
         }
         for server in &self.ice_servers {
             if server.urls.is_empty() {
