@@ -11,6 +11,7 @@ use bytes::Bytes;
 use common::client::{Kind, OfferedSubscriber, WhipPublisher};
 use common::TestServer;
 use convene::ids::{ParticipantId, RoomId};
+use convene::sfu::quality::Quality;
 use convene::sfu::SfuEvent;
 use rand::RngCore;
 use tokio::sync::mpsc;
@@ -99,6 +100,23 @@ async fn room_subscriber_follows_publishers_coming_and_going() {
         .await;
     assert!(received_of(&carol.payloads(Kind::Video), &alice_video) >= 48);
     assert!(received_of(&carol.payloads(Kind::Audio), &alice_audio) >= 48);
+
+    // Within a quality interval, carol's connection is measured: loopback is excellent.
+    let quality = loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(SfuEvent::ConnectionQuality {
+                quality, sample, ..
+            })) => break (quality, sample),
+            Ok(Some(_)) => continue,
+            other => panic!("no connection quality event: {other:?}"),
+        }
+    };
+    assert_eq!(quality.0, Quality::Excellent, "{:?}", quality.1);
+    assert!(
+        quality.1.loss < 0.01 && quality.1.rtt_ms < 50.0,
+        "{:?}",
+        quality.1
+    );
 
     // Bob publishes: carol is offered his tracks and receives them.
     let bob = WhipPublisher::connect(&server, room, &server.token(room, "bob", true, false)).await;

@@ -44,6 +44,8 @@ use crate::metrics::Metrics;
 /// Datagrams taken from the socket before the engine services peers and sends.
 const RECEIVE_BUDGET: usize = 512;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
+/// How often each peer's connection quality is measured.
+const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct Engine {
     pub(super) factory: PeerFactory,
@@ -70,6 +72,7 @@ pub struct Engine {
     pub(super) events: mpsc::UnboundedSender<super::SfuEvent>,
     pub(super) speaker_interval: Duration,
     pub(super) last_speaker_ranking: Instant,
+    pub(super) last_quality_sample: Instant,
 }
 
 impl Engine {
@@ -109,6 +112,7 @@ impl Engine {
             events,
             speaker_interval: config.active_speaker_interval,
             last_speaker_ranking: Instant::now(),
+            last_quality_sample: Instant::now(),
         }
     }
 
@@ -287,6 +291,7 @@ impl Engine {
             dirty: false,
             negotiating: false,
             offer_pending: false,
+            quality: Default::default(),
         };
 
         let mut new_tracks = Vec::new();
@@ -632,6 +637,10 @@ impl Engine {
             self.last_speaker_ranking = now;
             self.rank_speakers(now);
         }
+        if now.duration_since(self.last_quality_sample) >= QUALITY_INTERVAL {
+            self.last_quality_sample = now;
+            self.sample_quality(now);
+        }
         let stale: Vec<PeerId> = self
             .peers
             .values()
@@ -661,6 +670,28 @@ impl Engine {
     }
 
     // ---- servicing peers -------------------------------------------------------------------
+
+    /// Measures every connected peer; announces a peer whose quality band changed.
+    fn sample_quality(&mut self, now: Instant) {
+        use rtc::statistics::StatsSelector;
+        for peer in self
+            .peers
+            .values_mut()
+            .filter(|p| p.state == PeerState::Connected)
+        {
+            let report = peer.pc.get_stats(now, StatsSelector::None);
+            let sample = peer.quality.sample(&report);
+            let quality = super::quality::classify(sample);
+            if peer.quality.last != Some(quality) {
+                peer.quality.last = Some(quality);
+                let _ = self.events.send(super::SfuEvent::ConnectionQuality {
+                    session: peer.id,
+                    quality,
+                    sample,
+                });
+            }
+        }
+    }
 
     /// Ranks each room's speakers; announces a room's ranking when its order changed.
     fn rank_speakers(&mut self, now: Instant) {

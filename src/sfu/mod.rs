@@ -8,6 +8,7 @@ pub mod demux;
 mod engine;
 pub mod error;
 mod peer;
+pub mod quality;
 mod room;
 mod rtcp;
 pub mod speaker;
@@ -79,6 +80,12 @@ pub enum SfuEvent {
     ActiveSpeakers {
         room: RoomId,
         speakers: Vec<speaker::Speaker>,
+    },
+    /// A connection's quality changed band (sampled every few seconds).
+    ConnectionQuality {
+        session: PeerId,
+        quality: quality::Quality,
+        sample: quality::Sample,
     },
     /// ICE and DTLS are up.
     Connected { session: PeerId },

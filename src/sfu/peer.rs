@@ -73,6 +73,7 @@ pub struct Peer {
     pub negotiating: bool,
     /// Tracks changed while negotiating: offer again once the answer is in.
     pub offer_pending: bool,
+    pub quality: crate::sfu::quality::QualityTracker,
 }
 
 impl Peer {

@@ -73,6 +73,7 @@ impl Engine {
             dirty: false,
             negotiating: false,
             offer_pending: false,
+            quality: Default::default(),
         };
         let sources: Vec<TrackId> = self
             .tracks

@@ -65,7 +65,8 @@ impl Hub {
         match &event {
             SfuEvent::Offer { session, .. }
             | SfuEvent::Connected { session }
-            | SfuEvent::Closed { session, .. } => {
+            | SfuEvent::Closed { session, .. }
+            | SfuEvent::ConnectionQuality { session, .. } => {
                 if let Some(sender) = routes.sessions.get(session) {
                     let _ = sender.send(event);
                 }
