@@ -38,6 +38,8 @@ pub struct AppState {
     pub limits: RateLimits,
     /// Routes SFU events to signaling sessions.
     pub hub: crate::signaling::hub::Hub,
+    /// Who is in each meeting over WebSocket signaling; how moderation reaches live sockets.
+    pub signaling: crate::signaling::Signaling,
     pub metrics: Metrics,
     pub sfu: Sfu,
     /// Cleared when shutdown starts, so /readyz turns away new load first.
@@ -103,6 +105,7 @@ impl Server {
             access,
             limits,
             hub: crate::signaling::hub::Hub::default(),
+            signaling: crate::signaling::Signaling::default(),
             metrics,
             sfu: sfu.clone(),
             accepting: Arc::new(AtomicBool::new(true)),
@@ -133,6 +136,7 @@ impl Server {
     /// Graceful stop: refuse new work, close every peer (they are told), then drain HTTP.
     pub async fn shutdown(mut self) {
         self.state.accepting.store(false, Ordering::Relaxed);
+        self.state.signaling.shutdown();
         let grace = self.state.config.shutdown_grace;
         let _ = tokio::time::timeout(grace, self.state.sfu.shutdown()).await;
         if let Some(stop) = self.stop.take() {

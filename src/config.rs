@@ -139,6 +139,8 @@ pub struct Config {
     /// A participant's typing indicator is relayed at most once per this interval.
     #[serde(with = "humantime_serde_compat")]
     pub ws_typing_interval: Duration,
+    /// Tracks a participant may declare (`publish`) at once.
+    pub ws_max_declared_tracks: usize,
     /// How often active speakers are ranked from RTP audio levels; a changed ranking is
     /// announced at most this often.
     #[serde(with = "humantime_serde_compat")]
@@ -192,6 +194,7 @@ impl Default for Config {
             ws_send_queue: 1024,
             ws_chat_per_minute: 30,
             ws_typing_interval: Duration::from_secs(1),
+            ws_max_declared_tracks: 32,
             active_speaker_interval: Duration::from_millis(500),
         }
     }

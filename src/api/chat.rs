@@ -1,5 +1,6 @@
 //! Chat history of a meeting over REST: read it page by page (newest first), and post to it.
-//! The WebSocket chat will store through the same [`Store::insert_message`](crate::store::Store).
+//! The WebSocket chat stores through the same [`Store::insert_message`](crate::store::Store), and
+//! messages posted here reach connected sockets as `chat_message`.
 //!
 //! Readers: the host, joined participants and invitees. Writers: the host and joined
 //! participants, and only while the meeting's chat setting is on.
@@ -196,6 +197,8 @@ async fn post_message(
             body: text,
         })
         .await?;
+    // Everyone connected over WebSocket sees it too.
+    state.signaling.chat_posted(&message);
     Ok((StatusCode::CREATED, Json(message.into())))
 }
 

@@ -24,7 +24,6 @@ use super::ApiError;
 use crate::app::AppState;
 use crate::domain::meetings::{self as rules, Access, JoinError, JoinOutcome, Status};
 use crate::domain::roles::Role;
-use crate::ids::{ParticipantId, RoomId};
 use crate::store::meetings::{JoinLink, Meeting, MeetingFilter, MeetingSettings};
 use crate::store::users::User;
 use crate::store::{new_id, now_ms, StoreError};
@@ -716,11 +715,11 @@ async fn update_meeting(
         return Err(meeting_closed());
     }
     if before_schedule != (meeting.scheduled_at, meeting.duration_minutes) {
-        // Hook: once WebSocket signaling exists, tell the meeting's connected participants
-        // that its time changed (a `meeting_updated` event). Nothing to notify before that.
         tracing::info!(meeting = %meeting.id, "meeting rescheduled");
     }
     let fresh = find_meeting(&state, &meeting.id).await?;
+    // Connected participants see the change (`meeting_updated`); their permissions follow it.
+    state.signaling.meeting_updated(&fresh);
     Ok(Json(view(&state, fresh, user.display_name, true)))
 }
 
@@ -749,30 +748,35 @@ async fn start_meeting(
     Ok(Json(view(&state, fresh, user.display_name, true)))
 }
 
-/// Ends or cancels `meeting`: every participant is marked left and their media closed.
+/// Ends or cancels `meeting`: every participant is marked left, their media closed and their
+/// sockets told (`meeting_ended`).
 async fn close(
     state: &AppState,
     user: User,
     meeting: Meeting,
     status: Status,
 ) -> Result<Json<MeetingView>, ApiError> {
-    let identities = state
+    // Read before closing: closing gives up every seat, the host's included.
+    let by = state
         .store
-        .close_meeting(&meeting.id, status.as_str(), now_ms())
+        .joined_seat_of_user(&meeting.id, &user.id)
         .await?
-        .ok_or_else(meeting_closed)?;
-    for identity in identities {
-        let room = RoomId(meeting.id.clone());
-        if let Err(e) = state
-            .sfu
-            .close_participant(room, ParticipantId(identity.clone()))
-            .await
-        {
-            // The rows are closed already; a peer the engine cannot close times out by itself.
-            tracing::warn!(meeting = %meeting.id, identity = %identity, error = %e, "closing media failed");
+        .map(|seat| seat.id);
+    match crate::domain::moderation::close_meeting(
+        &state.store,
+        &state.sfu,
+        &meeting.id,
+        status.as_str(),
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(crate::domain::moderation::ModerationError::MeetingClosed) => {
+            return Err(meeting_closed())
         }
+        Err(other) => return Err(other.into()),
     }
-    tracing::info!(meeting = %meeting.id, status = status.as_str(), "meeting closed");
+    state.signaling.meeting_ended(&meeting.id, by);
     let fresh = find_meeting(state, &meeting.id).await?;
     Ok(Json(view(state, fresh, user.display_name, true)))
 }
@@ -1046,6 +1050,9 @@ async fn join_meeting(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<JoinBody>,
 ) -> Result<Response, ApiError> {
+    // A first join that lands in the waiting room is news for the moderators; a wait-token
+    // claim that is still waiting is not.
+    let first_ask = body.wait_token.is_none();
     let request = rules::JoinRequest {
         user_id: auth.map(|a| a.user_id),
         passcode: body.passcode,
@@ -1092,16 +1099,24 @@ async fn join_meeting(
             participant_id,
             meeting_id,
             wait_token,
-        } => Ok((
-            StatusCode::ACCEPTED,
-            Json(WaitingResponse {
-                status: "waiting".to_owned(),
-                participant_id,
-                meeting_id,
-                wait_token,
-            }),
-        )
-            .into_response()),
+        } => {
+            if first_ask {
+                state
+                    .signaling
+                    .announce_waiting(&state.store, &meeting_id, &participant_id)
+                    .await;
+            }
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(WaitingResponse {
+                    status: "waiting".to_owned(),
+                    participant_id,
+                    meeting_id,
+                    wait_token,
+                }),
+            )
+                .into_response())
+        }
     }
 }
 

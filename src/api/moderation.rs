@@ -17,13 +17,11 @@ use super::error::FieldError;
 use super::extract::{ApiJson, AuthUser, Validator};
 use super::ApiError;
 use crate::app::AppState;
+use crate::domain::moderation::{self, ModerationError};
 use crate::domain::roles::{Action, Role};
-use crate::ids::{ParticipantId, RoomId};
-use crate::sfu::MediaKind;
 use crate::store::meetings::Meeting;
-use crate::store::moderation::MuteFlag;
 use crate::store::participants::Participant;
-use crate::store::{now_ms, StoreError};
+use crate::store::StoreError;
 
 // ---- who the caller is in a meeting -------------------------------------------------------
 
@@ -108,15 +106,28 @@ impl MeetingCaller {
     /// The role a participant row holds, for ranking: the host's rows always rank as host, and
     /// a role the code does not know ranks as host too, so nobody can act on it by mistake.
     pub fn role_of(&self, target: &Participant) -> Role {
-        if target.user_id.as_deref() == Some(self.meeting.host_id.as_str()) {
-            return Role::Host;
-        }
-        Role::parse(&target.role).unwrap_or(Role::Host)
+        crate::domain::moderation::rank_of(&self.meeting, target)
     }
 }
 
 pub(crate) fn meeting_not_found() -> ApiError {
     ApiError::not_found("meeting_not_found", "no such meeting")
+}
+
+impl From<ModerationError> for ApiError {
+    fn from(error: ModerationError) -> Self {
+        let message = error.to_string();
+        match error {
+            ModerationError::ParticipantNotFound => participant_not_found(),
+            ModerationError::Forbidden(m) => ApiError::forbidden(m),
+            ModerationError::NotWaiting => ApiError::conflict("not_waiting", message),
+            ModerationError::MeetingClosed => ApiError::conflict("meeting_closed", message),
+            ModerationError::Invalid { field, message } => {
+                ApiError::validation(vec![FieldError::new(field, message)])
+            }
+            ModerationError::Store(e) => e.into(),
+        }
+    }
 }
 
 fn participant_not_found() -> ApiError {
@@ -195,8 +206,9 @@ pub struct KickRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct MuteRequest {
-    /// `microphone`, `camera` or `screen`. The media side cannot yet tell camera from screen
-    /// apart: both stop every video track of the participant.
+    /// `microphone`, `camera`, `screen` or `screen_audio`. The media side mutes by kind: camera
+    /// and screen both stop every video track of the participant, microphone and screen_audio
+    /// every audio track.
     pub source: String,
 }
 
@@ -305,25 +317,9 @@ async fn kick(
 ) -> Result<Json<ParticipantInfo>, ApiError> {
     let (caller, target) = acting_on(&state, &user, &id, &pid, Action::RemoveParticipants).await?;
     let meeting_id = caller.meeting.id.as_str();
-    state
-        .store
-        .kick_participant(meeting_id, &target, body.ban, now_ms())
-        .await?;
-    let closed = state
-        .sfu
-        .close_participant(
-            RoomId(meeting_id.to_owned()),
-            ParticipantId(target.identity.clone()),
-        )
-        .await;
-    match closed {
-        Ok(peers) => {
-            tracing::info!(meeting = %meeting_id, participant = %target.id, ban = body.ban, peers, "participant kicked")
-        }
-        Err(e) => {
-            tracing::warn!(meeting = %meeting_id, participant = %target.id, error = %e, "kick not applied to media")
-        }
-    }
+    moderation::kick(&state.store, &state.sfu, meeting_id, &target, body.ban).await?;
+    let by = caller.seat.as_ref().map(|s| s.id.clone());
+    state.signaling.kicked(meeting_id, &target, body.ban, by);
     let updated = find_participant(&state, meeting_id, &target.id).await?;
     Ok(Json(updated.into()))
 }
@@ -350,39 +346,16 @@ async fn mute(
     ApiJson(body): ApiJson<MuteRequest>,
 ) -> Result<Json<ParticipantInfo>, ApiError> {
     let (caller, target) = acting_on(&state, &user, &id, &pid, Action::MuteOthers).await?;
-    let (flag, kind) = match body.source.as_str() {
-        "microphone" => (MuteFlag::Microphone, MediaKind::Audio),
-        // The SFU mutes by kind, so a screen mute stops the camera too: the flag says so.
-        "camera" | "screen" => (MuteFlag::Camera, MediaKind::Video),
-        _ => {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "source",
-                "must be one of microphone, camera, screen",
-            )]))
-        }
+    let Some((flag, kind)) = moderation::mute_target(&body.source) else {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "source",
+            "must be one of microphone, camera, screen, screen_audio",
+        )]));
     };
     let meeting_id = caller.meeting.id.as_str();
-    state
-        .store
-        .mute_participant(meeting_id, &target.id, flag)
-        .await?;
-    let applied = state
-        .sfu
-        .set_muted(
-            RoomId(meeting_id.to_owned()),
-            ParticipantId(target.identity.clone()),
-            kind,
-            true,
-        )
-        .await;
-    match applied {
-        Ok(tracks) => {
-            tracing::info!(meeting = %meeting_id, participant = %target.id, source = %body.source, tracks, "participant muted")
-        }
-        Err(e) => {
-            tracing::warn!(meeting = %meeting_id, participant = %target.id, error = %e, "mute not applied to media")
-        }
-    }
+    moderation::mute(&state.store, &state.sfu, meeting_id, &target, flag, kind).await?;
+    let by = caller.seat.as_ref().map(|s| s.id.clone());
+    state.signaling.muted(meeting_id, &target.id, kind, by);
     let updated = find_participant(&state, meeting_id, &target.id).await?;
     Ok(Json(updated.into()))
 }
@@ -420,6 +393,7 @@ async fn change_role(
         .store
         .set_participant_role(meeting_id, &target.id, role.as_str())
         .await?;
+    state.signaling.role_changed(meeting_id, &target.id, role);
     let updated = find_participant(&state, meeting_id, &target.id).await?;
     Ok(Json(updated.into()))
 }
@@ -465,17 +439,17 @@ async fn resolve_waiting(
     caller.require(Action::ManageWaitingRoom)?;
     let meeting_id = caller.meeting.id.as_str();
     let target = find_participant(state, meeting_id, pid).await?;
-    let changed = target.status == "waiting"
-        && state
-            .store
-            .resolve_waiting(meeting_id, pid, admit, now_ms())
-            .await?;
-    if !changed {
-        return Err(ApiError::conflict(
-            "not_waiting",
-            "this participant is not in the waiting room",
-        ));
+    match moderation::resolve_waiting(&state.store, meeting_id, &target, admit).await {
+        Ok(()) => {}
+        Err(ModerationError::NotWaiting) => {
+            return Err(ApiError::conflict(
+                "not_waiting",
+                "this participant is not in the waiting room",
+            ))
+        }
+        Err(other) => return Err(other.into()),
     }
+    state.signaling.waiting_resolved(meeting_id, pid, admit);
     let updated = find_participant(state, meeting_id, pid).await?;
     Ok(Json(updated.into()))
 }

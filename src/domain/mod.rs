@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod meetings;
+pub mod moderation;
 pub mod password;
 pub mod roles;
 pub mod token;

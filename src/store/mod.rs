@@ -11,6 +11,7 @@ pub mod meetings;
 pub mod moderation;
 pub mod participants;
 pub mod recordings;
+pub mod sessions;
 pub mod tokens;
 pub mod users;
 

@@ -1,0 +1,1445 @@
+//! One participant's signaling session: `join → live → ended`. A task per session owns its media
+//! connections (a publisher the client offers on, a subscriber the server offers on), its
+//! published tracks and what they carry, and talks to at most one socket at a time.
+//!
+//! The session outlives its socket: when the socket drops, the media stays up for the resume
+//! grace period, and a new socket of the same participant that joins with `resume` takes the
+//! session over without anyone seeing a leave and a join. A socket that joins as the same
+//! identity without resuming replaces the session instead (the old socket is closed with
+//! `replaced`).
+//!
+//! Must never: hold the registry lock across an await, or let a client message panic.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::hub::RoomListener;
+use super::protocol::{
+    close, ChatView, ClientMessage, Joined, Kind, ModerateAction, Moderation, ParticipantView,
+    Permissions, ServerMessage, Source, SpeakerView, Target, TrackView, WaitingView,
+    PROTOCOL_VERSION,
+};
+use super::rooms::{frame, Frame};
+use super::sdpscan::sending_tracks;
+use crate::api::ApiError;
+use crate::app::AppState;
+use crate::domain::moderation::{self as rules, ModerationError};
+use crate::domain::roles::{grants_for, Action, GrantSettings, Role};
+use crate::domain::token::{Grants, JoinClaims};
+use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
+use crate::sfu::quality::Quality;
+use crate::sfu::{FragmentCandidate, IceFragment, Intent, MediaKind, SfuEvent, TrackInfo};
+use crate::store::chat::{Message, NewMessage};
+use crate::store::meetings::Meeting;
+use crate::store::moderation::MuteFlag;
+use crate::store::{now_ms, StoreError};
+
+/// Times a session re-creates a subscriber connection that closed under it.
+const MAX_SUBSCRIBER_RESETS: u32 = 3;
+/// How long a join waits for the session it takes over to finish.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a session task is told.
+pub(crate) enum Input {
+    /// A message from the socket `socket`.
+    Client {
+        socket: u64,
+        message: ClientMessage,
+        reference: Option<String>,
+    },
+    /// A socket of the same participant resumes the session; the socket comes back when the
+    /// session has ended.
+    Attach {
+        socket: SocketHandle,
+        reply: oneshot::Sender<Result<(), SocketHandle>>,
+    },
+    /// The socket went away without `leave`.
+    Detached {
+        socket: u64,
+    },
+    /// A room message for the client.
+    Deliver(Frame),
+    Kicked {
+        banned: bool,
+        by: Option<String>,
+    },
+    MeetingEnded {
+        by: Option<String>,
+    },
+    /// Another join of the same identity takes over; reply once torn down.
+    Replaced {
+        reply: oneshot::Sender<()>,
+    },
+    RoleChanged {
+        role: Role,
+    },
+    MeetingChanged {
+        meeting: Box<Meeting>,
+    },
+    Shutdown,
+}
+
+/// The session's way to its current socket.
+pub(crate) struct SocketHandle {
+    pub id: u64,
+    pub outbound: mpsc::Sender<Outbound>,
+}
+
+/// What a socket task writes.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Frame(Frame),
+    /// Close with this code and reason, then stop.
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// Why a `join` was refused: sent as `error`, then the socket closes with `close`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JoinFailure {
+    pub code: &'static str,
+    pub message: String,
+    pub close: u16,
+}
+
+impl JoinFailure {
+    fn new(code: &'static str, message: impl Into<String>, close: u16) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            close,
+        }
+    }
+}
+
+impl From<StoreError> for JoinFailure {
+    fn from(error: StoreError) -> Self {
+        let api = ApiError::from(error);
+        JoinFailure::new(api.code, api.message, close::INTERNAL)
+    }
+}
+
+/// The SFU's kind for one of ours.
+pub(crate) fn media_kind(kind: Kind) -> MediaKind {
+    match kind {
+        Kind::Audio => MediaKind::Audio,
+        Kind::Video => MediaKind::Video,
+    }
+}
+
+fn kind_of(kind: MediaKind) -> Kind {
+    match kind {
+        MediaKind::Audio => Kind::Audio,
+        MediaKind::Video => Kind::Video,
+    }
+}
+
+pub(crate) fn chat_view(message: &Message) -> ChatView {
+    ChatView {
+        id: message.id.clone(),
+        participant_id: message.participant_id.clone(),
+        user_id: message.user_id.clone(),
+        sender_name: message.sender_name.clone(),
+        text: message.body.clone(),
+        created_at: chrono::DateTime::from_timestamp_millis(message.created_at)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    }
+}
+
+/// Enters the meeting `claims` admit to, over `socket`: resumes the participant's held session
+/// (`resume`), or starts a new one, replacing any session of the same identity. Returns the
+/// session's channel, for the socket's messages.
+pub(crate) async fn join(
+    state: &AppState,
+    claims: &JoinClaims,
+    resume: bool,
+    socket: SocketHandle,
+) -> Result<mpsc::UnboundedSender<Input>, JoinFailure> {
+    let store = &state.store;
+    let meeting = match store.meeting(&claims.room).await {
+        Ok(meeting) => meeting,
+        Err(StoreError::NotFound) => {
+            return Err(JoinFailure::new(
+                "meeting_not_found",
+                "the token's room is not a meeting",
+                close::FORBIDDEN,
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if crate::domain::meetings::is_closed(&meeting.status) {
+        return Err(JoinFailure::new(
+            "meeting_ended",
+            "the meeting has ended",
+            close::MEETING_ENDED,
+        ));
+    }
+    if store.is_banned(&meeting.id, &claims.sub).await? {
+        return Err(JoinFailure::new(
+            "banned",
+            "you are banned from this meeting",
+            close::KICKED,
+        ));
+    }
+    let Some(seat) = store
+        .latest_seat_of_identity(&meeting.id, &claims.sub)
+        .await?
+    else {
+        return Err(JoinFailure::new(
+            "not_joined",
+            "join the meeting over REST first",
+            close::SESSION_GONE,
+        ));
+    };
+    match seat.status.as_str() {
+        "joined" => {}
+        "kicked" => {
+            return Err(JoinFailure::new(
+                "kicked",
+                "you were removed from this meeting",
+                close::KICKED,
+            ))
+        }
+        "waiting" => {
+            return Err(JoinFailure::new(
+                "not_admitted",
+                "you are in the waiting room: connect with ?wait_token=",
+                close::FORBIDDEN,
+            ))
+        }
+        _ => {
+            return Err(JoinFailure::new(
+                "session_gone",
+                "your seat in this meeting was given up; join the meeting again",
+                close::SESSION_GONE,
+            ))
+        }
+    }
+
+    let mut socket = socket;
+    if let Some((held, session)) = state
+        .signaling
+        .session_of_identity(&meeting.id, &seat.identity)
+    {
+        if resume && held == seat.id {
+            let (reply, attached) = oneshot::channel();
+            if session.send(Input::Attach { socket, reply }).is_ok() {
+                match tokio::time::timeout(HANDOVER_TIMEOUT, attached).await {
+                    Ok(Ok(Ok(()))) => {
+                        info!(meeting = %meeting.id, participant = %seat.id, "session resumed");
+                        return Ok(session);
+                    }
+                    // The session ended meanwhile: start a new one below.
+                    Ok(Ok(Err(returned))) => socket = returned,
+                    _ => {
+                        return Err(JoinFailure::new(
+                            "session_gone",
+                            "the session could not be resumed; join again without resume",
+                            close::SESSION_GONE,
+                        ))
+                    }
+                }
+            } else {
+                return Err(JoinFailure::new(
+                    "session_gone",
+                    "the session could not be resumed; join again without resume",
+                    close::SESSION_GONE,
+                ));
+            }
+        } else {
+            let (reply, done) = oneshot::channel();
+            if session.send(Input::Replaced { reply }).is_ok() {
+                let _ = tokio::time::timeout(HANDOVER_TIMEOUT, done).await;
+            }
+        }
+        // Re-read the seat: the session that just ended may have given it up.
+        let still = store
+            .latest_seat_of_identity(&meeting.id, &seat.identity)
+            .await?;
+        if still.as_ref().map(|s| (s.id.as_str(), s.status.as_str()))
+            != Some((seat.id.as_str(), "joined"))
+        {
+            return Err(JoinFailure::new(
+                "session_gone",
+                "your seat in this meeting was given up; join the meeting again",
+                close::SESSION_GONE,
+            ));
+        }
+    }
+    start(state, meeting, seat, claims.grants.clone(), socket).await
+}
+
+/// Creates the session: its subscriber connection (the first `offer`), its registration, and
+/// its task. Sends `joined` and the offer on `socket`. Returns the session's channel.
+async fn start(
+    state: &AppState,
+    meeting: Meeting,
+    seat: crate::store::participants::Participant,
+    token_grants: Grants,
+    socket: SocketHandle,
+) -> Result<mpsc::UnboundedSender<Input>, JoinFailure> {
+    let room = RoomId(meeting.id.clone());
+    let identity = seat.identity.clone();
+    let (inputs_tx, inputs) = mpsc::unbounded_channel();
+    let (sfu_tx, sfu_events) = mpsc::unbounded_channel();
+    let room_listener = state.hub.watch_room(room.clone(), sfu_tx.clone());
+    let role = if seat.user_id.as_deref() == Some(meeting.host_id.as_str()) {
+        Role::Host
+    } else {
+        Role::parse(&seat.role).unwrap_or(Role::Guest)
+    };
+
+    let (subscriber, offer) = if token_grants.subscribe {
+        let negotiated = state
+            .sfu
+            .subscribe_room(room.clone(), ParticipantId(identity.clone()))
+            .await
+            .map_err(|e| {
+                let api = ApiError::from(e);
+                JoinFailure::new(api.code, api.message, close::TRY_AGAIN)
+            })?;
+        state.hub.watch_session(negotiated.session, sfu_tx.clone());
+        (Some(negotiated.session), Some(negotiated.answer))
+    } else {
+        (None, None)
+    };
+
+    let mut muted = Vec::new();
+    if seat.mic_muted {
+        muted.push(Source::Microphone);
+    }
+    if seat.camera_off {
+        muted.push(Source::Camera);
+    }
+    let view = ParticipantView {
+        participant_id: seat.id.clone(),
+        identity: identity.clone(),
+        user_id: seat.user_id.clone(),
+        display_name: seat.display_name.clone(),
+        role: role.as_str().to_owned(),
+        muted,
+        hand_raised: false,
+        tracks: Vec::new(),
+    };
+    let waiting = if role.is_moderator() {
+        Some(waiting_list(state, &meeting.id).await?)
+    } else {
+        None
+    };
+    let mut session = Session {
+        state: state.clone(),
+        room,
+        participant_id: seat.id.clone(),
+        identity,
+        user_id: seat.user_id.clone(),
+        display_name: seat.display_name.clone(),
+        role,
+        grants: token_grants,
+        meeting,
+        me: inputs_tx.clone(),
+        socket: None,
+        grace_until: None,
+        publisher: None,
+        subscriber,
+        pending_offer: None,
+        subscriber_resets: 0,
+        declared: HashMap::new(),
+        tracks: HashMap::new(),
+        chat: Bucket::per_minute(state.config.ws_chat_per_minute),
+        last_typing: None,
+        quality: (None, None),
+        announced_quality: None,
+        sfu_tx,
+        _room_listener: room_listener,
+        ended: false,
+    };
+    let others = state
+        .signaling
+        .register(&session.meeting.id, view.clone(), inputs_tx.clone());
+    info!(meeting = %session.meeting.id, participant = %session.participant_id, identity = %session.identity, "participant joined signaling");
+    let joined = session.joined(view, others, waiting, false);
+    let _ = socket.outbound.try_send(Outbound::Frame(frame(&joined)));
+    if let Some(sdp) = offer {
+        session.pending_offer = Some(PendingOffer { sdp, reset: false });
+        session.send_pending_offer_on(&socket);
+    }
+    session.socket = Some(socket);
+    tokio::spawn(session.run(inputs, sfu_events));
+    Ok(inputs_tx)
+}
+
+async fn waiting_list(state: &AppState, meeting_id: &str) -> Result<Vec<WaitingView>, StoreError> {
+    Ok(state
+        .store
+        .meeting_participants(meeting_id, Some("waiting"))
+        .await?
+        .into_iter()
+        .map(|p| WaitingView {
+            participant_id: p.id,
+            display_name: p.display_name,
+            user_id: p.user_id,
+        })
+        .collect())
+}
+
+/// An offer for the subscriber connection the client has not answered yet.
+struct PendingOffer {
+    sdp: String,
+    /// The offer is for a new subscriber connection.
+    reset: bool,
+}
+
+/// How a session ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ending {
+    Left,
+    /// The socket dropped and no socket resumed within the grace period.
+    Disconnected,
+    Replaced,
+    Kicked {
+        banned: bool,
+        by: Option<String>,
+    },
+    MeetingEnded {
+        by: Option<String>,
+    },
+    Shutdown,
+}
+
+struct Session {
+    state: AppState,
+    room: RoomId,
+    meeting: Meeting,
+    participant_id: String,
+    identity: String,
+    user_id: Option<String>,
+    display_name: String,
+    role: Role,
+    /// What the participant may do: the join token's grants, recomputed from the role and the
+    /// meeting settings when either changes.
+    grants: Grants,
+    /// The session's own channel: its identity in the registry.
+    me: mpsc::UnboundedSender<Input>,
+    socket: Option<SocketHandle>,
+    /// Set while no socket is attached: the session ends then.
+    grace_until: Option<Instant>,
+    publisher: Option<PeerId>,
+    subscriber: Option<PeerId>,
+    pending_offer: Option<PendingOffer>,
+    subscriber_resets: u32,
+    /// Client track id → declared source (`publish`).
+    declared: HashMap<String, Source>,
+    /// This participant's published tracks and what they carry.
+    tracks: HashMap<TrackId, (Source, Kind)>,
+    chat: Bucket,
+    last_typing: Option<(Instant, bool)>,
+    /// Last quality of the publisher and the subscriber connection.
+    quality: (Option<Quality>, Option<Quality>),
+    announced_quality: Option<Quality>,
+    sfu_tx: mpsc::UnboundedSender<SfuEvent>,
+    /// Keeps the room's track and speaker events coming.
+    _room_listener: RoomListener,
+    ended: bool,
+}
+
+/// A client-visible failure of one message: `error` with this code and message.
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Refusal::new(error.code, error.message)
+    }
+}
+
+impl From<crate::sfu::SfuError> for Refusal {
+    fn from(error: crate::sfu::SfuError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(error: StoreError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl From<ModerationError> for Refusal {
+    fn from(error: ModerationError) -> Self {
+        let message = error.to_string();
+        match error {
+            ModerationError::ParticipantNotFound => Refusal::new("participant_not_found", message),
+            ModerationError::Forbidden(_) => Refusal::new("forbidden", message),
+            ModerationError::NotWaiting => Refusal::new("not_waiting", message),
+            ModerationError::MeetingClosed => Refusal::new("meeting_closed", message),
+            ModerationError::Invalid { .. } => Refusal::new("invalid", message),
+            ModerationError::Store(e) => e.into(),
+        }
+    }
+}
+
+type Outcome = Result<(), Refusal>;
+
+impl Session {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut sfu_events: mpsc::UnboundedReceiver<SfuEvent>,
+    ) {
+        while !self.ended {
+            let grace = self.grace_until;
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.on_input(input).await,
+                    // The registry dropped us (cannot happen while registered): nothing to serve.
+                    None => self.end(Ending::Disconnected).await,
+                },
+                Some(event) = sfu_events.recv() => self.on_sfu_event(event).await,
+                _ = sleep_until(grace), if grace.is_some() => {
+                    info!(participant = %self.participant_id, "resume grace period over");
+                    self.end(Ending::Disconnected).await;
+                }
+            }
+        }
+    }
+
+    async fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Client {
+                socket,
+                message,
+                reference,
+            } => {
+                if self.socket.as_ref().map(|s| s.id) != Some(socket) {
+                    return; // a socket this session already let go of
+                }
+                if let Err(refusal) = self.on_client(message, reference.clone()).await {
+                    self.send(&ServerMessage::error(
+                        refusal.code,
+                        refusal.message,
+                        reference,
+                    ));
+                }
+            }
+            Input::Attach { socket, reply } => self.attach(socket, reply),
+            Input::Detached { socket } => {
+                if self.socket.as_ref().map(|s| s.id) == Some(socket) {
+                    info!(participant = %self.participant_id, "socket dropped; holding the session");
+                    self.detach();
+                }
+            }
+            Input::Deliver(frame) => self.send_frame(frame),
+            Input::Kicked { banned, by } => self.end(Ending::Kicked { banned, by }).await,
+            Input::MeetingEnded { by } => self.end(Ending::MeetingEnded { by }).await,
+            Input::Replaced { reply } => {
+                self.end(Ending::Replaced).await;
+                let _ = reply.send(());
+            }
+            Input::RoleChanged { role } => {
+                self.role = role;
+                self.regrant();
+            }
+            Input::MeetingChanged { meeting } => {
+                self.meeting = *meeting;
+                self.regrant();
+            }
+            Input::Shutdown => self.end(Ending::Shutdown).await,
+        }
+    }
+
+    /// Grants follow the current role and meeting settings once either changed after the join.
+    fn regrant(&mut self) {
+        let settings = &self.meeting.settings;
+        let mut grants = grants_for(
+            self.role,
+            GrantSettings {
+                chat: settings.chat,
+                screen_share: settings.screen_share,
+                recording: settings.recording,
+            },
+        );
+        grants.publish = self.grants.publish;
+        grants.subscribe = self.grants.subscribe;
+        self.grants = grants;
+    }
+
+    // ---- client messages ------------------------------------------------------------------
+
+    async fn on_client(&mut self, message: ClientMessage, reference: Option<String>) -> Outcome {
+        match message {
+            ClientMessage::Join { .. } => Err(Refusal::new(
+                "already_joined",
+                "this socket has joined already",
+            )),
+            ClientMessage::Offer { sdp } => self.publisher_offer(sdp, reference).await,
+            ClientMessage::Answer { sdp } => self.subscriber_answer(sdp).await,
+            ClientMessage::Candidate {
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+                target,
+            } => {
+                self.candidate(candidate, sdp_mid, sdp_mline_index, target)
+                    .await
+            }
+            ClientMessage::Publish { source, track_id } => self.declare(source, track_id),
+            ClientMessage::Unpublish { track_id } => {
+                self.declared.remove(&track_id);
+                Ok(())
+            }
+            ClientMessage::Subscribe { .. } | ClientMessage::Unsubscribe { .. } => {
+                Err(Refusal::new(
+                    "not_supported",
+                    "selective subscription is not supported yet: your subscriber connection carries every track",
+                ))
+            }
+            ClientMessage::Mute { source, muted } => self.set_muted(source, muted).await,
+            ClientMessage::RaiseHand => self.set_hand(true),
+            ClientMessage::LowerHand => self.set_hand(false),
+            ClientMessage::Chat { text } => self.chat(text).await,
+            ClientMessage::Typing { active } => {
+                self.typing(active);
+                Ok(())
+            }
+            ClientMessage::Moderate(moderation) => self.moderate(moderation).await,
+            ClientMessage::Leave => {
+                self.end(Ending::Left).await;
+                Ok(())
+            }
+            ClientMessage::Ping => {
+                self.send(&ServerMessage::Pong { reference });
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the participant may publish `source` now.
+    fn may_publish(&self, source: Source) -> bool {
+        let listed = self.grants.publish_sources.is_empty()
+            || self
+                .grants
+                .publish_sources
+                .iter()
+                .any(|s| s == source.as_str());
+        let screen_ok = !matches!(source, Source::Screen | Source::ScreenAudio)
+            || (self.meeting.settings.screen_share && self.role.can(Action::ShareScreen));
+        self.grants.publish && listed && screen_ok
+    }
+
+    fn declare(&mut self, source: Source, track_id: String) -> Outcome {
+        if !self.may_publish(source) {
+            return Err(Refusal::new(
+                "forbidden_source",
+                format!("you may not publish {}", source.as_str()),
+            ));
+        }
+        if track_id.is_empty() || track_id.len() > 256 {
+            return Err(Refusal::new(
+                "bad_message",
+                "track_id must be 1 to 256 bytes",
+            ));
+        }
+        let max = self.state.config.ws_max_declared_tracks;
+        if !self.declared.contains_key(&track_id) && self.declared.len() >= max {
+            return Err(Refusal::new(
+                "too_many_tracks",
+                format!("at most {max} declared tracks"),
+            ));
+        }
+        self.declared.insert(track_id, source);
+        Ok(())
+    }
+
+    /// The source a client track carries: its declaration when it matches the track's kind,
+    /// else the default for its kind.
+    fn source_of(&self, track_id: Option<&str>, kind: Kind) -> Source {
+        track_id
+            .and_then(|t| self.declared.get(t))
+            .copied()
+            .filter(|s| s.kind() == kind)
+            .unwrap_or(Source::default_for(kind))
+    }
+
+    async fn publisher_offer(&mut self, sdp: String, reference: Option<String>) -> Outcome {
+        if !self.grants.publish {
+            return Err(Refusal::new(
+                "forbidden",
+                "your token does not grant publish",
+            ));
+        }
+        for track in sending_tracks(&sdp) {
+            if let Some(declared) = track.track_id.as_deref().and_then(|t| self.declared.get(t)) {
+                if declared.kind() != track.kind {
+                    return Err(Refusal::new(
+                        "bad_publish",
+                        format!(
+                            "track {} is {:?} but was declared as {}",
+                            track.track_id.as_deref().unwrap_or(""),
+                            track.kind,
+                            declared.as_str()
+                        ),
+                    ));
+                }
+            }
+            let source = self.source_of(track.track_id.as_deref(), track.kind);
+            if !self.may_publish(source) {
+                return Err(Refusal::new(
+                    "forbidden_source",
+                    format!("you may not publish {}", source.as_str()),
+                ));
+            }
+        }
+        let answer = match self.publisher {
+            Some(session) => self.state.sfu.renegotiate(session, sdp).await?,
+            None => {
+                let negotiated = self
+                    .state
+                    .sfu
+                    .offer(
+                        self.room.clone(),
+                        ParticipantId(self.identity.clone()),
+                        Intent::Publish,
+                        sdp,
+                    )
+                    .await?;
+                self.state
+                    .hub
+                    .watch_session(negotiated.session, self.sfu_tx.clone());
+                self.publisher = Some(negotiated.session);
+                negotiated.answer
+            }
+        };
+        self.send(&ServerMessage::Answer {
+            sdp: answer,
+            reference,
+        });
+        Ok(())
+    }
+
+    async fn subscriber_answer(&mut self, sdp: String) -> Outcome {
+        let Some(session) = self.subscriber else {
+            return Err(Refusal::new(
+                "no_connection",
+                "there is no subscriber connection to answer for",
+            ));
+        };
+        self.state.sfu.answer(session, sdp).await?;
+        self.pending_offer = None;
+        Ok(())
+    }
+
+    async fn candidate(
+        &mut self,
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_mline_index: Option<u16>,
+        target: Target,
+    ) -> Outcome {
+        let session = match target {
+            Target::Publisher => self.publisher,
+            Target::Subscriber => self.subscriber,
+        };
+        let Some(session) = session else {
+            return Err(Refusal::new(
+                "no_connection",
+                "no such connection yet: send candidates after its offer or answer",
+            ));
+        };
+        let candidate = candidate.trim();
+        let candidate = candidate.strip_prefix("a=").unwrap_or(candidate);
+        // An empty candidate is the browser's end-of-candidates: nothing to add.
+        if candidate.is_empty() {
+            return Ok(());
+        }
+        let fragment = IceFragment {
+            ufrag: None,
+            pwd: None,
+            candidates: vec![FragmentCandidate {
+                mid: sdp_mid,
+                mline_index: sdp_mline_index,
+                candidate: candidate.to_owned(),
+            }],
+        };
+        self.state
+            .sfu
+            .patch(self.room.clone(), session, None, fragment)
+            .await?;
+        Ok(())
+    }
+
+    // ---- media state -------------------------------------------------------------------------
+
+    async fn set_muted(&mut self, source: Source, muted: bool) -> Outcome {
+        let participant_id = self.participant_id.clone();
+        let changed = self
+            .state
+            .signaling
+            .update(&self.meeting.id, &participant_id, |view| {
+                let before = view.muted.contains(&source);
+                if muted && !before {
+                    view.muted.push(source);
+                    view.muted.sort();
+                } else if !muted {
+                    view.muted.retain(|s| *s != source);
+                }
+                for track in &mut view.tracks {
+                    track.muted = view.muted.contains(&track.source);
+                }
+                let changed = before != muted;
+                let messages = if changed {
+                    vec![ServerMessage::MediaState {
+                        participant_id: participant_id.clone(),
+                        source,
+                        muted,
+                        by: None,
+                    }]
+                } else {
+                    Vec::new()
+                };
+                (changed, messages)
+            })
+            .unwrap_or(false);
+        let flag = match source {
+            Source::Microphone => Some(MuteFlag::Microphone),
+            Source::Camera => Some(MuteFlag::Camera),
+            _ => None,
+        };
+        if let (true, Some(flag)) = (changed, flag) {
+            let store = &self.state.store;
+            if muted {
+                store
+                    .mute_participant(&self.meeting.id, &self.participant_id, flag)
+                    .await?;
+            } else {
+                store
+                    .unmute_participant(&self.meeting.id, &self.participant_id, flag)
+                    .await?;
+            }
+        }
+        self.apply_mute(source.kind()).await;
+        Ok(())
+    }
+
+    /// Tells the SFU whether to forward this participant's tracks of `kind`. The SFU mutes by
+    /// kind, so they stop only when every source of that kind with a live track is muted.
+    async fn apply_mute(&mut self, kind: Kind) {
+        let live: Vec<Source> = self
+            .tracks
+            .values()
+            .filter(|(_, k)| *k == kind)
+            .map(|(s, _)| *s)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let muted = self
+            .state
+            .signaling
+            .snapshot(&self.meeting.id, &self.participant_id)
+            .map(|(me, _)| me.muted)
+            .unwrap_or_default();
+        let all_muted = live.iter().all(|s| muted.contains(s));
+        if let Err(e) = self
+            .state
+            .sfu
+            .set_muted(
+                self.room.clone(),
+                ParticipantId(self.identity.clone()),
+                media_kind(kind),
+                all_muted,
+            )
+            .await
+        {
+            warn!(participant = %self.participant_id, error = %e, "mute not applied to media");
+        }
+    }
+
+    fn set_hand(&mut self, raised: bool) -> Outcome {
+        self.state
+            .signaling
+            .update(&self.meeting.id, &self.participant_id, |view| {
+                if view.hand_raised == raised {
+                    return ((), Vec::new());
+                }
+                view.hand_raised = raised;
+                (
+                    (),
+                    vec![ServerMessage::ParticipantUpdated {
+                        participant: view.clone(),
+                    }],
+                )
+            });
+        Ok(())
+    }
+
+    // ---- chat ----------------------------------------------------------------------------------
+
+    async fn chat(&mut self, text: String) -> Outcome {
+        if !(self.grants.chat && self.meeting.settings.chat) {
+            return Err(Refusal::new(
+                "chat_disabled",
+                "chat is turned off in this meeting",
+            ));
+        }
+        let text = text.trim();
+        let max = self.state.config.chat_max_length;
+        let length = text.chars().count();
+        if length == 0 || length > max {
+            return Err(Refusal::new(
+                "invalid",
+                format!("text must be 1 to {max} characters"),
+            ));
+        }
+        if !self.chat.take(Instant::now()) {
+            return Err(Refusal::new(
+                "rate_limited",
+                "too many chat messages; slow down",
+            ));
+        }
+        let message = self
+            .state
+            .store
+            .insert_message(NewMessage {
+                meeting_id: &self.meeting.id,
+                participant_id: Some(&self.participant_id),
+                user_id: self.user_id.as_deref(),
+                sender_name: &self.display_name,
+                body: text,
+            })
+            .await?;
+        self.state.signaling.chat_posted(&message);
+        Ok(())
+    }
+
+    fn typing(&mut self, active: bool) {
+        let now = Instant::now();
+        let interval = self.state.config.ws_typing_interval;
+        if let Some((at, was)) = self.last_typing {
+            if was == active && now.duration_since(at) < interval {
+                return;
+            }
+        }
+        self.last_typing = Some((now, active));
+        self.state.signaling.broadcast(
+            &self.meeting.id,
+            &ServerMessage::Typing {
+                participant_id: self.participant_id.clone(),
+                active,
+            },
+            Some(&self.participant_id),
+        );
+    }
+
+    // ---- moderation ------------------------------------------------------------------------
+
+    async fn moderate(&mut self, request: Moderation) -> Outcome {
+        let state = self.state.clone();
+        let (store, sfu, signaling) = (&state.store, &state.sfu, &state.signaling);
+        let meeting_id = self.meeting.id.clone();
+        let by = Some(self.participant_id.clone());
+        if request.action == ModerateAction::EndMeeting {
+            if !self.role.can(Action::EndMeeting) {
+                return Err(Refusal::new(
+                    "forbidden",
+                    "only the host may end the meeting",
+                ));
+            }
+            rules::close_meeting(store, sfu, &meeting_id, "ended").await?;
+            signaling.meeting_ended(&meeting_id, by);
+            return Ok(());
+        }
+        let Some(participant_id) = request.participant_id.as_deref() else {
+            return Err(Refusal::new("invalid", "participant_id is required"));
+        };
+        let target = rules::find_participant(store, &meeting_id, participant_id).await?;
+        let rank = rules::rank_of(&self.meeting, &target);
+        match request.action {
+            ModerateAction::Mute => {
+                let source = request
+                    .source
+                    .ok_or_else(|| Refusal::new("invalid", "source is required"))?;
+                rules::check_act_on(self.role, Action::MuteOthers, rank)?;
+                let (flag, kind) = rules::mute_target(source.as_str())
+                    .ok_or_else(|| Refusal::new("invalid", "unknown source"))?;
+                rules::mute(store, sfu, &meeting_id, &target, flag, kind).await?;
+                signaling.muted(&meeting_id, &target.id, kind, by);
+            }
+            ModerateAction::Kick => {
+                rules::check_act_on(self.role, Action::RemoveParticipants, rank)?;
+                rules::kick(store, sfu, &meeting_id, &target, request.ban).await?;
+                signaling.kicked(&meeting_id, &target, request.ban, by);
+            }
+            ModerateAction::Admit | ModerateAction::Deny => {
+                if !self.role.can(Action::ManageWaitingRoom) {
+                    return Err(Refusal::new(
+                        "forbidden",
+                        "your role in this meeting does not allow this",
+                    ));
+                }
+                let admit = request.action == ModerateAction::Admit;
+                rules::resolve_waiting(store, &meeting_id, &target, admit).await?;
+                signaling.waiting_resolved(&meeting_id, &target.id, admit);
+            }
+            ModerateAction::SetRole => {
+                let role = rules::assignable_role(request.role.as_deref().unwrap_or(""))?;
+                rules::check_act_on(self.role, Action::ChangeRoles, rank)?;
+                store
+                    .set_participant_role(&meeting_id, &target.id, role.as_str())
+                    .await?;
+                signaling.role_changed(&meeting_id, &target.id, role);
+            }
+            ModerateAction::EndMeeting => {}
+        }
+        Ok(())
+    }
+
+    // ---- SFU events ------------------------------------------------------------------------
+
+    async fn on_sfu_event(&mut self, event: SfuEvent) {
+        match event {
+            SfuEvent::Offer { session, sdp } if Some(session) == self.subscriber => {
+                self.pending_offer = Some(PendingOffer { sdp, reset: false });
+                self.send_pending_offer();
+            }
+            SfuEvent::TrackPublished {
+                identity,
+                session,
+                track,
+                ..
+            } if identity.0 == self.identity && Some(session) == self.publisher => {
+                self.track_published(track).await
+            }
+            SfuEvent::TrackUnpublished {
+                identity,
+                session,
+                track,
+                ..
+            } if identity.0 == self.identity && Some(session) == self.publisher => {
+                self.track_unpublished(track).await
+            }
+            SfuEvent::ActiveSpeakers { speakers, .. } => {
+                let speakers = speakers
+                    .into_iter()
+                    .filter_map(|s| {
+                        let participant_id = self
+                            .state
+                            .signaling
+                            .participant_of_identity(&self.meeting.id, &s.identity.0)?;
+                        Some(SpeakerView {
+                            participant_id,
+                            level: s.level,
+                        })
+                    })
+                    .collect();
+                self.send(&ServerMessage::ActiveSpeakers { speakers });
+            }
+            SfuEvent::ConnectionQuality {
+                session, quality, ..
+            } => self.quality_changed(session, quality),
+            SfuEvent::Closed { session, reason } => self.connection_closed(session, &reason).await,
+            _ => {}
+        }
+    }
+
+    async fn track_published(&mut self, track: TrackInfo) {
+        let kind = kind_of(track.kind);
+        let source = self.source_of(Some(&track.publisher_track_id), kind);
+        self.tracks.insert(track.id, (source, kind));
+        let participant_id = self.participant_id.clone();
+        self.state
+            .signaling
+            .update(&self.meeting.id, &participant_id, |view| {
+                let view_track = TrackView {
+                    track_id: track.id.to_string(),
+                    source,
+                    kind,
+                    muted: view.muted.contains(&source),
+                    publisher_track_id: track.publisher_track_id.clone(),
+                    mime_type: track.mime_type.clone(),
+                };
+                view.tracks.push(view_track.clone());
+                (
+                    (),
+                    vec![ServerMessage::TrackPublished {
+                        participant_id: participant_id.clone(),
+                        track: view_track,
+                    }],
+                )
+            });
+        debug!(participant = %self.participant_id, track = %track.id, source = source.as_str(), "track published");
+        // A new track starts forwarding; it must follow the participant's mute state.
+        self.apply_mute(kind).await;
+    }
+
+    async fn track_unpublished(&mut self, track: TrackId) {
+        let Some((_, kind)) = self.tracks.remove(&track) else {
+            return;
+        };
+        let participant_id = self.participant_id.clone();
+        let track_id = track.to_string();
+        self.state
+            .signaling
+            .update(&self.meeting.id, &participant_id, |view| {
+                view.tracks.retain(|t| t.track_id != track_id);
+                (
+                    (),
+                    vec![ServerMessage::TrackUnpublished {
+                        participant_id: participant_id.clone(),
+                        track_id: track_id.clone(),
+                    }],
+                )
+            });
+        self.apply_mute(kind).await;
+    }
+
+    /// A connection's quality band changed: the participant's quality is the worse of its two
+    /// connections, and everyone sees it when it changes.
+    fn quality_changed(&mut self, session: PeerId, quality: Quality) {
+        if Some(session) == self.publisher {
+            self.quality.0 = Some(quality);
+        } else if Some(session) == self.subscriber {
+            self.quality.1 = Some(quality);
+        } else {
+            return;
+        }
+        let worst = match self.quality {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(q), None) | (None, Some(q)) => q,
+            (None, None) => return,
+        };
+        if self.announced_quality == Some(worst) {
+            return;
+        }
+        self.announced_quality = Some(worst);
+        self.state.signaling.broadcast(
+            &self.meeting.id,
+            &ServerMessage::ConnectionQuality {
+                participant_id: self.participant_id.clone(),
+                quality: worst.as_str().to_owned(),
+            },
+            None,
+        );
+    }
+
+    /// One of the participant's connections closed under it (ICE failed, DTLS closed).
+    async fn connection_closed(&mut self, session: PeerId, reason: &str) {
+        if Some(session) == self.publisher {
+            self.state.hub.forget_session(session);
+            self.publisher = None;
+            self.quality.0 = None;
+            self.send(&ServerMessage::error(
+                "publisher_closed",
+                format!("your publisher connection closed ({reason}); offer on a new one"),
+                None,
+            ));
+        } else if Some(session) == self.subscriber {
+            self.state.hub.forget_session(session);
+            self.subscriber = None;
+            self.quality.1 = None;
+            self.pending_offer = None;
+            self.reset_subscriber().await;
+        }
+    }
+
+    /// A new subscriber connection for one that closed; its offer carries `reset`.
+    async fn reset_subscriber(&mut self) {
+        if self.subscriber_resets >= MAX_SUBSCRIBER_RESETS {
+            self.send(&ServerMessage::error(
+                "subscriber_closed",
+                "your subscriber connection closed too often; join again",
+                None,
+            ));
+            return;
+        }
+        self.subscriber_resets += 1;
+        match self
+            .state
+            .sfu
+            .subscribe_room(self.room.clone(), ParticipantId(self.identity.clone()))
+            .await
+        {
+            Ok(negotiated) => {
+                self.state
+                    .hub
+                    .watch_session(negotiated.session, self.sfu_tx.clone());
+                self.subscriber = Some(negotiated.session);
+                self.pending_offer = Some(PendingOffer {
+                    sdp: negotiated.answer,
+                    reset: true,
+                });
+                self.send_pending_offer();
+            }
+            Err(e) => {
+                warn!(participant = %self.participant_id, error = %e, "subscriber not re-created");
+                self.send(&ServerMessage::error(
+                    "subscriber_closed",
+                    "your subscriber connection closed and could not be re-created; join again",
+                    None,
+                ));
+            }
+        }
+    }
+
+    // ---- sockets -----------------------------------------------------------------------------
+
+    fn joined(
+        &self,
+        you: ParticipantView,
+        participants: Vec<ParticipantView>,
+        waiting: Option<Vec<WaitingView>>,
+        resumed: bool,
+    ) -> ServerMessage {
+        let mut publish_sources: Vec<Source> = Source::ALL
+            .into_iter()
+            .filter(|s| self.may_publish(*s))
+            .collect();
+        publish_sources.sort();
+        ServerMessage::Joined(Box::new(Joined {
+            protocol_version: PROTOCOL_VERSION,
+            resumed,
+            you,
+            permissions: Permissions {
+                publish_sources,
+                chat: self.grants.chat && self.meeting.settings.chat,
+                moderate: self.role.is_moderator(),
+            },
+            participants,
+            ice_servers: self.state.config.ice_servers.clone(),
+            meeting: (&self.meeting).into(),
+            waiting,
+        }))
+    }
+
+    /// A socket of this participant takes the session over.
+    fn attach(&mut self, socket: SocketHandle, reply: oneshot::Sender<Result<(), SocketHandle>>) {
+        let snapshot = self
+            .state
+            .signaling
+            .snapshot(&self.meeting.id, &self.participant_id);
+        let Some((me, others)) = snapshot.filter(|_| !self.ended) else {
+            let _ = reply.send(Err(socket));
+            return;
+        };
+        if let Some(old) = self.socket.take() {
+            let _ = old.outbound.try_send(Outbound::Close {
+                code: close::REPLACED,
+                reason: "resumed on another connection".into(),
+            });
+        }
+        self.grace_until = None;
+        let waiting = self.role.is_moderator().then(|| {
+            // Moderators resuming see the waiting sockets known here; the full list is in
+            // GET /meetings/{id}/waiting.
+            self.state.signaling.waiting_sockets(&self.meeting.id)
+        });
+        let joined = self.joined(me, others, waiting, true);
+        let _ = socket.outbound.try_send(Outbound::Frame(frame(&joined)));
+        self.send_pending_offer_on(&socket);
+        self.socket = Some(socket);
+        if reply.send(Ok(())).is_err() {
+            // The joining socket gave up waiting: stay detached.
+            self.detach();
+            return;
+        }
+        info!(participant = %self.participant_id, "socket attached");
+    }
+
+    fn detach(&mut self) {
+        self.socket = None;
+        self.grace_until = Some(Instant::now() + self.state.config.ws_resume_grace);
+    }
+
+    fn send(&mut self, message: &ServerMessage) {
+        self.send_frame(frame(message));
+    }
+
+    fn send_frame(&mut self, frame: Frame) {
+        let Some(socket) = &self.socket else {
+            return; // detached: the client gets a fresh `joined` when it resumes
+        };
+        if let Err(e) = socket.outbound.try_send(Outbound::Frame(frame)) {
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                warn!(participant = %self.participant_id, "socket not reading; dropping it");
+            }
+            // Dropping the handle closes the socket (the queue is full or the socket is gone).
+            self.detach();
+        }
+    }
+
+    fn send_pending_offer(&mut self) {
+        if let Some(offer) = &self.pending_offer {
+            let message = ServerMessage::Offer {
+                sdp: offer.sdp.clone(),
+                reset: offer.reset,
+            };
+            self.send(&message);
+        }
+    }
+
+    fn send_pending_offer_on(&self, socket: &SocketHandle) {
+        if let Some(offer) = &self.pending_offer {
+            let message = ServerMessage::Offer {
+                sdp: offer.sdp.clone(),
+                reset: offer.reset,
+            };
+            let _ = socket.outbound.try_send(Outbound::Frame(frame(&message)));
+        }
+    }
+
+    // ---- the end -----------------------------------------------------------------------------
+
+    async fn end(&mut self, ending: Ending) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let (final_message, code, reason, announce, leaves) = match &ending {
+            Ending::Left => (None, close::NORMAL, "left", Some("left"), true),
+            Ending::Disconnected => (
+                None,
+                close::SESSION_GONE,
+                "disconnected",
+                Some("disconnected"),
+                true,
+            ),
+            Ending::Replaced => (
+                None,
+                close::REPLACED,
+                "joined from another connection",
+                Some("replaced"),
+                false,
+            ),
+            Ending::Kicked { banned, by } => (
+                Some(ServerMessage::Kicked {
+                    reason: "removed by a moderator".into(),
+                    banned: *banned,
+                    by: by.clone(),
+                }),
+                close::KICKED,
+                "kicked",
+                Some("kicked"),
+                false,
+            ),
+            Ending::MeetingEnded { by } => (
+                Some(ServerMessage::MeetingEnded { by: by.clone() }),
+                close::MEETING_ENDED,
+                "meeting ended",
+                None,
+                false,
+            ),
+            Ending::Shutdown => (None, close::GOING_AWAY, "server shutting down", None, true),
+        };
+        for session in [self.publisher.take(), self.subscriber.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.state.hub.forget_session(session);
+            // Kicks and meeting ends closed the peers already; a missing session is fine.
+            let _ = self.state.sfu.close(self.room.clone(), session).await;
+        }
+        self.state
+            .signaling
+            .unregister(&self.meeting.id, &self.participant_id, &self.me, announce);
+        if leaves {
+            if let Err(e) = self
+                .state
+                .store
+                .mark_participant_left(&self.meeting.id, &self.participant_id, now_ms())
+                .await
+            {
+                warn!(participant = %self.participant_id, error = %e, "leave not recorded");
+            }
+        }
+        if let Some(socket) = self.socket.take() {
+            if let Some(message) = final_message {
+                let _ = socket.outbound.try_send(Outbound::Frame(frame(&message)));
+            }
+            let _ = socket.outbound.try_send(Outbound::Close {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+        info!(meeting = %self.meeting.id, participant = %self.participant_id, ?ending, "session ended");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A token bucket: `capacity` tokens, refilled at `per_second`.
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    capacity: f64,
+    per_second: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    pub fn new(capacity: u32, per_second: f64) -> Self {
+        let capacity = f64::from(capacity.max(1));
+        Self {
+            capacity,
+            per_second,
+            tokens: capacity,
+            at: None,
+        }
+    }
+
+    pub fn per_minute(count: u32) -> Self {
+        Self::new(count, f64::from(count) / 60.0)
+    }
+
+    /// Takes a token if one is left.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.at {
+            let elapsed = now.duration_since(at).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = Bucket::new(3, 2.0);
+        assert!((0..3).all(|_| bucket.take(start)));
+        assert!(!bucket.take(start));
+        assert!(bucket.take(start + Duration::from_millis(500)));
+        assert!(!bucket.take(start + Duration::from_millis(500)));
+        assert!(bucket.take(start + Duration::from_secs(10)));
+    }
+}

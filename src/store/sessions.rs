@@ -1,0 +1,68 @@
+//! What WebSocket signaling records of a live session beyond the join itself: finding the seat a
+//! join token stands for, a participant leaving, and media flags turned back on. Muting reuses
+//! [`Store::mute_participant`](super::Store), kicks and role changes the moderation queries.
+
+use super::moderation::MuteFlag;
+use super::participants::{participant_from_row, Participant, PARTICIPANT_COLUMNS};
+use super::{Store, StoreResult};
+
+impl Store {
+    /// The most recent participant row of `identity` (a join token's `sub`) in the meeting.
+    pub async fn latest_seat_of_identity(
+        &self,
+        meeting_id: &str,
+        identity: &str,
+    ) -> StoreResult<Option<Participant>> {
+        let sql = format!(
+            "SELECT {PARTICIPANT_COLUMNS} FROM participants \
+             WHERE meeting_id = $1 AND identity = $2 \
+             ORDER BY created_at DESC, id DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(meeting_id)
+            .bind(identity)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(participant_from_row).transpose()
+    }
+
+    /// A joined participant left (now). False when the row was no longer joined: a kick, the
+    /// end of the meeting or a newer join decided its status first, and that status stays.
+    pub async fn mark_participant_left(
+        &self,
+        meeting_id: &str,
+        participant_id: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "UPDATE participants SET status = 'left', left_at = $1 \
+             WHERE meeting_id = $2 AND id = $3 AND status = 'joined'",
+        )
+        .bind(now)
+        .bind(meeting_id)
+        .bind(participant_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Clears one of a participant's media flags (unmuted, camera on).
+    pub async fn unmute_participant(
+        &self,
+        meeting_id: &str,
+        participant_id: &str,
+        flag: MuteFlag,
+    ) -> StoreResult<()> {
+        let column = match flag {
+            MuteFlag::Microphone => "mic_muted",
+            MuteFlag::Camera => "camera_off",
+        };
+        let sql = format!("UPDATE participants SET {column} = 0 WHERE meeting_id = $1 AND id = $2");
+        sqlx::query(&sql)
+            .bind(meeting_id)
+            .bind(participant_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
