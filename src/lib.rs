@@ -4,7 +4,7 @@
 //! - [`config`]: one typed `Config` (defaults < convene.toml < CONVENE_* env < flags).
 //! - [`app`]: wires everything; [`app::Server`] is what `main` and the tests start.
 //! - [`sfu`]: the data plane: UDP socket, sans-I/O peer connections, rooms, forwarding.
-//! - [`signaling`]: WHIP/WHEP resources (and later WebSocket signaling), join-token checks.
+//! - [`signaling`]: WHIP/WHEP resources, WebSocket signaling (`/ws`), join-token checks.
 //! - [`api`]: REST under /api/v1 (accounts, meetings, moderation, chat), health, metrics.
 //! - [`domain`]: rules that are not HTTP (tokens, passwords, roles and grants).
 //! - [`store`]: sqlx repositories over SQLite (default) or PostgreSQL.

@@ -155,3 +155,31 @@ async fn room_subscriber_follows_publishers_coming_and_going() {
     let stray = carol.peer.local_sdp().await;
     assert!(state.sfu.answer(negotiated.session, stray).await.is_err());
 }
+
+#[tokio::test]
+async fn room_capacity_counts_participants_not_connections() {
+    let server = TestServer::start_with(|c| c.max_participants = 1).await;
+    let state = &server.server.state;
+    let room = RoomId("capped".into());
+    let _alice = WhipPublisher::connect(
+        &server,
+        "capped",
+        &server.token("capped", "alice", true, false),
+    )
+    .await;
+    // Alice's second connection (her subscriber) takes no second place...
+    assert!(state
+        .sfu
+        .subscribe_room(room.clone(), ParticipantId("alice".into()))
+        .await
+        .is_ok());
+    // ...but another participant finds the room full.
+    let refused = state
+        .sfu
+        .subscribe_room(room, ParticipantId("bob".into()))
+        .await;
+    assert!(
+        matches!(refused, Err(convene::sfu::SfuError::RoomFull { max: 1 })),
+        "{refused:?}"
+    );
+}

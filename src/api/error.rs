@@ -136,6 +136,7 @@ impl From<crate::sfu::SfuError> for ApiError {
             }
             E::SessionNotFound => Self::not_found("session_not_found", message),
             E::PublisherNotFound => Self::not_found("publisher_not_found", message),
+            E::TrackNotFound => Self::not_found("track_not_found", message),
             E::EtagMismatch => Self::new(StatusCode::PRECONDITION_FAILED, "etag_mismatch", message),
             E::EtagRequired => Self::new(
                 StatusCode::PRECONDITION_REQUIRED,

@@ -168,6 +168,21 @@ impl Engine {
                 }
                 let _ = reply.send(Ok(sessions.len()));
             }
+            Command::SetTrackMuted {
+                track,
+                muted,
+                reply,
+            } => {
+                let _ = reply.send(self.set_track_muted(track, muted, now));
+            }
+            Command::SetSubscribed {
+                session,
+                track,
+                subscribed,
+                reply,
+            } => {
+                let _ = reply.send(self.set_subscribed(session, track, subscribed, now));
+            }
             Command::SetMuted {
                 room,
                 identity,
@@ -215,11 +230,7 @@ impl Engine {
                 max: self.max_peers,
             });
         }
-        if self
-            .rooms
-            .get(&room_id)
-            .is_some_and(|r| r.peers.len() >= self.max_participants)
-        {
+        if self.room_is_full(&room_id, &identity) {
             return Err(SfuError::RoomFull {
                 max: self.max_participants,
             });
@@ -456,6 +467,45 @@ impl Engine {
             added.push(id);
         }
         added
+    }
+
+    /// Whether `identity` may not add a peer to the room: the room holds `max_participants`
+    /// other identities already. A participant's second connection (a WebSocket participant
+    /// has a publisher and a subscriber) does not take a second place.
+    pub(super) fn room_is_full(&self, room: &RoomId, identity: &ParticipantId) -> bool {
+        let Some(room) = self.rooms.get(room) else {
+            return false;
+        };
+        let mut identities: Vec<&ParticipantId> = room
+            .peers
+            .iter()
+            .filter_map(|p| self.peers.get(p))
+            .map(|p| &p.identity)
+            .collect();
+        identities.sort_by(|a, b| a.0.cmp(&b.0));
+        identities.dedup();
+        !identities.contains(&identity) && identities.len() >= self.max_participants
+    }
+
+    fn set_track_muted(
+        &mut self,
+        track_id: TrackId,
+        muted: bool,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let track = self
+            .tracks
+            .get_mut(&track_id)
+            .ok_or(SfuError::TrackNotFound)?;
+        if track.muted == muted {
+            return Ok(());
+        }
+        track.muted = muted;
+        if !muted {
+            // Resuming mid-stream: subscribers need a keyframe to decode again.
+            self.request_keyframe(track_id, now);
+        }
+        Ok(())
     }
 
     fn set_muted(

@@ -12,6 +12,8 @@ pub enum SfuError {
     ServerFull { max: usize },
     #[error("no such session")]
     SessionNotFound,
+    #[error("no such track")]
+    TrackNotFound,
     #[error("no publisher to watch in this room")]
     PublisherNotFound,
     #[error("the session's entity tag does not match If-Match")]

@@ -178,6 +178,17 @@ pub(crate) enum Command {
         offer: String,
         reply: oneshot::Sender<Result<String, SfuError>>,
     },
+    SetTrackMuted {
+        track: TrackId,
+        muted: bool,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    SetSubscribed {
+        session: PeerId,
+        track: TrackId,
+        subscribed: bool,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
     CloseParticipant {
         room: RoomId,
         identity: ParticipantId,
@@ -321,6 +332,33 @@ impl Sfu {
         self.call(|reply| Command::Renegotiate {
             session,
             offer,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops (or resumes) forwarding one published track, whatever its publisher sends on others.
+    pub async fn set_track_muted(&self, track: TrackId, muted: bool) -> Result<(), SfuError> {
+        self.call(|reply| Command::SetTrackMuted {
+            track,
+            muted,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes one track from (or adds it back to) a room subscriber's connection; the client
+    /// gets a new offer.
+    pub async fn set_subscribed(
+        &self,
+        session: PeerId,
+        track: TrackId,
+        subscribed: bool,
+    ) -> Result<(), SfuError> {
+        self.call(|reply| Command::SetSubscribed {
+            session,
+            track,
+            subscribed,
             reply,
         })
         .await

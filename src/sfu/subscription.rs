@@ -40,11 +40,7 @@ impl Engine {
                 max: self.max_peers,
             });
         }
-        if self
-            .rooms
-            .get(&room_id)
-            .is_some_and(|r| r.peers.len() >= self.max_participants)
-        {
+        if self.room_is_full(&room_id, &identity) {
             return Err(SfuError::RoomFull {
                 max: self.max_participants,
             });
@@ -158,6 +154,68 @@ impl Engine {
         for source in keyframes {
             self.request_keyframe(source, now);
         }
+        Ok(())
+    }
+
+    /// Selective subscription: drops `track` from a room subscriber, or adds it back.
+    pub(super) fn set_subscribed(
+        &mut self,
+        session: PeerId,
+        track: TrackId,
+        subscribed: bool,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let peer = self.peers.get(&session).ok_or(SfuError::SessionNotFound)?;
+        if peer.role != PeerRole::RoomSubscriber {
+            return Err(SfuError::SessionNotFound);
+        }
+        let source = self.tracks.get(&track).ok_or(SfuError::TrackNotFound)?;
+        let publisher = self
+            .peers
+            .get(&source.publisher)
+            .ok_or(SfuError::TrackNotFound)?;
+        if publisher.room != peer.room || publisher.identity == peer.identity {
+            return Err(SfuError::TrackNotFound);
+        }
+        let active = peer
+            .down_tracks
+            .iter()
+            .position(|d| d.source == track && !d.removed);
+        match (subscribed, active) {
+            (true, None) => {
+                let mut sub = self
+                    .peers
+                    .remove(&session)
+                    .ok_or(SfuError::SessionNotFound)?;
+                let attached = self.attach(&mut sub, track);
+                self.peers.insert(session, sub);
+                attached?;
+                self.send_offer(session, now);
+            }
+            (false, Some(slot)) => {
+                if let Some(source) = self.tracks.get_mut(&track) {
+                    source
+                        .subscribers
+                        .retain(|s| !(s.peer == session && s.slot == slot));
+                }
+                let sub = self
+                    .peers
+                    .get_mut(&session)
+                    .ok_or(SfuError::SessionNotFound)?;
+                let down = &mut sub.down_tracks[slot];
+                down.payload_type = None;
+                down.removed = true;
+                let (sender, ssrc) = (down.sender, down.ssrc);
+                if let Some(mut sender) = sub.pc.rtp_sender(sender) {
+                    let _ = sender.write_rtcp(now, rtcp::goodbye(ssrc));
+                }
+                let _ = sub.pc.remove_track(sender);
+                self.send_offer(session, now);
+            }
+            // Already as asked.
+            _ => {}
+        }
+        self.update_gauges();
         Ok(())
     }
 

@@ -92,10 +92,13 @@ pub enum ClientMessage {
     Unpublish {
         track_id: String,
     },
-    /// Selective subscription: not supported yet (`error` `not_supported`).
+    /// Selective subscription: takes one track of another participant back into the
+    /// subscriber connection (a new server offer follows).
     Subscribe {
         track_id: String,
     },
+    /// Drops one track of another participant from the subscriber connection (a new server
+    /// offer follows); it stays out until `subscribe`.
     Unsubscribe {
         track_id: String,
     },

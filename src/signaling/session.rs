@@ -605,12 +605,8 @@ impl Session {
                 self.declared.remove(&track_id);
                 Ok(())
             }
-            ClientMessage::Subscribe { .. } | ClientMessage::Unsubscribe { .. } => {
-                Err(Refusal::new(
-                    "not_supported",
-                    "selective subscription is not supported yet: your subscriber connection carries every track",
-                ))
-            }
+            ClientMessage::Subscribe { track_id } => self.set_subscribed(&track_id, true).await,
+            ClientMessage::Unsubscribe { track_id } => self.set_subscribed(&track_id, false).await,
             ClientMessage::Mute { source, muted } => self.set_muted(source, muted).await,
             ClientMessage::RaiseHand => self.set_hand(true),
             ClientMessage::LowerHand => self.set_hand(false),
@@ -787,6 +783,27 @@ impl Session {
 
     // ---- media state -------------------------------------------------------------------------
 
+    /// Selective subscription: the subscriber connection drops (or takes back) one track of
+    /// another participant, and the client gets a new offer.
+    async fn set_subscribed(&mut self, track_id: &str, subscribed: bool) -> Outcome {
+        let track = parse_track_id(track_id)
+            .ok_or_else(|| Refusal::new("unknown_track", format!("no track '{track_id}'")))?;
+        let session = self
+            .subscriber
+            .ok_or_else(|| Refusal::new("not_ready", "the subscriber connection is not set up"))?;
+        self.state
+            .sfu
+            .set_subscribed(session, track, subscribed)
+            .await
+            .map_err(|e| match e {
+                crate::sfu::SfuError::TrackNotFound => Refusal::new(
+                    "unknown_track",
+                    format!("no track '{track_id}' of another participant here"),
+                ),
+                other => Refusal::from(ApiError::from(other)),
+            })
+    }
+
     async fn set_muted(&mut self, source: Source, muted: bool) -> Outcome {
         let participant_id = self.participant_id.clone();
         let changed = self
@@ -838,37 +855,25 @@ impl Session {
         Ok(())
     }
 
-    /// Tells the SFU whether to forward this participant's tracks of `kind`. The SFU mutes by
-    /// kind, so they stop only when every source of that kind with a live track is muted.
+    /// Tells the SFU, track by track, which of this participant's `kind` tracks to forward:
+    /// each follows the mute state of the source it carries (camera and screen are separate).
     async fn apply_mute(&mut self, kind: Kind) {
-        let live: Vec<Source> = self
-            .tracks
-            .values()
-            .filter(|(_, k)| *k == kind)
-            .map(|(s, _)| *s)
-            .collect();
-        if live.is_empty() {
-            return;
-        }
         let muted = self
             .state
             .signaling
             .snapshot(&self.meeting.id, &self.participant_id)
             .map(|(me, _)| me.muted)
             .unwrap_or_default();
-        let all_muted = live.iter().all(|s| muted.contains(s));
-        if let Err(e) = self
-            .state
-            .sfu
-            .set_muted(
-                self.room.clone(),
-                ParticipantId(self.identity.clone()),
-                media_kind(kind),
-                all_muted,
-            )
-            .await
-        {
-            warn!(participant = %self.participant_id, error = %e, "mute not applied to media");
+        let tracks: Vec<(TrackId, bool)> = self
+            .tracks
+            .iter()
+            .filter(|(_, (_, k))| *k == kind)
+            .map(|(id, (source, _))| (*id, muted.contains(source)))
+            .collect();
+        for (track, muted) in tracks {
+            if let Err(e) = self.state.sfu.set_track_muted(track, muted).await {
+                warn!(participant = %self.participant_id, %track, error = %e, "mute not applied to media");
+            }
         }
     }
 
@@ -1426,6 +1431,11 @@ impl Bucket {
             false
         }
     }
+}
+
+/// `"t3"` → `TrackId(3)`: the form track ids take on the wire.
+fn parse_track_id(text: &str) -> Option<TrackId> {
+    text.strip_prefix('t')?.parse().ok().map(TrackId)
 }
 
 #[cfg(test)]

@@ -1,0 +1,171 @@
+//! Media control over the socket: selective subscription (a participant drops and takes back
+//! one of another's tracks) and per-source mute (muting the camera leaves a screen share
+//! flowing). Real server, WebSocket clients with webrtc-rs connections.
+
+mod common;
+#[path = "signaling/ws_client.rs"]
+mod ws_client;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::api::TestUser;
+use common::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use ws_client::MediaClient;
+
+async fn seat(server: &TestServer, meeting: &Value, user: &TestUser) -> String {
+    let path = format!("/meetings/{}/join", meeting["code"].as_str().unwrap());
+    let reply = server
+        .call(Method::POST, &path, Some(&user.token), Some(json!({})))
+        .await;
+    assert_eq!(reply.0, StatusCode::OK, "{}", reply.1);
+    reply.1["join_token"].as_str().unwrap().to_owned()
+}
+
+/// Two participants in a fresh meeting; alice publishes `sources`, bob publishes nothing.
+async fn pair(
+    server: &TestServer,
+    sources: &[(&str, &str)],
+) -> (MediaClient, MediaClient, HashMap<String, String>) {
+    let host = server.user("alice").await;
+    let guest = server.user("bob").await;
+    let (status, meeting) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "m"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut alice =
+        MediaClient::join(server, "alice", &seat(server, &meeting, &host).await, false).await;
+    let mut bob =
+        MediaClient::join(server, "bob", &seat(server, &meeting, &guest).await, false).await;
+    alice.publish(sources).await;
+    alice.wait_publisher_connected().await;
+    bob.wait_subscriber_connected().await;
+    // Track id by alice's own track name.
+    let mut tracks = HashMap::new();
+    while tracks.len() < sources.len() {
+        let message = bob.ws.expect("track_published").await;
+        tracks.insert(
+            message["publisher_track_id"].as_str().unwrap().to_owned(),
+            message["track_id"].as_str().unwrap().to_owned(),
+        );
+    }
+    (alice, bob, tracks)
+}
+
+/// Sends `rounds` paced rounds on `names` and returns how many packets bob got of each.
+async fn exchange(
+    alice: &MediaClient,
+    bob: &MediaClient,
+    tracks: &HashMap<String, String>,
+    names: &[&str],
+    rounds: usize,
+) -> HashMap<String, usize> {
+    let before: HashMap<String, usize> = names
+        .iter()
+        .map(|n| (n.to_string(), bob.packets_from(&tracks[*n], "alice", n)))
+        .collect();
+    for _ in 0..rounds {
+        alice.send_round(names).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                bob.packets_from(&tracks[*n], "alice", n) - before[*n],
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn unsubscribe_drops_one_track_and_subscribe_brings_it_back() {
+    let server = TestServer::start().await;
+    let (alice, mut bob, tracks) = pair(&server, &[("microphone", "mic"), ("camera", "cam")]).await;
+    let names = ["mic", "cam"];
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert!(
+        got["mic"] >= 25 && got["cam"] >= 25,
+        "both flow at first: {got:?}"
+    );
+
+    let answered = *bob.answered.borrow();
+    bob.ws
+        .send(json!({"type": "unsubscribe", "track_id": tracks["cam"], "ref": "u"}));
+    let mut answered_rx = bob.answered.clone();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        answered_rx.wait_for(|n| *n > answered),
+    )
+    .await
+    .expect("a new offer after unsubscribe")
+    .unwrap();
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert!(got["mic"] >= 25, "audio still flows: {got:?}");
+    assert_eq!(got["cam"], 0, "the dropped track stops: {got:?}");
+
+    let answered = *bob.answered.borrow();
+    bob.ws
+        .send(json!({"type": "subscribe", "track_id": tracks["cam"], "ref": "s"}));
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        answered_rx.wait_for(|n| *n > answered),
+    )
+    .await
+    .expect("a new offer after subscribe")
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert!(
+        got["mic"] >= 25 && got["cam"] >= 25,
+        "the camera flows again: {got:?}"
+    );
+
+    // Unknown and own tracks are refused, and the socket stays.
+    bob.ws
+        .send(json!({"type": "unsubscribe", "track_id": "t999", "ref": "x"}));
+    let error = bob.ws.expect_where("error", |m| m["ref"] == "x").await;
+    assert_eq!(error["code"], "unknown_track", "{error}");
+    bob.ws
+        .send(json!({"type": "subscribe", "track_id": "not-a-track", "ref": "y"}));
+    let error = bob.ws.expect_where("error", |m| m["ref"] == "y").await;
+    assert_eq!(error["code"], "unknown_track", "{error}");
+    bob.ws.send(json!({"type": "ping", "ref": "p"}));
+    bob.ws.expect("pong").await;
+}
+
+#[tokio::test]
+async fn muting_the_camera_leaves_the_screen_share_flowing() {
+    let server = TestServer::start().await;
+    let (alice, bob, tracks) = pair(&server, &[("camera", "cam"), ("screen", "scr")]).await;
+    let names = ["cam", "scr"];
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert!(got["cam"] >= 25 && got["scr"] >= 25, "{got:?}");
+
+    alice
+        .ws
+        .send(json!({"type": "mute", "source": "camera", "muted": true, "ref": "m"}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert_eq!(got["cam"], 0, "the muted camera stops: {got:?}");
+    assert!(got["scr"] >= 25, "the screen share keeps flowing: {got:?}");
+
+    alice
+        .ws
+        .send(json!({"type": "mute", "source": "camera", "muted": false, "ref": "u"}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert!(
+        got["cam"] >= 25 && got["scr"] >= 25,
+        "both flow after unmute: {got:?}"
+    );
+}
