@@ -21,6 +21,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// What a second `join` of an identity already connected over `/ws` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicateJoin {
+    /// The new socket takes the session over; the old one is closed (4001).
+    #[default]
+    Takeover,
+    /// The new socket is refused (4002) while the old one lives.
+    Refuse,
+}
+
 /// A STUN/TURN server handed to clients (WHIP/WHEP `Link` headers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceServer {
@@ -131,6 +142,8 @@ pub struct Config {
     /// can resume the session without others seeing them leave and join again.
     #[serde(with = "humantime_serde_compat")]
     pub ws_resume_grace: Duration,
+    /// A second join of a connected identity: `takeover` (default) or `refuse`.
+    pub ws_duplicate_join: DuplicateJoin,
     /// Server messages queued for a socket that does not read them; over it the socket is
     /// closed (the session may resume).
     pub ws_send_queue: usize,
@@ -145,6 +158,11 @@ pub struct Config {
     /// announced at most this often.
     #[serde(with = "humantime_serde_compat")]
     pub active_speaker_interval: Duration,
+    /// A live meeting with nobody connected over `/ws` for this long ends by itself, as if the
+    /// host had ended it. Counted from the last socket participant leaving (a dropped socket
+    /// leaves when its `ws_resume_grace` is over). 0 disables.
+    #[serde(with = "humantime_serde_compat")]
+    pub meeting_empty_timeout: Duration,
 }
 
 impl Default for Config {
@@ -191,11 +209,13 @@ impl Default for Config {
             ws_idle_timeout: Duration::from_secs(45),
             ws_join_timeout: Duration::from_secs(10),
             ws_resume_grace: Duration::from_secs(15),
+            ws_duplicate_join: DuplicateJoin::Takeover,
             ws_send_queue: 1024,
             ws_chat_per_minute: 30,
             ws_typing_interval: Duration::from_secs(1),
             ws_max_declared_tracks: 32,
             active_speaker_interval: Duration::from_millis(500),
+            meeting_empty_timeout: Duration::from_secs(10 * 60),
         }
     }
 }

@@ -169,3 +169,33 @@ async fn muting_the_camera_leaves_the_screen_share_flowing() {
         "both flow after unmute: {got:?}"
     );
 }
+
+#[tokio::test]
+async fn a_duplicate_join_can_be_refused_by_config() {
+    let server =
+        TestServer::start_with(|c| c.ws_duplicate_join = convene::config::DuplicateJoin::Refuse)
+            .await;
+    let host = server.user("alice").await;
+    let (_, meeting) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "m"})),
+        )
+        .await;
+    let token = seat(&server, &meeting, &host).await;
+    let (mut first, _) = ws_client::Ws::join(&server, &token).await;
+
+    let mut second = ws_client::Ws::connect(&server, &format!("?token={token}"))
+        .await
+        .expect("upgrade accepted");
+    second.send(json!({"type": "join"}));
+    let error = second.expect("error").await;
+    assert_eq!(error["code"], "already_connected", "{error}");
+    assert_eq!(second.closed().await.0, 4002);
+    // The first socket is untouched.
+    first.send(json!({"type": "ping", "ref": "p"}));
+    first.expect("pong").await;
+    assert!(!first.is_closed());
+}

@@ -26,6 +26,8 @@ pub mod close {
     pub const TRY_AGAIN: u16 = 1013;
     /// The same participant joined from another socket, which took the session over.
     pub const REPLACED: u16 = 4001;
+    /// The participant is already connected elsewhere and `ws_duplicate_join` is `refuse`.
+    pub const ALREADY_CONNECTED: u16 = 4002;
     /// A moderator removed the participant.
     pub const KICKED: u16 = 4003;
     /// The meeting ended for everyone.

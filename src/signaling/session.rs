@@ -253,6 +253,12 @@ pub(crate) async fn join(
                     close::SESSION_GONE,
                 ));
             }
+        } else if state.config.ws_duplicate_join == crate::config::DuplicateJoin::Refuse {
+            return Err(JoinFailure::new(
+                "already_connected",
+                "you are already connected to this meeting from another socket",
+                close::ALREADY_CONNECTED,
+            ));
         } else {
             let (reply, done) = oneshot::channel();
             if session.send(Input::Replaced { reply }).is_ok() {
