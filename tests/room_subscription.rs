@@ -183,3 +183,62 @@ async fn room_capacity_counts_participants_not_connections() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_publisher_offer_with_new_credentials_restarts_ice() {
+    let server = TestServer::start().await;
+    let state = &server.server.state;
+    let alice = WhipPublisher::connect(
+        &server,
+        "restart",
+        &server.token("restart", "alice", true, false),
+    )
+    .await;
+    let session = convene::ids::PeerId(
+        uuid::Uuid::parse_str(alice.location().rsplit('/').next().unwrap()).unwrap(),
+    );
+    let ufrag = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let before = ufrag(&alice.peer.remote_sdp().await);
+
+    // The renegotiation path WebSocket signaling uses, with an ICE-restart offer.
+    let offer = alice
+        .peer
+        .offer(
+            Some(rtc::peer_connection::configuration::RTCOfferOptions { ice_restart: true }),
+            true,
+        )
+        .await;
+    let answer = state.sfu.renegotiate(session, offer).await.unwrap();
+    assert_ne!(
+        ufrag(&answer),
+        before,
+        "the server's credentials changed with the restart"
+    );
+    alice.peer.apply_answer(&answer).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    alice.peer.wait_connected(Duration::from_secs(5)).await;
+
+    // Media still reaches a subscriber over the restarted connection.
+    let negotiated = state
+        .sfu
+        .subscribe_room(RoomId("restart".into()), ParticipantId("bob".into()))
+        .await
+        .unwrap();
+    let bob = OfferedSubscriber::new().await;
+    let answer = bob.answer(&negotiated.answer).await;
+    state.sfu.answer(negotiated.session, answer).await.unwrap();
+    bob.peer.wait_connected(Duration::from_secs(10)).await;
+    let (video, audio) = (payloads(40, 900), payloads(40, 100));
+    send(&alice, 0, &video, &audio).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        received_of(&bob.payloads(Kind::Video), &video) >= 36,
+        "media flows after the restart"
+    );
+}

@@ -276,6 +276,25 @@ impl Engine {
             .local_description()
             .map(|d| d.sdp)
             .unwrap_or_default();
+        // An offer with new ICE credentials restarted ICE: our ufrag changed with it, and STUN
+        // for the new one must reach this peer.
+        let ufrag = sdp_attribute(&answer_sdp, "ice-ufrag")
+            .unwrap_or_default()
+            .to_owned();
+        if !ufrag.is_empty() && ufrag != peer.local_ufrag {
+            self.demux.unbind_ufrag(&peer.local_ufrag);
+            self.demux.bind_ufrag(&ufrag, peer.id);
+            peer.etag = format!("\"{ufrag}\"");
+            peer.local_ufrag = ufrag;
+            if let Some(remote) = peer
+                .pc
+                .remote_description()
+                .and_then(|d| sdp_attribute(&d.sdp, "ice-ufrag").map(str::to_owned))
+            {
+                peer.remote_ufrag = remote;
+            }
+            info!(session = %peer.id, "ice restarted by a new offer");
+        }
         // Sections the publisher no longer sends end their tracks.
         let receiving: Vec<_> = peer
             .pc
