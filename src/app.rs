@@ -98,6 +98,12 @@ impl Server {
             .await
             .with_context(|| format!("binding HTTP {}", config.http))?;
         let http_addr = listener.local_addr()?;
+        let signaling =
+            crate::signaling::Signaling::with_auto_end(crate::signaling::rooms::AutoEnd {
+                store: store.clone(),
+                sfu: sfu.clone(),
+                timeout: config.meeting_empty_timeout,
+            });
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -105,7 +111,7 @@ impl Server {
             access,
             limits,
             hub: crate::signaling::hub::Hub::default(),
-            signaling: crate::signaling::Signaling::default(),
+            signaling,
             metrics,
             sfu: sfu.clone(),
             accepting: Arc::new(AtomicBool::new(true)),

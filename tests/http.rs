@@ -399,10 +399,22 @@ async fn room_capacity_is_enforced() {
     )
     .await;
     assert_eq!(first.status(), StatusCode::CREATED);
-    let second = post(
+    // The limit counts participants: alice's second connection takes no second place...
+    let again = post(
         &server,
         "/whip/full",
         Some(&token),
+        "application/sdp",
+        offer("sendonly"),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    // ...while another participant finds the room full.
+    let bob = server.token("full", "bob", true, true);
+    let second = post(
+        &server,
+        "/whip/full",
+        Some(&bob),
         "application/sdp",
         offer("sendonly"),
     )

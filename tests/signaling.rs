@@ -307,7 +307,7 @@ async fn bad_messages_get_errors_until_abuse_closes_the_socket() {
     assert_eq!(ws.expect("pong").await["ref"], "alive");
     // A known message the session refuses is not abuse.
     ws.send(json!({"type": "subscribe", "track_id": "t1"}));
-    assert_eq!(ws.expect("error").await["code"], "not_supported");
+    assert_eq!(ws.expect("error").await["code"], "unknown_track");
     // The seventh refused message closes it with 1008.
     ws.send_text("[]");
     assert_eq!(ws.expect("error").await["code"], "bad_message");
@@ -1398,4 +1398,166 @@ async fn offers_are_checked_against_declared_sources() {
     assert_eq!(refused["code"], "bad_publish", "{refused}");
     bob_client.close().await;
     carol_client.close().await;
+}
+
+// ---- step 4: the meeting's lifecycle -------------------------------------------------------
+
+/// `GET /meetings/{id}` as `user`.
+async fn read_meeting(server: &TestServer, user: &TestUser, meeting: &Value) -> Value {
+    let path = format!("/meetings/{}", meeting["id"].as_str().unwrap());
+    let reply = server
+        .call(Method::GET, &path, Some(&user.token), None)
+        .await;
+    assert_eq!(reply.0, StatusCode::OK, "{}", reply.1);
+    reply.1
+}
+
+/// Polls the meeting until its status is `status` or `within` passed; the last read.
+async fn wait_meeting_status(
+    server: &TestServer,
+    user: &TestUser,
+    meeting: &Value,
+    status: &str,
+    within: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let read = read_meeting(server, user, meeting).await;
+        if read["status"] == status || tokio::time::Instant::now() > deadline {
+            return read;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_empty_meeting_ends_after_the_timeout() {
+    let server = TestServer::start_with(|c| c.meeting_empty_timeout = Duration::from_secs(1)).await;
+    let (host, bob) = (server.user("alice").await, server.user("bob").await);
+    let m = meeting(&server, &host, json!({"waiting_room": true})).await;
+    let (mut alice, _) = Ws::join(&server, token(&seat(&server, &m, &host).await)).await;
+    assert_eq!(read_meeting(&server, &host, &m).await["status"], "live");
+    // Bob waits in the waiting room, with a socket.
+    let waiting = join_rest(&server, &m, Some(&bob), json!({})).await;
+    assert_eq!(waiting.0, StatusCode::ACCEPTED, "{}", waiting.1);
+    let bob_pid = id(&waiting.1, "participant_id");
+    let mut bob_ws = Ws::connect(
+        &server,
+        &format!("?wait_token={}", waiting.1["wait_token"].as_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    bob_ws.expect("waiting").await;
+    alice.expect("waiting").await;
+
+    // The host, the only participant connected, leaves: the meeting is empty.
+    alice.send(json!({"type": "leave"}));
+    assert_eq!(alice.closed().await.0, 1000);
+    let emptied = tokio::time::Instant::now();
+    assert_eq!(
+        read_meeting(&server, &host, &m).await["status"],
+        "live",
+        "not ended at once"
+    );
+    let read = wait_meeting_status(&server, &host, &m, "ended", Duration::from_secs(3)).await;
+    assert_eq!(read["status"], "ended", "{read}");
+    assert!(read["ended_at"].is_string(), "{read}");
+    assert!(
+        emptied.elapsed() >= Duration::from_millis(800),
+        "ended after the timeout, not before"
+    );
+    // Ended as the host's end does: the waiting socket is told, every seat is left.
+    let ended = bob_ws.expect("meeting_ended").await;
+    assert!(ended["by"].is_null(), "{ended}");
+    assert_eq!(bob_ws.closed().await.0, 4004);
+    assert_eq!(row(&server, &m, &bob_pid).await.0, "left");
+    let late = join_rest(&server, &m, None, json!({"display_name": "Late"})).await;
+    assert_eq!(late.0, StatusCode::GONE, "{}", late.1);
+
+    // A kick over REST that empties a meeting starts the countdown as well, and the media of
+    // the meeting is gone when it ends.
+    let m = meeting(&server, &host, json!({})).await;
+    let bob_seat = seat(&server, &m, &bob).await;
+    let mut bob_client = MediaClient::join(&server, "bob", token(&bob_seat), false).await;
+    bob_client.wait_subscriber_connected().await;
+    assert_eq!(server.wait_metric("convene_peers", 1.0, WAIT).await, 1.0);
+    let path = format!(
+        "/meetings/{}/participants/{}/kick",
+        m["id"].as_str().unwrap(),
+        id(&bob_seat, "participant_id")
+    );
+    let reply = server
+        .call(Method::POST, &path, Some(&host.token), Some(json!({})))
+        .await;
+    assert_eq!(reply.0, StatusCode::OK, "{}", reply.1);
+    assert_eq!(bob_client.ws.expect("kicked").await["banned"], false);
+    let read = wait_meeting_status(&server, &host, &m, "ended", Duration::from_secs(3)).await;
+    assert_eq!(read["status"], "ended", "{read}");
+    assert_eq!(server.wait_metric("convene_peers", 0.0, WAIT).await, 0.0);
+    bob_client.close().await;
+}
+
+#[tokio::test]
+async fn a_rejoin_within_the_timeout_keeps_the_meeting_live() {
+    let server = TestServer::start_with(|c| c.meeting_empty_timeout = Duration::from_secs(1)).await;
+    let (host, bob) = (server.user("alice").await, server.user("bob").await);
+    let m = meeting(&server, &host, json!({})).await;
+    let (bob_ws, _) = Ws::join(&server, token(&seat(&server, &m, &bob).await)).await;
+    bob_ws.send(json!({"type": "leave"}));
+    assert_eq!(bob_ws.closed().await.0, 1000);
+    let emptied = tokio::time::Instant::now();
+
+    // Bob is back before the timeout (a new seat, a new socket): the countdown stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut again, _) = Ws::join(&server, token(&seat(&server, &m, &bob).await)).await;
+    tokio::time::sleep_until(emptied + Duration::from_millis(2500)).await;
+    assert_eq!(read_meeting(&server, &host, &m).await["status"], "live");
+    again.send(json!({"type": "ping", "ref": "alive"}));
+    assert_eq!(
+        again.expect("pong").await["ref"],
+        "alive",
+        "still connected"
+    );
+    assert!(!again.is_closed());
+}
+
+#[tokio::test]
+async fn a_rest_join_during_the_countdown_postpones_the_end() {
+    let timeout = Duration::from_secs(2);
+    let server = TestServer::start_with(|c| c.meeting_empty_timeout = timeout).await;
+    let (host, bob) = (server.user("alice").await, server.user("bob").await);
+    let m = meeting(&server, &host, json!({})).await;
+    let (bob_ws, _) = Ws::join(&server, token(&seat(&server, &m, &bob).await)).await;
+    bob_ws.send(json!({"type": "leave"}));
+    assert_eq!(bob_ws.closed().await.0, 1000);
+    let emptied = tokio::time::Instant::now();
+
+    // The host joins over REST halfway through but never connects: the meeting waits a full
+    // timeout from that join for the socket, then ends (REST seats are no presence).
+    tokio::time::sleep(timeout / 2).await;
+    let host_seat = seat(&server, &m, &host).await;
+    tokio::time::sleep_until(emptied + timeout + Duration::from_millis(500)).await;
+    assert_eq!(
+        read_meeting(&server, &host, &m).await["status"],
+        "live",
+        "the fresh seat gets time to connect"
+    );
+    let read = wait_meeting_status(&server, &host, &m, "ended", Duration::from_secs(4)).await;
+    assert_eq!(read["status"], "ended", "{read}");
+    assert_eq!(
+        row(&server, &m, &id(&host_seat, "participant_id")).await.0,
+        "left"
+    );
+}
+
+#[tokio::test]
+async fn a_zero_empty_timeout_keeps_empty_meetings_live() {
+    let server = TestServer::start_with(|c| c.meeting_empty_timeout = Duration::ZERO).await;
+    let (host, bob) = (server.user("alice").await, server.user("bob").await);
+    let m = meeting(&server, &host, json!({})).await;
+    let (bob_ws, _) = Ws::join(&server, token(&seat(&server, &m, &bob).await)).await;
+    bob_ws.send(json!({"type": "leave"}));
+    assert_eq!(bob_ws.closed().await.0, 1000);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(read_meeting(&server, &host, &m).await["status"], "live");
 }

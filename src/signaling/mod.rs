@@ -4,7 +4,8 @@
 //! - [`whip`]: WHIP/WHEP resources.
 //! - [`ws`]: one task per WebSocket (auth, limits, parsing); [`session`]: one task per
 //!   participant (media negotiation, mute, chat, moderation); [`rooms`]: who is in each
-//!   meeting now, and how REST moderation reaches live sockets; [`protocol`]: the wire format.
+//!   meeting now, how REST moderation reaches live sockets, and the end of meetings left empty;
+//!   [`protocol`]: the wire format.
 //! - [`hub`]: routes SFU events to sessions.
 
 pub mod auth;

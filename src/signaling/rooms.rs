@@ -6,22 +6,33 @@
 //! ([`Signaling::kicked`], [`Signaling::meeting_ended`], ...): the database and the SFU are
 //! changed by `domain::moderation` first; these only tell the sockets.
 //!
-//! A std mutex guards the tables: held only to read or change them and to queue messages on
-//! unbounded channels, never across an await.
+//! The one thing the registry decides itself is the end of an empty meeting: when the last
+//! member of a meeting leaves, a countdown of `meeting_empty_timeout` starts; a member joining
+//! cancels it; when it runs out the meeting is ended as the host's end does
+//! (`domain::moderation::close_meeting`, then [`Signaling::meeting_ended`]). Only socket
+//! presence counts: participants who joined over REST and never connected are not members.
+//!
+//! A std mutex guards the tables: held only to read or change them, to queue messages on
+//! unbounded channels and to spawn or abort countdown tasks, never across an await.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use super::protocol::{ParticipantView, ServerMessage, Source, WaitingView};
 use super::session::Input;
+use crate::domain::meetings::Status;
+use crate::domain::moderation::{self, ModerationError};
 use crate::domain::roles::Role;
-use crate::sfu::MediaKind;
+use crate::sfu::{MediaKind, Sfu};
 use crate::store::chat::Message;
 use crate::store::meetings::Meeting;
 use crate::store::participants::Participant;
-use crate::store::Store;
+use crate::store::{now_ms, Store};
 
 /// A message serialized once for every socket it goes to.
 pub type Frame = Arc<str>;
@@ -43,12 +54,28 @@ pub enum WaitEvent {
 #[derive(Clone, Default)]
 pub struct Signaling {
     inner: Arc<Mutex<Registry>>,
+    /// What ending an empty meeting needs; `None` (the default) never ends one.
+    auto_end: Option<Arc<AutoEnd>>,
+}
+
+/// How empty meetings are ended: after `timeout` with no member, through the store and the SFU.
+pub struct AutoEnd {
+    pub store: Store,
+    pub sfu: Sfu,
+    /// `meeting_empty_timeout`; zero disables.
+    pub timeout: Duration,
 }
 
 #[derive(Default)]
 struct Registry {
     rooms: HashMap<String, Room>,
     next_waiter: u64,
+    /// Running countdowns to ending a meeting, by meeting id. Apart from `rooms`, which forgets
+    /// a room as soon as it is empty.
+    countdowns: HashMap<String, Countdown>,
+    next_countdown: u64,
+    /// Set when the server stops: sessions ending then start no countdown.
+    stopping: bool,
 }
 
 #[derive(Default)]
@@ -56,6 +83,14 @@ struct Room {
     /// By participant id: UUIDv7, so in join order.
     members: BTreeMap<String, Member>,
     waiting: HashMap<String, Waiter>,
+    /// The meeting was ended: its members leaving start no countdown.
+    ended: bool,
+}
+
+/// A countdown task; `id` tells it from a later countdown of the same meeting.
+struct Countdown {
+    id: u64,
+    task: AbortHandle,
 }
 
 struct Member {
@@ -103,6 +138,29 @@ impl Registry {
             self.rooms.remove(meeting_id);
         }
     }
+
+    /// A member joined: the meeting is not empty, its countdown (if any) stops.
+    fn cancel_countdown(&mut self, meeting_id: &str) {
+        if let Some(countdown) = self.countdowns.remove(meeting_id) {
+            countdown.task.abort();
+            tracing::debug!(meeting = %meeting_id, "empty-meeting countdown cancelled");
+        }
+    }
+
+    /// Whether countdown `id` still runs for a meeting that still has no member.
+    fn countdown_current(&self, meeting_id: &str, id: u64) -> bool {
+        self.countdowns.get(meeting_id).is_some_and(|c| c.id == id)
+            && self
+                .rooms
+                .get(meeting_id)
+                .is_none_or(|r| r.members.is_empty())
+    }
+
+    fn forget_countdown(&mut self, meeting_id: &str, id: u64) {
+        if self.countdowns.get(meeting_id).is_some_and(|c| c.id == id) {
+            self.countdowns.remove(meeting_id);
+        }
+    }
 }
 
 impl Room {
@@ -124,6 +182,14 @@ impl Room {
 }
 
 impl Signaling {
+    /// A registry that ends meetings left empty (see [`AutoEnd`]).
+    pub fn with_auto_end(auto_end: AutoEnd) -> Self {
+        Self {
+            inner: Arc::default(),
+            auto_end: Some(Arc::new(auto_end)),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         // A panic while holding the lock cannot leave the tables half-updated in a harmful way.
         self.inner
@@ -157,6 +223,7 @@ impl Signaling {
         session: mpsc::UnboundedSender<Input>,
     ) -> Vec<ParticipantView> {
         let mut registry = self.lock();
+        registry.cancel_countdown(meeting_id);
         let room = registry.rooms.entry(meeting_id.to_owned()).or_default();
         // Joins replace an identity's session before registering; two joins racing past that
         // check meet here, where the later one wins.
@@ -195,7 +262,7 @@ impl Signaling {
     }
 
     /// Removes the member if `session` is still its session, and with a `reason` tells the
-    /// others (`participant_left`).
+    /// others (`participant_left`). The last member of a meeting leaving starts its countdown.
     pub(crate) fn unregister(
         &self,
         meeting_id: &str,
@@ -223,6 +290,9 @@ impl Signaling {
                 }),
                 None,
             );
+        }
+        if room.members.is_empty() && !room.ended {
+            self.start_countdown(&mut registry, meeting_id);
         }
         registry.prune(meeting_id);
     }
@@ -452,10 +522,12 @@ impl Signaling {
 
     /// The meeting ended for everyone: every session is told and closed.
     pub fn meeting_ended(&self, meeting_id: &str, by: Option<String>) {
-        let registry = self.lock();
-        let Some(room) = registry.rooms.get(meeting_id) else {
+        let mut registry = self.lock();
+        registry.cancel_countdown(meeting_id);
+        let Some(room) = registry.rooms.get_mut(meeting_id) else {
             return;
         };
+        room.ended = true;
         for member in room.members.values() {
             let _ = member.session.send(Input::MeetingEnded { by: by.clone() });
         }
@@ -494,13 +566,127 @@ impl Signaling {
 
     /// The server is stopping: every socket is closed (1001).
     pub fn shutdown(&self) {
-        let registry = self.lock();
+        let mut registry = self.lock();
+        registry.stopping = true;
+        for (_, countdown) in registry.countdowns.drain() {
+            countdown.task.abort();
+        }
         for room in registry.rooms.values() {
             for member in room.members.values() {
                 let _ = member.session.send(Input::Shutdown);
             }
             for waiter in room.waiting.values() {
                 let _ = waiter.events.send(WaitEvent::Shutdown);
+            }
+        }
+    }
+}
+
+// ---- ending empty meetings ---------------------------------------------------------------------
+
+impl Signaling {
+    /// Starts (or restarts) the countdown of a meeting whose last member just left.
+    fn start_countdown(&self, registry: &mut Registry, meeting_id: &str) {
+        let Some(auto_end) = &self.auto_end else {
+            return;
+        };
+        if auto_end.timeout.is_zero() || registry.stopping {
+            return;
+        }
+        // Members leave from their session tasks; outside a runtime there is nothing to run on.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        registry.next_countdown += 1;
+        let id = registry.next_countdown;
+        let deadline = Instant::now() + auto_end.timeout;
+        let count_down = self
+            .clone()
+            .count_down(meeting_id.to_owned(), id, now_ms(), deadline);
+        let task = runtime.spawn(count_down);
+        let countdown = Countdown {
+            id,
+            task: task.abort_handle(),
+        };
+        if let Some(earlier) = registry.countdowns.insert(meeting_id.to_owned(), countdown) {
+            earlier.task.abort();
+        }
+        tracing::debug!(meeting = %meeting_id, timeout = ?auto_end.timeout, "meeting empty; countdown started");
+    }
+
+    /// Waits out the countdown, then ends the meeting if it is still live and nobody joined.
+    /// A seat taken over REST since `since_ms` (a participant who has not connected yet) gets a
+    /// full timeout from its join before the meeting ends.
+    ///
+    /// Aborted by a join while it waits or reads; once it claimed the meeting (its last check,
+    /// under the lock) it runs to the end.
+    async fn count_down(
+        self,
+        meeting_id: String,
+        id: u64,
+        mut since_ms: i64,
+        mut deadline: Instant,
+    ) {
+        let Some(auto_end) = self.auto_end.clone() else {
+            return;
+        };
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            if !self.lock().countdown_current(&meeting_id, id) {
+                return;
+            }
+            let meeting = match auto_end.store.meeting(&meeting_id).await {
+                Ok(meeting) => meeting,
+                Err(e) => {
+                    tracing::warn!(meeting = %meeting_id, error = %e, "empty meeting not ended: reading it failed");
+                    self.lock().forget_countdown(&meeting_id, id);
+                    return;
+                }
+            };
+            if meeting.status != Status::Live.as_str() {
+                self.lock().forget_countdown(&meeting_id, id);
+                return;
+            }
+            let seats = match auto_end
+                .store
+                .meeting_participants(&meeting_id, Some("joined"))
+                .await
+            {
+                Ok(seats) => seats,
+                Err(e) => {
+                    tracing::warn!(meeting = %meeting_id, error = %e, "empty meeting not ended: reading its seats failed");
+                    self.lock().forget_countdown(&meeting_id, id);
+                    return;
+                }
+            };
+            let latest_join = seats.iter().filter_map(|p| p.joined_at).max();
+            if let Some(joined_at) = latest_join.filter(|at| *at > since_ms) {
+                let waited =
+                    Duration::from_millis(u64::try_from(now_ms() - joined_at).unwrap_or(0));
+                deadline = Instant::now() + auto_end.timeout.saturating_sub(waited);
+                since_ms = joined_at;
+                tracing::debug!(meeting = %meeting_id, "joined over REST during the countdown; waiting for its socket");
+                continue;
+            }
+            break;
+        }
+        {
+            let mut registry = self.lock();
+            if !registry.countdown_current(&meeting_id, id) {
+                return;
+            }
+            registry.forget_countdown(&meeting_id, id);
+        }
+        match moderation::close_meeting(&auto_end.store, &auto_end.sfu, &meeting_id, "ended").await
+        {
+            Ok(()) => {
+                tracing::info!(meeting = %meeting_id, timeout = ?auto_end.timeout, "empty meeting ended");
+                self.meeting_ended(&meeting_id, None);
+            }
+            // Ended meanwhile by its host.
+            Err(ModerationError::MeetingClosed) => {}
+            Err(e) => {
+                tracing::warn!(meeting = %meeting_id, error = %e, "empty meeting not ended")
             }
         }
     }

@@ -428,6 +428,8 @@ pub struct MediaClient {
     pub name: String,
     pub ws: Ws,
     pub joined: Value,
+    /// When `joined` arrived (before the peer connections were built).
+    pub joined_at: std::time::Instant,
     publisher: Pc,
     subscriber: Arc<Pc>,
     tracks: Mutex<HashMap<String, SendTrack>>,
@@ -454,6 +456,7 @@ impl MediaClient {
             .expect("upgrade accepted");
         ws.send(json!({"type": "join"}));
         let joined = ws.expect("joined").await;
+        let joined_at = std::time::Instant::now();
         let received = Arc::new(watch::Sender::new(HashMap::new()));
         let (candidates_tx, candidates) = mpsc::unbounded_channel();
         let publisher = build_pc(trickle.then_some(candidates_tx), None).await;
@@ -469,6 +472,7 @@ impl MediaClient {
             name: name.to_owned(),
             ws,
             joined,
+            joined_at,
             publisher,
             subscriber,
             tracks: Mutex::new(HashMap::new()),
