@@ -8,8 +8,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -158,7 +156,7 @@ impl Server {
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_allowed_origins);
     let routes = Router::new()
-        .route("/", get(index))
+        .merge(crate::web::router())
         .merge(crate::api::health::router())
         .merge(crate::signaling::router())
         .merge(crate::api::router())
@@ -184,10 +182,6 @@ pub fn router(state: AppState) -> Router {
         };
         target.oneshot(request)
     }))
-}
-
-async fn index() -> impl IntoResponse {
-    Html(include_str!("../web/index.html"))
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

@@ -8,6 +8,7 @@
 //! - [`api`]: REST under /api/v1 (accounts, meetings, moderation, chat), health, metrics.
 //! - [`domain`]: rules that are not HTTP (tokens, passwords, roles and grants).
 //! - [`store`]: sqlx repositories over SQLite (default) or PostgreSQL.
+//! - [`web`]: the browser meeting client (embedded static files) and the WHIP/WHEP demo page.
 //! - [`metrics`], [`telemetry`], [`ids`]: Prometheus metrics, logging, typed ids.
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod sfu;
 pub mod signaling;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 
 pub use app::Server;
 pub use config::Config;

@@ -84,9 +84,34 @@ async fn health_readiness_metrics_and_page() {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
-    let page = server.http.get(server.url("/")).send().await.unwrap();
+    let page = server.http.get(server.url("/whip")).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.unwrap().contains("/whip/"));
+    let app = server
+        .http
+        .get(server.url("/m/abc-defg-hij"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app.status(), StatusCode::OK);
+    assert!(app.text().await.unwrap().contains("/assets/main.js"));
+    let module = server
+        .http
+        .get(server.url("/assets/main.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        module.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let missing = server
+        .http
+        .get(server.url("/assets/nope.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -63,11 +63,11 @@ impl QualityTracker {
                 RTCStatsReportEntry::InboundRtp(s) => {
                     received += s.received_rtp_stream_stats.packets_received;
                     lost += s.received_rtp_stream_stats.packets_reported_as_lost;
-                    jitter_s = jitter_s.max(s.received_rtp_stream_stats.jitter);
+                    jitter_s = jitter_s.max(jitter_seconds(&s.received_rtp_stream_stats));
                 }
                 RTCStatsReportEntry::RemoteInboundRtp(s) => {
                     remote_loss = remote_loss.max(s.fraction_lost);
-                    jitter_s = jitter_s.max(s.received_rtp_stream_stats.jitter);
+                    jitter_s = jitter_s.max(jitter_seconds(&s.received_rtp_stream_stats));
                     rtt_s = rtt_s.max(s.round_trip_time);
                 }
                 RTCStatsReportEntry::IceCandidatePair(pair) if pair.nominated => {
@@ -95,6 +95,22 @@ impl QualityTracker {
     }
 }
 
+/// webrtc-rs fills `jitter` with the RTCP value as is, in RTP timestamp units (not the
+/// seconds the W3C field promises): convert with the media clock (Opus 48 kHz, video 90 kHz).
+fn jitter_seconds(
+    stats: &rtc::statistics::stats::rtp_stream::received::RTCReceivedRtpStreamStats,
+) -> f64 {
+    to_seconds(stats.rtp_stream_stats.kind, stats.jitter)
+}
+
+fn to_seconds(kind: rtc::rtp_transceiver::rtp_sender::RtpCodecKind, timestamp_units: f64) -> f64 {
+    let clock_rate = match kind {
+        rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video => 90_000.0,
+        _ => 48_000.0,
+    };
+    timestamp_units / clock_rate
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +127,14 @@ mod tests {
         assert_eq!(classify(s(0.0, 400.0, 5.0)), Quality::Fair);
         assert_eq!(classify(s(0.2, 20.0, 5.0)), Quality::Poor);
         assert_eq!(classify(s(0.0, 20.0, 250.0)), Quality::Poor);
+    }
+
+    #[test]
+    fn jitter_is_converted_from_rtp_timestamp_units() {
+        use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+        // 10 ms at 90 kHz and at 48 kHz.
+        assert!((to_seconds(RtpCodecKind::Video, 900.0) - 0.010).abs() < 1e-9);
+        assert!((to_seconds(RtpCodecKind::Audio, 480.0) - 0.010).abs() < 1e-9);
     }
 
     #[test]

@@ -51,7 +51,7 @@ let finished = false;
 
 function pageUrl(mode, token) {
   const q = new URLSearchParams({ room: ROOM, token, mode, autostart: '1' });
-  return `${CONVENE_URL}/?${q}`;
+  return `${CONVENE_URL}/whip?${q}`;
 }
 
 const withTimeout = (promise, ms, fallback) =>
@@ -146,7 +146,7 @@ async function openPage(context, name, url) {
   attachLogging(name, page);
   info(`${name}: open ${url}`);
   const resp = await page.goto(url, { waitUntil: 'load', timeout: 10_000 });
-  if (!resp || !resp.ok()) throw new Error(`${name}: GET ${CONVENE_URL}/ returned ${resp ? resp.status() : 'no response'}`);
+  if (!resp || !resp.ok()) throw new Error(`${name}: GET ${CONVENE_URL}/whip returned ${resp ? resp.status() : 'no response'}`);
   await page.waitForFunction(() => typeof window.convene === 'object', null, { timeout: 5000 });
   return page;
 }

@@ -1,0 +1,124 @@
+//! The meeting client in headless Chromium (Debian's, fake devices, driven by playwright-core):
+//! tests/browser/meeting.mjs signs the host in through the page, then two and three participants
+//! see each other's video decoding, chat, screen share, a kick and the waiting room (see the
+//! script's header). Needs `chromium` and `tests/browser/node_modules` (`npm ci --prefix
+//! tests/browser`); fails, with the fix in its message, when they are missing. Screenshots go to
+//! test-artifacts/meeting (three.png: the three-person meeting).
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test]
+async fn participants_meet_chat_share_and_are_moderated_in_chromium() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} not found: install Debian's Chromium (apt-get install chromium) or set CHROMIUM"
+    );
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core")
+            .exists(),
+        "playwright-core missing: run `npm ci --prefix tests/browser`"
+    );
+
+    let server = TestServer::start().await;
+    let host = server.user("Hana").await;
+    let (status, open) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "Browser meeting"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{open}");
+    let (status, waiting) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "With a waiting room", "settings": {"waiting_room": true}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{waiting}");
+    let (status, locked) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "With a passcode", "passcode": "4321"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{locked}");
+
+    let artifacts = root.join("test-artifacts/meeting");
+    let _ = std::fs::remove_file(artifacts.join("three.png"));
+    let output = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/meeting.mjs"))
+        .current_dir(root)
+        .env("CONVENE_URL", &server.base)
+        .env("CODE", open["code"].as_str().unwrap())
+        .env("WAITING_CODE", waiting["code"].as_str().unwrap())
+        .env("PASSCODE_CODE", locked["code"].as_str().unwrap())
+        .env("PASSCODE", "4321")
+        .env("HOST_LOGIN", &host.username)
+        .env("HOST_PASSWORD", &host.password)
+        .env("CHROMIUM", &chromium)
+        .env("ARTIFACT_DIR", &artifacts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(180), output)
+        .await
+        .expect("browser test finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(
+        output.status.success() && stdout.lines().any(|l| l == "PASS"),
+        "browser meeting test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        artifacts.join("three.png").exists(),
+        "the three-person screenshot was saved"
+    );
+
+    // The kick went through the server, not only the page.
+    let (status, people) = server
+        .call(
+            Method::GET,
+            &format!("/meetings/{}/participants", open["id"].as_str().unwrap()),
+            Some(&host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let kicked: Vec<_> = people["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["status"] == "kicked")
+        .map(|p| p["display_name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(kicked, ["Cara"], "{people}");
+    // So did the end.
+    let (_, ended) = server
+        .call(
+            Method::GET,
+            &format!("/meetings/{}", waiting["id"].as_str().unwrap()),
+            Some(&host.token),
+            None,
+        )
+        .await;
+    assert_eq!(ended["status"], "ended", "{ended}");
+}

@@ -1,0 +1,202 @@
+// One meeting session over /ws (docs/signaling.md): the socket plus the two peer connections.
+// The publisher connection is ours to offer on; the server offers on the subscriber connection.
+// Remote tracks arrive with stream id = publisher identity and track id = server track id "tN".
+
+// Close codes after which reconnecting cannot help.
+const FINAL = new Set([1000, 4001, 4002, 4003, 4004, 4005, 4010, 4401, 4403]);
+
+export class Session {
+  /** opts: {token, iceServers, onEvent(msg), onTrack(track, identity), onStatus(kind, text)} */
+  constructor(opts) {
+    this.opts = opts;
+    this.token = opts.token;
+    this.pub = null;
+    this.sub = null;
+    this.local = new Map(); // MediaStreamTrack.id -> {track, source, sender}
+    this.joined = false;
+    this.closed = false;
+    this.retries = 0;
+    this.offerChain = Promise.resolve();
+    this.ref = 0;
+    this.answers = new Map();
+  }
+
+  connect(resume = false) {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(`${proto}//${location.host}/ws?token=${encodeURIComponent(this.token)}`);
+    this.ws = ws;
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'join', version: 1, resume }));
+    ws.onmessage = (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch { return; }
+      this.handle(msg).catch((e) => this.opts.onStatus('error', `Signaling failed: ${e.message}`));
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws || this.closed) return;
+      if (FINAL.has(ev.code)) {
+        this.closed = true;
+        this.opts.onEvent({ type: 'closed', code: ev.code });
+        return;
+      }
+      // A drop: the server holds our seat for ws_resume_grace (15 s), so resume within it.
+      if (this.retries++ >= 8) {
+        this.closed = true;
+        this.opts.onEvent({ type: 'closed', code: ev.code, lost: true });
+        return;
+      }
+      this.opts.onStatus('reconnecting', 'Connection lost. Reconnecting…');
+      setTimeout(() => this.connect(this.joined), 1500);
+    };
+  }
+
+  send(msg) {
+    if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  async handle(msg) {
+    switch (msg.type) {
+      case 'joined':
+        this.retries = 0;
+        if (msg.resumed && this.pub) { this.opts.onStatus('ok', 'Reconnected.'); }
+        this.joined = true;
+        this.opts.onEvent(msg);
+        if (!msg.resumed || !this.pub) await this.startPublishing();
+        return;
+      case 'offer':
+        await this.answerOffer(msg);
+        return;
+      case 'answer': {
+        const done = this.answers.get(String(msg.ref));
+        if (done) { this.answers.delete(String(msg.ref)); done(msg.sdp); }
+        return;
+      }
+      case 'error':
+        if (msg.ref && this.answers.has(String(msg.ref))) {
+          this.answers.get(String(msg.ref))(null, msg);
+          this.answers.delete(String(msg.ref));
+        }
+        if (msg.code === 'publisher_closed') { this.pub?.close(); this.pub = null; await this.startPublishing(); }
+        this.opts.onEvent(msg);
+        return;
+      default:
+        this.opts.onEvent(msg);
+    }
+  }
+
+  newPc() {
+    return new RTCPeerConnection({ iceServers: this.opts.iceServers || [] });
+  }
+
+  async answerOffer(msg) {
+    if (msg.reset || !this.sub) {
+      this.sub?.close();
+      const pc = this.newPc();
+      this.sub = pc;
+      pc.ontrack = (e) => {
+        const identity = e.streams[0]?.id || '';
+        this.opts.onTrack(e.track, identity);
+      };
+      pc.onicecandidate = (e) => {
+        if (e.candidate?.candidate) this.send({ type: 'candidate', target: 'subscriber', candidate: e.candidate.candidate, sdp_mid: e.candidate.sdpMid, sdp_mline_index: e.candidate.sdpMLineIndex });
+      };
+      pc.onconnectionstatechange = () => this.opts.onEvent({ type: 'pc_state', which: 'subscriber', state: pc.connectionState });
+    }
+    await this.sub.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    const answer = await this.sub.createAnswer();
+    await this.sub.setLocalDescription(answer);
+    this.send({ type: 'answer', sdp: this.sub.localDescription.sdp });
+  }
+
+  /** Adds a local track (declared first) and renegotiates. */
+  async addTrack(track, source, stream) {
+    const entry = { track, source, stream, sender: null };
+    this.local.set(track.id, entry);
+    if (this.pub) {
+      this.send({ type: 'publish', source, track_id: track.id });
+      entry.sender = this.pub.addTrack(track, stream);
+      await this.renegotiate();
+    }
+  }
+
+  async removeTrack(track) {
+    const entry = this.local.get(track.id);
+    if (!entry) return;
+    this.local.delete(track.id);
+    this.send({ type: 'unpublish', track_id: track.id });
+    if (this.pub && entry.sender) {
+      this.pub.removeTrack(entry.sender);
+      await this.renegotiate();
+    }
+  }
+
+  async startPublishing() {
+    this.pub = this.newPc();
+    const pc = this.pub;
+    pc.onconnectionstatechange = () => this.opts.onEvent({ type: 'pc_state', which: 'publisher', state: pc.connectionState });
+    for (const entry of this.local.values()) {
+      this.send({ type: 'publish', source: entry.source, track_id: entry.track.id });
+      entry.sender = pc.addTrack(entry.track, entry.stream);
+    }
+    if (this.local.size) await this.renegotiate();
+  }
+
+  renegotiate() {
+    // Offers on the publisher connection go one at a time.
+    this.offerChain = this.offerChain.then(() => this.offerOnce()).catch((e) => this.opts.onStatus('error', `Publishing failed: ${e.message}`));
+    return this.offerChain;
+  }
+
+  async offerOnce() {
+    const pc = this.pub;
+    if (!pc) return;
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitGathering(pc, 2000);
+    const ref = `offer-${++this.ref}`;
+    const sdp = await new Promise((resolve, reject) => {
+      this.answers.set(ref, (answer, err) => (answer ? resolve(answer) : reject(new Error(err?.message || 'offer refused'))));
+      this.send({ type: 'offer', sdp: pc.localDescription.sdp, ref });
+    });
+    if (pc === this.pub) await pc.setRemoteDescription({ type: 'answer', sdp });
+  }
+
+  async stats() {
+    const out = [];
+    if (this.sub) (await this.sub.getStats()).forEach((s) => out.push(s));
+    return out;
+  }
+
+  leave() {
+    this.closed = true;
+    this.send({ type: 'leave' });
+    this.pub?.close();
+    this.sub?.close();
+    setTimeout(() => this.ws?.close(), 200);
+  }
+}
+
+function waitGathering(pc, ms) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') { clearTimeout(t); resolve(); }
+    });
+  });
+}
+
+/** Opens the waiting-room socket; resolves with the join token once admitted. */
+export function waitForAdmission(waitToken, onEvent) {
+  return new Promise((resolve, reject) => {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(`${proto}//${location.host}/ws?wait_token=${encodeURIComponent(waitToken)}`);
+    let settled = false;
+    ws.onmessage = (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch { return; }
+      onEvent?.(msg);
+      if (msg.type === 'admitted' && msg.join_token) { settled = true; ws.close(); resolve(msg.join_token); }
+      if (['denied', 'kicked', 'meeting_ended'].includes(msg.type)) { settled = true; reject(Object.assign(new Error(msg.type), { code: msg.type })); }
+    };
+    ws.onclose = (ev) => { if (!settled) reject(Object.assign(new Error('closed'), { code: 'closed', wsCode: ev.code })); };
+  });
+}
