@@ -199,3 +199,51 @@ async fn a_duplicate_join_can_be_refused_by_config() {
     first.expect("pong").await;
     assert!(!first.is_closed());
 }
+
+#[tokio::test]
+async fn joined_carries_chat_history_and_the_schedule() {
+    let server = TestServer::start().await;
+    let host = server.user("alice").await;
+    let at = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (_, meeting) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "m", "scheduled_at": at, "duration_minutes": 30})),
+        )
+        .await;
+    let (mut alice, joined) =
+        ws_client::Ws::join(&server, &seat(&server, &meeting, &host).await).await;
+    assert_eq!(joined["meeting"]["scheduled_at"], at.as_str(), "{joined}");
+    assert_eq!(joined["meeting"]["duration_minutes"], 30);
+    assert_eq!(joined["chat"], json!([]));
+    for text in ["first", "second"] {
+        alice.send(json!({"type": "chat", "text": text}));
+        alice
+            .expect_where("chat_message", |m| {
+                m["message"]["text"] == text || m["text"] == text
+            })
+            .await;
+    }
+    // A guest (no account, so no REST history) gets the history with its `joined`, oldest first.
+    let path = format!("/meetings/{}/join", meeting["code"].as_str().unwrap());
+    let (status, seat) = server
+        .call(
+            Method::POST,
+            &path,
+            None,
+            Some(json!({"display_name": "Gus"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{seat}");
+    let (_gus, joined) = ws_client::Ws::join(&server, seat["join_token"].as_str().unwrap()).await;
+    let texts: Vec<&str> = joined["chat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["first", "second"]);
+}

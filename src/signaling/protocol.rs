@@ -382,6 +382,9 @@ pub struct Joined {
     pub participants: Vec<ParticipantView>,
     pub ice_servers: Vec<IceServer>,
     pub meeting: MeetingView,
+    /// The latest chat messages (at most 50), oldest first: the history guests cannot read over
+    /// REST. Empty when chat is off.
+    pub chat: Vec<ChatView>,
     /// The waiting room; only sent to moderators.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<Vec<WaitingView>>,
@@ -453,6 +456,9 @@ pub struct MeetingView {
     pub title: String,
     pub status: String,
     pub host_id: String,
+    /// RFC 3339, when scheduled; a change arrives as `meeting_updated`.
+    pub scheduled_at: Option<String>,
+    pub duration_minutes: Option<i64>,
     pub settings: SettingsView,
 }
 
@@ -477,6 +483,11 @@ impl From<&crate::store::meetings::Meeting> for MeetingView {
             title: m.title.clone(),
             status: m.status.clone(),
             host_id: m.host_id.clone(),
+            scheduled_at: m
+                .scheduled_at
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            duration_minutes: m.duration_minutes,
             settings: SettingsView {
                 allow_guests: s.allow_guests,
                 waiting_room: s.waiting_room,

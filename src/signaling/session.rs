@@ -140,6 +140,9 @@ fn kind_of(kind: MediaKind) -> Kind {
     }
 }
 
+/// Chat messages a `joined` carries.
+const JOINED_CHAT_HISTORY: i64 = 50;
+
 pub(crate) fn chat_view(message: &Message) -> ChatView {
     ChatView {
         id: message.id.clone(),
@@ -370,7 +373,8 @@ async fn start(
         .signaling
         .register(&session.meeting.id, view.clone(), inputs_tx.clone());
     info!(meeting = %session.meeting.id, participant = %session.participant_id, identity = %session.identity, "participant joined signaling");
-    let joined = session.joined(view, others, waiting, false);
+    let chat = session.recent_chat().await;
+    let joined = session.joined(view, others, waiting, false, chat);
     let _ = socket.outbound.try_send(Outbound::Frame(frame(&joined)));
     if let Some(sdp) = offer {
         session.pending_offer = Some(PendingOffer { sdp, reset: false });
@@ -545,7 +549,10 @@ impl Session {
                     ));
                 }
             }
-            Input::Attach { socket, reply } => self.attach(socket, reply),
+            Input::Attach { socket, reply } => {
+                let chat = self.recent_chat().await;
+                self.attach(socket, reply, chat)
+            }
             Input::Detached { socket } => {
                 if self.socket.as_ref().map(|s| s.id) == Some(socket) {
                     info!(participant = %self.participant_id, "socket dropped; holding the session");
@@ -1217,6 +1224,7 @@ impl Session {
         participants: Vec<ParticipantView>,
         waiting: Option<Vec<WaitingView>>,
         resumed: bool,
+        chat: Vec<ChatView>,
     ) -> ServerMessage {
         let mut publish_sources: Vec<Source> = Source::ALL
             .into_iter()
@@ -1235,12 +1243,40 @@ impl Session {
             participants,
             ice_servers: self.state.config.ice_servers.clone(),
             meeting: (&self.meeting).into(),
+            chat,
             waiting,
         }))
     }
 
     /// A socket of this participant takes the session over.
-    fn attach(&mut self, socket: SocketHandle, reply: oneshot::Sender<Result<(), SocketHandle>>) {
+    /// The latest messages for `joined`, oldest first; empty when chat is off or unreadable.
+    async fn recent_chat(&self) -> Vec<ChatView> {
+        if !self.meeting.settings.chat {
+            return Vec::new();
+        }
+        match self
+            .state
+            .store
+            .messages_page(&self.meeting.id, None, JOINED_CHAT_HISTORY)
+            .await
+        {
+            Ok(mut messages) => {
+                messages.reverse();
+                messages.iter().map(chat_view).collect()
+            }
+            Err(e) => {
+                warn!(participant = %self.participant_id, error = %e, "chat history not loaded");
+                Vec::new()
+            }
+        }
+    }
+
+    fn attach(
+        &mut self,
+        socket: SocketHandle,
+        reply: oneshot::Sender<Result<(), SocketHandle>>,
+        chat: Vec<ChatView>,
+    ) {
         let snapshot = self
             .state
             .signaling
@@ -1261,7 +1297,7 @@ impl Session {
             // GET /meetings/{id}/waiting.
             self.state.signaling.waiting_sockets(&self.meeting.id)
         });
-        let joined = self.joined(me, others, waiting, true);
+        let joined = self.joined(me, others, waiting, true, chat);
         let _ = socket.outbound.try_send(Outbound::Frame(frame(&joined)));
         self.send_pending_offer_on(&socket);
         self.socket = Some(socket);

@@ -288,6 +288,8 @@ function onEvent(msg) {
       setPhase('joined');
       status(msg.resumed ? 'Reconnected.' : '');
       if (first) setupMeeting();
+      for (const m of msg.chat || []) addChat(m); // history (also for guests); duplicates are skipped
+      renderSchedule();
       applyInitialMutes(msg.you.muted || []);
       render();
       return;
@@ -370,7 +372,7 @@ function onEvent(msg) {
       st.meeting = msg.meeting;
       st.permissions.chat = msg.meeting.settings?.chat !== false;
       status('The meeting details changed.');
-      refreshDetails();
+      renderSchedule();
       render();
       return;
     case 'error':
@@ -401,8 +403,6 @@ function setupMeeting() {
   document.title = `${st.meeting.title} – Convene`;
   const self = tile('self', 'You', { mirror: true, muted: true });
   self.querySelector('video').srcObject = st.local.stream;
-  refreshDetails();
-  loadHistory();
 }
 
 function applyInitialMutes(serverMuted) {
@@ -524,19 +524,10 @@ function render() {
 
 function renderSchedule() {
   const m = st.meeting;
-  const at = st.details?.scheduled_at;
+  const at = m?.scheduled_at;
   const line = $('#schedule');
   line.dataset.scheduledAt = at || '';
   line.textContent = at ? `${m.title} · scheduled for ${new Date(at).toLocaleString()}` : (m?.title || '');
-}
-
-// `joined`/`meeting_updated` carry no schedule, so the details come from REST (public meetings
-// are readable without an account).
-async function refreshDetails() {
-  try {
-    st.details = (await api.call('GET', `/meetings/${encodeURIComponent(st.meeting.id)}`)).data;
-  } catch { /* the schedule line is optional */ }
-  renderSchedule();
 }
 
 function addChat(m) {
@@ -544,14 +535,6 @@ function addChat(m) {
   const time = new Date(m.created_at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
   $('#chat').append(el('li', { 'data-id': m.id }, el('b', {}, m.sender_name || 'someone'), ` ${time}: `, el('span', { class: 'text' }, m.text)));
   $('#chat').lastChild.scrollIntoView({ block: 'nearest' });
-}
-
-async function loadHistory() {
-  if (!api.auth.get()) return; // history over REST needs an account; guests see live messages
-  try {
-    const { data } = await api.call('GET', `/meetings/${encodeURIComponent(st.meeting.id)}/messages?limit=50`);
-    for (const m of data.items.reverse()) addChat(m);
-  } catch { /* history is optional */ }
 }
 
 function bindMeeting() {
