@@ -303,6 +303,7 @@ impl Engine {
             negotiating: false,
             offer_pending: false,
             quality: Default::default(),
+            dtls_input: false,
         };
 
         let mut new_tracks = Vec::new();
@@ -641,6 +642,11 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
+        // RFC 7983: a first byte of 20..=63 is DTLS. After the handshake that is rare (alerts,
+        // such as a client's close_notify), so the transport state is looked at only then.
+        if payload.first().is_some_and(|b| (20..=63).contains(b)) {
+            peer.dtls_input = true;
+        }
         let transport = TransportContext {
             local_addr: self.factory.local_addr_for(destination_ip),
             peer_addr: source,
@@ -823,7 +829,10 @@ impl Engine {
             // A client that closed its connection sent DTLS close_notify; the connection state
             // stays `connected` then (W3C counts a closed DTLS transport as connected), so look
             // at the transport instead of waiting for the ICE timeouts.
-            if peer.state == PeerState::Connected && dtls_closed(&mut peer.pc) {
+            if std::mem::take(&mut peer.dtls_input)
+                && peer.state == PeerState::Connected
+                && dtls_closed(&mut peer.pc)
+            {
                 debug!(session = %peer_id, "dtls closed by the client");
                 closed = true;
             }
@@ -953,29 +962,29 @@ impl Engine {
                 .inc();
             return;
         };
-        let need_keyframe = match self.tracks.get_mut(&track_id) {
-            None => return,
-            Some(track) if track.audio_level_extension.is_some() => {
-                let id = track.audio_level_extension;
-                if let Some(level) = packet
-                    .header
-                    .extensions
-                    .iter()
-                    .find(|e| Some(e.id) == id)
-                    .and_then(|e| e.payload.first())
-                {
-                    track.audio_level.observe(*level, now);
-                }
-                track.media_ssrc.get_or_insert(packet.header.ssrc);
-                false
-            }
-            Some(track) if track.media_ssrc.is_none() => {
-                track.media_ssrc = Some(packet.header.ssrc);
-                track.is_video() && !track.subscribers.is_empty()
-            }
-            Some(_) => false,
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
         };
-        if need_keyframe {
+        self.metrics.rtp_packets_in.inc();
+        self.metrics
+            .rtp_bytes_in
+            .inc_by(packet.payload.len() as u64);
+        if let Some(id) = track.audio_level_extension {
+            let level = packet
+                .header
+                .extensions
+                .iter()
+                .find(|e| e.id == id)
+                .and_then(|e| e.payload.first());
+            if let Some(level) = level {
+                track.audio_level.observe(*level, now);
+            }
+        }
+        // The first packet names the SSRC keyframe requests address; subscribers that came
+        // before it still wait for their keyframe.
+        let first_packet = track.media_ssrc.is_none();
+        track.media_ssrc.get_or_insert(packet.header.ssrc);
+        if first_packet && track.is_video() && !track.subscribers.is_empty() {
             self.request_keyframe(track_id, now);
         }
         let Some(track) = self.tracks.get(&track_id) else {
@@ -984,10 +993,6 @@ impl Engine {
         if track.muted {
             return;
         }
-        self.metrics.rtp_packets_in.inc();
-        self.metrics
-            .rtp_bytes_in
-            .inc_by(packet.payload.len() as u64);
         let mut forwarded = 0u64;
         for subscriber in &track.subscribers {
             let Some(peer) = self.peers.get_mut(&subscriber.peer) else {

@@ -74,6 +74,8 @@ pub struct Peer {
     /// Tracks changed while negotiating: offer again once the answer is in.
     pub offer_pending: bool,
     pub quality: crate::sfu::quality::QualityTracker,
+    /// A DTLS record arrived since the last service: look whether the client closed DTLS.
+    pub dtls_input: bool,
 }
 
 impl Peer {

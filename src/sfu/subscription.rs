@@ -70,6 +70,7 @@ impl Engine {
             negotiating: false,
             offer_pending: false,
             quality: Default::default(),
+            dtls_input: false,
         };
         let sources: Vec<TrackId> = self
             .tracks
