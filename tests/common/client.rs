@@ -236,47 +236,22 @@ struct Events {
     inboxes: Option<Arc<Inboxes>>,
 }
 
-type Done<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
+#[async_trait::async_trait]
 impl PeerConnectionEventHandler for Events {
-    fn on_connection_state_change<'life0, 'async_trait>(
-        &'life0 self,
-        state: RTCPeerConnectionState,
-    ) -> Done<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         self.state.send_replace(state);
-        Box::pin(async {})
     }
 
-    fn on_ice_gathering_state_change<'life0, 'async_trait>(
-        &'life0 self,
-        state: RTCIceGatheringState,
-    ) -> Done<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
             self.gathered.send_modify(|rounds| *rounds += 1);
         }
-        Box::pin(async {})
     }
 
-    fn on_track<'life0, 'async_trait>(
-        &'life0 self,
-        track: Arc<dyn TrackRemote>,
-    ) -> Done<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         if let Some(inboxes) = &self.inboxes {
             tokio::spawn(record_track(Arc::clone(inboxes), track));
         }
-        Box::pin(async {})
     }
 }
 

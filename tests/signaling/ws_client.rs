@@ -6,8 +6,6 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -246,63 +244,28 @@ struct Handler {
     received: Option<Arc<watch::Sender<HashMap<String, RemoteTrack>>>>,
 }
 
-type Done<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// The trait is declared with `#[async_trait]`; these are its expansion, written out so the
-/// tests need no extra dependency (as tests/common/client.rs does).
+#[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
-    fn on_connection_state_change<'life0, 'async_trait>(
-        &'life0 self,
-        state: RTCPeerConnectionState,
-    ) -> Done<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         self.state.send_replace(state);
-        Box::pin(async {})
     }
 
-    fn on_ice_gathering_state_change<'life0, 'async_trait>(
-        &'life0 self,
-        state: RTCIceGatheringState,
-    ) -> Done<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
             self.gathered.send_modify(|n| *n += 1);
         }
-        Box::pin(async {})
     }
 
-    fn on_ice_candidate<'life0, 'async_trait>(
-        &'life0 self,
-        event: RTCPeerConnectionIceEvent,
-    ) -> Done<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let (Some(candidates), Ok(init)) = (&self.candidates, event.candidate.to_json()) {
             let _ = candidates.send(init);
         }
-        Box::pin(async {})
     }
 
-    fn on_track<'life0, 'async_trait>(
-        &'life0 self,
-        track: Arc<dyn TrackRemote>,
-    ) -> Done<'async_trait>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         if let Some(received) = &self.received {
             tokio::spawn(record(Arc::clone(received), track));
         }
-        Box::pin(async {})
     }
 }
 
