@@ -102,8 +102,14 @@ pub struct Config {
     #[serde(with = "humantime_serde_compat")]
     pub refresh_token_ttl: Duration,
     /// Lifetime of meeting join tokens (media JWTs) issued by `POST /meetings/{code}/join`.
+    /// Short, since a token opens media until it expires; a joined socket receives a fresh one
+    /// (`token_refreshed`) every half lifetime, and WHIP/WHEP owners manage their sessions
+    /// with an expired one.
     #[serde(with = "humantime_serde_compat")]
     pub join_token_ttl: Duration,
+    /// Lifetime of wait tokens (a join parked in the waiting room claims its admission with one).
+    #[serde(with = "humantime_serde_compat")]
+    pub wait_token_ttl: Duration,
     pub password_min_length: usize,
     pub password_max_length: usize,
     /// Failed logins in a row before an account's logins are delayed.
@@ -191,7 +197,8 @@ impl Default for Config {
             public_url: String::new(),
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
-            join_token_ttl: Duration::from_secs(6 * 3600),
+            join_token_ttl: Duration::from_secs(10 * 60),
+            wait_token_ttl: Duration::from_secs(2 * 3600),
             password_min_length: 8,
             password_max_length: 128,
             login_failures_before_backoff: 5,

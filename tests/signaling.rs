@@ -1561,3 +1561,29 @@ async fn a_zero_empty_timeout_keeps_empty_meetings_live() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(read_meeting(&server, &host, &m).await["status"], "live");
 }
+
+#[tokio::test]
+async fn joined_sockets_get_fresh_tokens_for_their_seat() {
+    let server = TestServer::start_with(|c| c.join_token_ttl = Duration::from_secs(4)).await;
+    let host = server.user("alice").await;
+    let m = meeting(&server, &host, json!({})).await;
+    let alice_seat = seat(&server, &m, &host).await;
+    let (mut alice, _) = Ws::join(&server, token(&alice_seat)).await;
+    let refreshed = alice.expect("token_refreshed").await;
+    let fresh = refreshed["join_token"].as_str().unwrap();
+    assert_ne!(fresh, token(&alice_seat));
+    let claims = server
+        .server
+        .state
+        .keys
+        .verify(fresh)
+        .expect("a valid token");
+    let issued = server.server.state.keys.verify(token(&alice_seat)).unwrap();
+    assert_eq!(
+        claims.pid.as_deref(),
+        Some(id(&alice_seat, "participant_id").as_str())
+    );
+    assert_eq!((claims.sub, claims.room), (issued.sub, issued.room));
+    assert!(claims.exp >= issued.exp, "a later expiry");
+    assert!(refreshed["expires_at"].as_str().unwrap().ends_with('Z'));
+}

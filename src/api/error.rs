@@ -135,6 +135,8 @@ impl From<crate::sfu::SfuError> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_full", message)
             }
             E::SessionNotFound => Self::not_found("session_not_found", message),
+            E::NotSessionOwner => Self::forbidden(message),
+            E::TooManySessions { .. } => Self::conflict("too_many_sessions", message),
             E::PublisherNotFound => Self::not_found("publisher_not_found", message),
             E::TrackNotFound => Self::not_found("track_not_found", message),
             E::EtagMismatch => Self::new(StatusCode::PRECONDITION_FAILED, "etag_mismatch", message),
@@ -145,6 +147,21 @@ impl From<crate::sfu::SfuError> for ApiError {
             ),
             E::ShuttingDown => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message),
             E::Internal(detail) => Self::internal(detail),
+        }
+    }
+}
+
+impl From<crate::domain::admission::MediaAccessError> for ApiError {
+    fn from(error: crate::domain::admission::MediaAccessError) -> Self {
+        use crate::domain::admission::MediaAccessError as E;
+        let message = error.to_string();
+        match error {
+            E::MeetingEnded => Self::new(StatusCode::GONE, "meeting_ended", message),
+            E::Banned => Self::new(StatusCode::FORBIDDEN, "banned", message),
+            E::Kicked => Self::new(StatusCode::FORBIDDEN, "kicked", message),
+            E::NotAdmitted => Self::new(StatusCode::FORBIDDEN, "not_admitted", message),
+            E::SeatGone => Self::new(StatusCode::FORBIDDEN, "seat_gone", message),
+            E::Store(e) => e.into(),
         }
     }
 }

@@ -901,7 +901,7 @@ async fn invite(
     responses(
         (status = 201, description = "The link (its token is shown only now)", body = JoinLinkView),
         (status = 401, description = "No or bad access token"),
-        (status = 403, description = "forbidden: neither host nor moderator, or role too high"),
+        (status = 403, description = "forbidden: neither host nor a moderator admitted now, or role too high"),
         (status = 404, description = "meeting_not_found"),
         (status = 409, description = "meeting_closed"),
         (status = 422, description = "validation_failed"),
@@ -918,10 +918,11 @@ async fn create_join_link(
         Role::Host
     } else if state
         .store
-        .latest_role(&meeting.id, &user.id)
+        .latest_seat_of_identity(&meeting.id, &user.id)
         .await?
-        .as_deref()
-        == Some("moderator")
+        // Only a moderator admitted now: a kicked (or departed) one keeps the role on an old
+        // row, and links skip the passcode and the waiting room.
+        .is_some_and(|seat| seat.status == "joined" && seat.role == "moderator")
     {
         Role::Moderator
     } else if rules::can_view(&state.store, &meeting, Some(&user)).await? {

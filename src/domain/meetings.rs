@@ -364,9 +364,12 @@ pub async fn join(
             Role::Guest
         });
         match &user {
-            // A promotion to moderator sticks across rejoins.
+            // A promotion to moderator sticks across rejoins, but not across a kick.
             Some(u)
-                if store.latest_role(&meeting.id, &u.id).await?.as_deref() == Some("moderator") =>
+                if store
+                    .latest_seat_of_identity(&meeting.id, &u.id)
+                    .await?
+                    .is_some_and(|seat| seat.role == "moderator" && seat.status != "kicked") =>
             {
                 base.max(Role::Moderator)
             }
@@ -450,7 +453,7 @@ fn waiting(ctx: JoinContext<'_>, participant: &Participant) -> JoinOutcome {
         wait_token: ctx.access.issue_wait(
             &participant.id,
             &participant.meeting_id,
-            ctx.config.join_token_ttl,
+            ctx.config.wait_token_ttl,
         ),
     }
 }
@@ -478,6 +481,7 @@ fn admit(
         ctx.config.join_token_ttl,
     );
     claims.name = Some(participant.display_name.clone());
+    claims.pid = Some(participant.id.clone());
     Admission {
         join_token: ctx.keys.sign(&claims),
         role,

@@ -2,6 +2,7 @@
 //! and permissions, meeting codes.
 
 pub mod access;
+pub mod admission;
 pub mod meetings;
 pub mod moderation;
 pub mod password;

@@ -175,21 +175,17 @@ pub async fn close_meeting(
     meeting_id: &str,
     status: &str,
 ) -> Result<(), ModerationError> {
-    let identities = store
+    store
         .close_meeting(meeting_id, status, now_ms())
         .await?
         .ok_or(ModerationError::MeetingClosed)?;
-    for identity in identities {
-        let room = RoomId(meeting_id.to_owned());
-        if let Err(e) = sfu
-            .close_participant(room, ParticipantId(identity.clone()))
-            .await
-        {
-            // The rows are closed already; a peer the engine cannot close times out by itself.
-            tracing::warn!(meeting = %meeting_id, identity = %identity, error = %e, "closing media failed");
-        }
+    // Every peer of the room, not only those of joined seats: WHIP/WHEP sessions opened with
+    // operator tokens, or by seats that left meanwhile, end with the meeting too.
+    match sfu.close_room(RoomId(meeting_id.to_owned())).await {
+        Ok(peers) => tracing::info!(meeting = %meeting_id, status, peers, "meeting closed"),
+        // The rows are closed already; a peer the engine cannot close times out by itself.
+        Err(e) => tracing::warn!(meeting = %meeting_id, error = %e, "closing media failed"),
     }
-    tracing::info!(meeting = %meeting_id, status, "meeting closed");
     Ok(())
 }
 

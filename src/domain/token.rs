@@ -39,6 +39,11 @@ pub struct JoinClaims {
     pub nbf: u64,
     #[serde(default)]
     pub grants: Grants,
+    /// The participant row (seat) a meeting join token was issued for. Media sessions are
+    /// refused once that seat is no longer `joined`, which is how a token is revoked before it
+    /// expires (see `domain::admission`). Absent in tokens of standalone rooms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -130,8 +135,22 @@ impl TokenKeys {
     }
 
     pub fn verify(&self, token: &str) -> Result<JoinClaims, TokenError> {
+        self.decode(token, &self.validation)
+    }
+
+    /// Verifies the signature and the claims but not the expiry: for managing a media session
+    /// the holder already created (PATCH, DELETE), which outlives a short-lived join token. The
+    /// session itself is bound to the identity, and kicks, bans and meeting ends close it.
+    pub fn verify_ignoring_expiry(&self, token: &str) -> Result<JoinClaims, TokenError> {
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["nbf", "sub"]);
+        self.decode(token, &validation)
+    }
+
+    fn decode(&self, token: &str, validation: &Validation) -> Result<JoinClaims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<JoinClaims>(token, &self.decoding, &self.validation)
+        jsonwebtoken::decode::<JoinClaims>(token, &self.decoding, validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -158,6 +177,7 @@ impl JoinClaims {
             nbf: now,
             exp: now + ttl.as_secs(),
             grants,
+            pid: None,
         }
     }
 }
@@ -193,6 +213,21 @@ mod tests {
         let fresh = JoinClaims::new("room", "alice", grants(), Duration::from_secs(60));
         assert_eq!(keys.verify(&other.sign(&fresh)), Err(TokenError::Invalid));
         assert_eq!(keys.verify("not.a.jwt"), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn session_management_tolerates_expiry_only() {
+        let keys = TokenKeys::from_secret(b"secret");
+        let mut claims = JoinClaims::new("room", "alice", grants(), Duration::from_secs(60));
+        claims.exp = unix_now() - 100;
+        claims.nbf = unix_now() - 200;
+        let token = keys.sign(&claims);
+        assert_eq!(keys.verify_ignoring_expiry(&token).unwrap(), claims);
+        let other = TokenKeys::from_secret(b"other");
+        assert_eq!(
+            keys.verify_ignoring_expiry(&other.sign(&claims)),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]

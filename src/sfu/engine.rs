@@ -132,24 +132,31 @@ impl Engine {
             Command::Patch {
                 room,
                 session,
+                requester,
                 if_match,
                 fragment,
                 reply,
             } => {
-                let _ = reply.send(self.patch(&room, session, if_match, fragment, now));
+                let result = self
+                    .owned_session(&room, session, &requester, false)
+                    .and_then(|()| self.patch(session, if_match, fragment, now));
+                let _ = reply.send(result);
             }
             Command::Close {
                 room,
                 session,
+                requester,
                 reply,
             } => {
-                let result = match self.peers.get(&session) {
-                    Some(peer) if peer.room == room => {
-                        self.remove_peer(session, "closed by client", now);
-                        Ok(())
-                    }
-                    _ => Err(SfuError::SessionNotFound),
-                };
+                let result = self.owned_session(&room, session, &requester, true);
+                if result.is_ok() {
+                    let reason = if requester.moderator {
+                        "closed by a moderator"
+                    } else {
+                        "closed by client"
+                    };
+                    self.remove_peer(session, reason, now);
+                }
                 let _ = reply.send(result);
             }
             Command::CloseParticipant {
@@ -165,6 +172,17 @@ impl Engine {
                     .collect();
                 for session in &sessions {
                     self.remove_peer(*session, "removed by a moderator", now);
+                }
+                let _ = reply.send(Ok(sessions.len()));
+            }
+            Command::CloseRoom { room, reply } => {
+                let sessions: Vec<PeerId> = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.peers.clone())
+                    .unwrap_or_default();
+                for session in &sessions {
+                    self.remove_peer(*session, "the meeting ended", now);
                 }
                 let _ = reply.send(Ok(sessions.len()));
             }
@@ -546,9 +564,29 @@ impl Engine {
         changed.len()
     }
 
+    /// Whether `requester` may act on `session` of `room`. A session of another room is not
+    /// found, so a token of one room learns nothing of another's sessions.
+    fn owned_session(
+        &self,
+        room: &RoomId,
+        session: PeerId,
+        requester: &super::Requester,
+        moderator_may: bool,
+    ) -> Result<(), SfuError> {
+        let peer = self
+            .peers
+            .get(&session)
+            .filter(|p| &p.room == room)
+            .ok_or(SfuError::SessionNotFound)?;
+        if peer.identity == requester.identity || (moderator_may && requester.moderator) {
+            Ok(())
+        } else {
+            Err(SfuError::NotSessionOwner)
+        }
+    }
+
     fn patch(
         &mut self,
-        room: &RoomId,
         session: PeerId,
         if_match: Option<String>,
         fragment: IceFragment,
@@ -557,7 +595,6 @@ impl Engine {
         let peer = self
             .peers
             .get_mut(&session)
-            .filter(|p| &p.room == room)
             .ok_or(SfuError::SessionNotFound)?;
         if let Some(tag) = &if_match {
             if tag != "*" && tag != &peer.etag {

@@ -12,6 +12,10 @@ pub enum SfuError {
     ServerFull { max: usize },
     #[error("no such session")]
     SessionNotFound,
+    #[error("this session belongs to another participant")]
+    NotSessionOwner,
+    #[error("this participant holds {max} media sessions in the room already")]
+    TooManySessions { max: usize },
     #[error("no such track")]
     TrackNotFound,
     #[error("no publisher to watch in this room")]

@@ -38,6 +38,23 @@ pub enum Intent {
     },
 }
 
+/// Who asks to change or end a session: only the identity that created it may, and a
+/// moderator of the room may end (not patch) anyone's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    pub identity: ParticipantId,
+    pub moderator: bool,
+}
+
+impl Requester {
+    pub fn owner(identity: ParticipantId) -> Self {
+        Self {
+            identity,
+            moderator: false,
+        }
+    }
+}
+
 /// Audio or video, for moderation that acts on one kind of a participant's tracks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKind {
@@ -154,6 +171,7 @@ pub(crate) enum Command {
     Patch {
         room: RoomId,
         session: PeerId,
+        requester: Requester,
         if_match: Option<String>,
         fragment: IceFragment,
         reply: oneshot::Sender<Result<PatchOutcome, SfuError>>,
@@ -161,6 +179,7 @@ pub(crate) enum Command {
     Close {
         room: RoomId,
         session: PeerId,
+        requester: Requester,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
     SubscribeRoom {
@@ -192,6 +211,10 @@ pub(crate) enum Command {
     CloseParticipant {
         room: RoomId,
         identity: ParticipantId,
+        reply: oneshot::Sender<Result<usize, SfuError>>,
+    },
+    CloseRoom {
+        room: RoomId,
         reply: oneshot::Sender<Result<usize, SfuError>>,
     },
     SetMuted {
@@ -274,16 +297,19 @@ impl Sfu {
         .await
     }
 
+    /// Trickles candidates into, or restarts ICE of, `requester`'s own session.
     pub async fn patch(
         &self,
         room: RoomId,
         session: PeerId,
+        requester: Requester,
         if_match: Option<String>,
         fragment: IceFragment,
     ) -> Result<PatchOutcome, SfuError> {
         self.call(|reply| Command::Patch {
             room,
             session,
+            requester,
             if_match,
             fragment,
             reply,
@@ -291,10 +317,17 @@ impl Sfu {
         .await
     }
 
-    pub async fn close(&self, room: RoomId, session: PeerId) -> Result<(), SfuError> {
+    /// Ends a session of `room`: `NotSessionOwner` unless `requester` created it or moderates.
+    pub async fn close(
+        &self,
+        room: RoomId,
+        session: PeerId,
+        requester: Requester,
+    ) -> Result<(), SfuError> {
         self.call(|reply| Command::Close {
             room,
             session,
+            requester,
             reply,
         })
         .await
@@ -376,6 +409,12 @@ impl Sfu {
             reply,
         })
         .await
+    }
+
+    /// Closes every peer of `room` whoever opened it (WebSocket, WHIP, WHEP, operator tokens):
+    /// the end of a meeting. Returns how many were closed.
+    pub async fn close_room(&self, room: RoomId) -> Result<usize, SfuError> {
+        self.call(|reply| Command::CloseRoom { room, reply }).await
     }
 
     /// Stops (or resumes) forwarding `identity`'s tracks of `kind` in `room`. Returns how many

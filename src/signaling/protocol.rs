@@ -345,6 +345,13 @@ pub enum ServerMessage {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
+    /// A fresh join token for this seat, sent every half token lifetime while the socket is
+    /// joined: use it for the next `resume` and for WHIP/WHEP. Tokens stay short-lived and
+    /// revocable (they name the seat) without ending long meetings.
+    TokenRefreshed {
+        join_token: String,
+        expires_at: String,
+    },
 }
 
 fn is_false(value: &bool) -> bool {

@@ -201,6 +201,15 @@ pub(crate) async fn join(
             close::SESSION_GONE,
         ));
     };
+    // A token issued for an earlier seat (before a newer join of the same account, or a seat
+    // given up) is revoked with it.
+    if claims.pid.as_ref().is_some_and(|pid| *pid != seat.id) {
+        return Err(JoinFailure::new(
+            "seat_gone",
+            "the seat this token was issued for is no longer held; join the meeting again",
+            close::SESSION_GONE,
+        ));
+    }
     match seat.status.as_str() {
         "joined" => {}
         "kicked" => {
@@ -514,9 +523,13 @@ impl Session {
         mut inputs: mpsc::UnboundedReceiver<Input>,
         mut sfu_events: mpsc::UnboundedReceiver<SfuEvent>,
     ) {
+        let every = (self.state.config.join_token_ttl / 2).max(Duration::from_secs(1));
+        let mut refresh = tokio::time::interval_at(Instant::now() + every, every);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.ended {
             let grace = self.grace_until;
             tokio::select! {
+                _ = refresh.tick() => self.refresh_token(),
                 input = inputs.recv() => match input {
                     Some(input) => self.on_input(input).await,
                     // The registry dropped us (cannot happen while registered): nothing to serve.
@@ -576,6 +589,26 @@ impl Session {
             }
             Input::Shutdown => self.end(Ending::Shutdown).await,
         }
+    }
+
+    /// Sends the attached socket a new join token for this seat, with the current grants.
+    fn refresh_token(&mut self) {
+        if self.socket.is_none() {
+            return;
+        }
+        let ttl = self.state.config.join_token_ttl;
+        let mut claims =
+            JoinClaims::new(&self.meeting.id, &self.identity, self.grants.clone(), ttl);
+        claims.name = Some(self.display_name.clone());
+        claims.pid = Some(self.participant_id.clone());
+        let expires_at = chrono::DateTime::from_timestamp(claims.exp as i64, 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let join_token = self.state.keys.sign(&claims);
+        self.send(&ServerMessage::TokenRefreshed {
+            join_token,
+            expires_at,
+        });
     }
 
     /// Grants follow the current role and meeting settings once either changed after the join.
@@ -716,6 +749,8 @@ impl Session {
                 ));
             }
         }
+        // A new publication is a new use of the seat: the meeting must still hold it.
+        self.still_seated().await?;
         let answer = match self.publisher {
             Some(session) => self.state.sfu.renegotiate(session, sdp).await?,
             None => {
@@ -741,6 +776,28 @@ impl Session {
             reference,
         });
         Ok(())
+    }
+
+    /// Whether the meeting is open and this session's seat is still `joined`. Kicks and ends
+    /// close the session at once; this closes the window in which their messages are in flight.
+    async fn still_seated(&self) -> Outcome {
+        let meeting = self.state.store.meeting(&self.meeting.id).await?;
+        if crate::domain::meetings::is_closed(&meeting.status) {
+            return Err(Refusal::new("meeting_ended", "the meeting has ended"));
+        }
+        let seat = self
+            .state
+            .store
+            .participant(&self.meeting.id, &self.participant_id)
+            .await?;
+        match seat.status.as_str() {
+            "joined" => Ok(()),
+            "kicked" => Err(Refusal::new("kicked", "you were removed from this meeting")),
+            _ => Err(Refusal::new(
+                "seat_gone",
+                "your seat in this meeting is no longer held",
+            )),
+        }
     }
 
     async fn subscriber_answer(&mut self, sdp: String) -> Outcome {
@@ -789,7 +846,13 @@ impl Session {
         };
         self.state
             .sfu
-            .patch(self.room.clone(), session, None, fragment)
+            .patch(
+                self.room.clone(),
+                session,
+                crate::sfu::Requester::owner(ParticipantId(self.identity.clone())),
+                None,
+                fragment,
+            )
             .await?;
         Ok(())
     }
@@ -1400,7 +1463,12 @@ impl Session {
         {
             self.state.hub.forget_session(session);
             // Kicks and meeting ends closed the peers already; a missing session is fine.
-            let _ = self.state.sfu.close(self.room.clone(), session).await;
+            let owner = crate::sfu::Requester::owner(ParticipantId(self.identity.clone()));
+            let _ = self
+                .state
+                .sfu
+                .close(self.room.clone(), session, owner)
+                .await;
         }
         self.state
             .signaling

@@ -19,8 +19,9 @@ use super::sdpfrag;
 use crate::api::ApiError;
 use crate::app::AppState;
 use crate::config::IceServer;
+use crate::domain::admission;
 use crate::ids::{ParticipantId, PeerId, RoomId};
-use crate::sfu::{Intent, PatchOutcome};
+use crate::sfu::{Intent, PatchOutcome, Requester};
 
 const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
@@ -127,6 +128,7 @@ async fn create(
         Need::Subscribe
     };
     let claims = authorize(&state.keys, &headers, &room, need)?;
+    admission::check(&state.store, &claims).await?;
     require_content_type(&headers, SDP)?;
     let offer = text_body(body)?;
     let intent = match kind {
@@ -166,7 +168,7 @@ async fn patch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state.keys, &headers, &room, Need::Session)?;
+    let claims = authorize(&state.keys, &headers, &room, Need::Session)?;
     let session = parse_session(&session)?;
     require_content_type(&headers, SDPFRAG)?;
     let fragment = sdpfrag::parse(&text_body(body)?)
@@ -177,7 +179,13 @@ async fn patch(
         .map(str::to_owned);
     match state
         .sfu
-        .patch(RoomId(room), session, if_match, fragment)
+        .patch(
+            RoomId(room),
+            session,
+            Requester::owner(ParticipantId(claims.sub)),
+            if_match,
+            fragment,
+        )
         .await?
     {
         PatchOutcome::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -199,9 +207,13 @@ async fn delete(
     Path((room, session)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&state.keys, &headers, &room, Need::Session)?;
+    let claims = authorize(&state.keys, &headers, &room, Need::Session)?;
     let session = parse_session(&session)?;
-    state.sfu.close(RoomId(room), session).await?;
+    let requester = Requester {
+        identity: ParticipantId(claims.sub),
+        moderator: claims.grants.moderate,
+    };
+    state.sfu.close(RoomId(room), session, requester).await?;
     Ok(StatusCode::OK.into_response())
 }
 

@@ -106,24 +106,6 @@ impl Store {
             .await?;
         Ok(row.is_some())
     }
-
-    /// The role of the user's most recent participation in the meeting, if any: a promotion
-    /// to moderator outlives a reconnect (and a later demotion is seen too).
-    pub async fn latest_role(
-        &self,
-        meeting_id: &str,
-        user_id: &str,
-    ) -> StoreResult<Option<String>> {
-        let row = sqlx::query(
-            "SELECT role FROM participants WHERE meeting_id = $1 AND user_id = $2 \
-             ORDER BY created_at DESC, id DESC LIMIT 1",
-        )
-        .bind(meeting_id)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|row| row.try_get("role")).transpose()?)
-    }
 }
 
 /// Participants holding a seat (status `joined`), on any executor.

@@ -152,11 +152,24 @@ impl Peer {
     }
 
     /// The DTLS transport's state, seen through the first receiver (webrtc-rs makes one when
-    /// its track's first packet arrives; `None` before that).
+    /// its track's first packet arrives) or, on a publisher, the first sender; `None` before.
     async fn dtls_state(&self) -> Option<RTCDtlsTransportState> {
-        let receiver = self.pc.get_receivers().await.into_iter().next()?;
-        let transport = receiver.transport().await.ok().flatten()?;
+        if let Some(receiver) = self.pc.get_receivers().await.into_iter().next() {
+            if let Ok(Some(transport)) = receiver.transport().await {
+                return transport.state().await.ok();
+            }
+        }
+        let sender = self.pc.get_senders().await.into_iter().next()?;
+        let transport = sender.transport().await.ok().flatten()?;
         transport.state().await.ok()
+    }
+
+    /// Resolves when the server ended the connection: DTLS closed, or the connection lost.
+    pub async fn closed_by_server(&self) {
+        tokio::select! {
+            _ = self.transport_closed() => {}
+            _ = self.connection_lost() => {}
+        }
     }
 
     /// Waits for `connected`, failing the test if it does not come within `within`.

@@ -65,6 +65,10 @@ export class Session {
       case 'offer':
         await this.answerOffer(msg);
         return;
+      case 'token_refreshed':
+        // Join tokens are short-lived; the next resume needs a current one.
+        this.token = msg.join_token;
+        return;
       case 'answer': {
         const done = this.answers.get(String(msg.ref));
         if (done) { this.answers.delete(String(msg.ref)); done(msg.sdp); }

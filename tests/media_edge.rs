@@ -1,0 +1,345 @@
+//! The media edge against hostile clients: WHIP/WHEP sessions belong to the identity that made
+//! them, and a meeting's kicks, bans, ends and newer joins revoke what a join token can still
+//! open. Meetings are made and joined over REST, so tokens carry their seat as the server
+//! issues them. Runs on SQLite, and on PostgreSQL when DATABASE_URL is set.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::{assert_error, TestUser};
+use common::client::{error_code, WhepSubscriber, WhipPublisher};
+use common::TestServer;
+use convene::domain::token::{Grants, JoinClaims};
+use reqwest::header::AUTHORIZATION;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// A live meeting of `host` that admits guests straight in.
+async fn meeting(server: &TestServer, host: &TestUser) -> Value {
+    let (status, meeting) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "Edge", "settings": {"waiting_room": false}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{meeting}");
+    meeting
+}
+
+/// Joins over REST (as `user`, or a guest); returns the join reply.
+async fn join(server: &TestServer, meeting: &Value, user: Option<&TestUser>) -> Value {
+    let path = format!("/meetings/{}/join", meeting["id"].as_str().unwrap());
+    let body = match user {
+        Some(_) => json!({}),
+        None => json!({"display_name": "Guest"}),
+    };
+    let (status, reply) = server
+        .call(
+            Method::POST,
+            &path,
+            user.map(|u| u.token.as_str()),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    reply
+}
+
+fn room(meeting: &Value) -> &str {
+    meeting["id"].as_str().unwrap()
+}
+
+fn join_token(reply: &Value) -> &str {
+    reply["join_token"].as_str().unwrap()
+}
+
+/// A WHIP POST with a fresh publisher; the error code, if refused.
+async fn whip_refusal(
+    server: &TestServer,
+    room: &str,
+    token: &str,
+) -> Option<(StatusCode, String)> {
+    match WhipPublisher::start(server, room, token, false).await {
+        Ok(publisher) => {
+            publisher.close().await;
+            None
+        }
+        Err(e) => Some((e.status, e.code())),
+    }
+}
+
+async fn request(
+    server: &TestServer,
+    method: Method,
+    url: &str,
+    token: &str,
+) -> (StatusCode, String) {
+    let response = server
+        .http
+        .request(method, url)
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .header("content-type", "application/trickle-ice-sdpfrag")
+        .body("a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, error_code(&response.text().await.unwrap()))
+}
+
+fn token_with(server: &TestServer, room: &str, identity: &str, grants: Grants) -> String {
+    server.server.state.keys.sign(&JoinClaims::new(
+        room,
+        identity,
+        grants,
+        Duration::from_secs(600),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_patches_or_deletes_a_session_and_moderators_may_delete() {
+    let server = TestServer::start().await;
+    let alice = server.token("stage", "alice", true, true);
+    let mallory = server.token("stage", "mallory", true, true);
+    let publisher = WhipPublisher::connect(&server, "stage", &alice).await;
+    let url = publisher.session.url.clone();
+
+    for method in [Method::PATCH, Method::DELETE] {
+        let (status, code) = request(&server, method.clone(), &url, &mallory).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{method} by another identity"
+        );
+        assert_eq!(code, "forbidden");
+    }
+    // A token of another room learns nothing about this room's sessions.
+    let outsider = server.token("elsewhere", "alice", true, true);
+    let other_room_url = url.replace("/whip/stage/", "/whip/elsewhere/");
+    let (status, _) = request(&server, Method::DELETE, &other_room_url, &outsider).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(server.metric("convene_peers").await, 1.0, "still up");
+
+    // The owner's trickle is fine; a moderator of the room may end it.
+    let (status, _) = request(&server, Method::PATCH, &url, &alice).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let moderator = token_with(
+        &server,
+        "stage",
+        "mod",
+        Grants {
+            moderate: true,
+            ..Default::default()
+        },
+    );
+    let (status, _) = request(&server, Method::PATCH, &url, &moderator).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a moderator may not patch");
+    let (status, _) = request(&server, Method::DELETE, &url, &moderator).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        server
+            .wait_metric("convene_peers", 0.0, Duration::from_secs(5))
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_manage_sessions_with_an_expired_token() {
+    let server = TestServer::start().await;
+    let keys = &server.server.state.keys;
+    let grants = Grants {
+        publish: true,
+        ..Default::default()
+    };
+    let publisher = WhipPublisher::connect(
+        &server,
+        "stage",
+        &token_with(&server, "stage", "alice", grants.clone()),
+    )
+    .await;
+    let mut expired = JoinClaims::new("stage", "alice", grants, Duration::from_secs(1));
+    expired.exp -= 100;
+    expired.nbf -= 200;
+    let expired = keys.sign(&expired);
+    assert_eq!(
+        whip_refusal(&server, "stage", &expired).await,
+        Some((StatusCode::UNAUTHORIZED, "unauthorized".into())),
+        "no new session with an expired token"
+    );
+    let (status, _) = request(&server, Method::DELETE, &publisher.session.url, &expired).await;
+    assert_eq!(status, StatusCode::OK, "its owner ends the session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_closes_live_whip_sessions_and_refuses_new_ones() {
+    let server = TestServer::start().await;
+    let host = server.user("host").await;
+    let pat = server.user("pat").await;
+    let meeting = meeting(&server, &host).await;
+    let seat = join(&server, &meeting, Some(&pat)).await;
+    let token = join_token(&seat).to_owned();
+    let publisher = WhipPublisher::connect(&server, room(&meeting), &token).await;
+
+    let kick = format!(
+        "/meetings/{}/participants/{}/kick",
+        room(&meeting),
+        seat["participant_id"].as_str().unwrap()
+    );
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &kick,
+            Some(&host.token),
+            Some(json!({"ban": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::timeout(WITHIN, publisher.peer.closed_by_server())
+        .await
+        .expect("the kick closes the banned participant's WHIP session");
+    assert_eq!(
+        whip_refusal(&server, room(&meeting), &token).await,
+        Some((StatusCode::FORBIDDEN, "banned".into()))
+    );
+    // The same identity with a token minted without a seat is banned too.
+    let operator = server.token(room(&meeting), &pat.id, true, true);
+    assert_eq!(
+        whip_refusal(&server, room(&meeting), &operator).await,
+        Some((StatusCode::FORBIDDEN, "banned".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kick_without_ban_revokes_the_token_until_a_new_join() {
+    let server = TestServer::start().await;
+    let host = server.user("host").await;
+    let meeting = meeting(&server, &host).await;
+    let guest = join(&server, &meeting, None).await;
+    let token = join_token(&guest).to_owned();
+    let kick = format!(
+        "/meetings/{}/participants/{}/kick",
+        room(&meeting),
+        guest["participant_id"].as_str().unwrap()
+    );
+    let (status, _) = server
+        .call(Method::POST, &kick, Some(&host.token), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        whip_refusal(&server, room(&meeting), &token).await,
+        Some((StatusCode::FORBIDDEN, "kicked".into()))
+    );
+    let refused = WhepSubscriber::start(&server, room(&meeting), &token, None)
+        .await
+        .err()
+        .expect("WHEP refused too");
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::FORBIDDEN, "kicked".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_join_revokes_the_earlier_token() {
+    let server = TestServer::start().await;
+    let host = server.user("host").await;
+    let pat = server.user("pat").await;
+    let meeting = meeting(&server, &host).await;
+    let first = join(&server, &meeting, Some(&pat)).await;
+    let second = join(&server, &meeting, Some(&pat)).await;
+    assert_eq!(
+        whip_refusal(&server, room(&meeting), join_token(&first)).await,
+        Some((StatusCode::FORBIDDEN, "seat_gone".into()))
+    );
+    assert_eq!(
+        whip_refusal(&server, room(&meeting), join_token(&second)).await,
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_meeting_closes_whip_and_whep_and_refuses_new_sessions() {
+    let server = TestServer::start().await;
+    let host = server.user("host").await;
+    let meeting = meeting(&server, &host).await;
+    let room = room(&meeting).to_owned();
+    let guest = join(&server, &meeting, None).await;
+    // An encoder with an operator token (no seat) and a viewer with a participant's token.
+    let encoder = server.token(&room, "encoder", true, false);
+    let publisher = WhipPublisher::connect(&server, &room, &encoder).await;
+    let viewer = WhepSubscriber::connect(&server, &room, join_token(&guest), None).await;
+
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/meetings/{room}/end"),
+            Some(&host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::timeout(WITHIN, publisher.peer.closed_by_server())
+        .await
+        .expect("the end closes the encoder's WHIP session");
+    assert!(viewer.ended(WITHIN).await.is_some(), "the end closes WHEP");
+    assert_eq!(
+        whip_refusal(&server, &room, &encoder).await,
+        Some((StatusCode::GONE, "meeting_ended".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_moderator_cannot_mint_invite_links() {
+    let server = TestServer::start().await;
+    let host = server.user("host").await;
+    let mo = server.user("mo").await;
+    let meeting = meeting(&server, &host).await;
+    let seat = join(&server, &meeting, Some(&mo)).await;
+    let participant = format!(
+        "/meetings/{}/participants/{}",
+        room(&meeting),
+        seat["participant_id"].as_str().unwrap()
+    );
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &participant,
+            Some(&host.token),
+            Some(json!({"role": "moderator"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let links = format!("/meetings/{}/join-tokens", room(&meeting));
+    let link = json!({"role": "participant"});
+    let (status, body) = server
+        .call(Method::POST, &links, Some(&mo.token), Some(link.clone()))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "an admitted moderator may: {body}"
+    );
+
+    let (status, _) = server
+        .call(
+            Method::POST,
+            &format!("{participant}/kick"),
+            Some(&host.token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let refused = server
+        .call(Method::POST, &links, Some(&mo.token), Some(link))
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "forbidden");
+    // Rejoining after the kick does not bring the promotion back.
+    let again = join(&server, &meeting, Some(&mo)).await;
+    assert_eq!(again["role"], "participant");
+}
