@@ -85,6 +85,7 @@ impl Server {
             ice_failed_timeout: config.ice_failed_timeout,
             nack_cache_packets: config.nack_cache_packets.min(u16::MAX as usize / 2) as u16,
             active_speaker_interval: config.active_speaker_interval,
+            max_addresses_per_peer: config.max_addresses_per_peer,
         };
         anyhow::ensure!(
             !sfu_config.announced_ips.is_empty(),

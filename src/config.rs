@@ -84,6 +84,9 @@ pub struct Config {
     pub ice_disconnected_timeout: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub ice_failed_timeout: Duration,
+    /// Source addresses a peer may have bound at once on the media port (each a verified ICE
+    /// check); past it the oldest binding is dropped.
+    pub max_addresses_per_peer: usize,
     /// RTP packets kept per published track for answering NACKs.
     pub nack_cache_packets: usize,
     /// How long graceful shutdown waits for peers to close before exiting.
@@ -191,6 +194,7 @@ impl Default for Config {
             ice_check_interval: Duration::from_millis(20),
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(15),
+            max_addresses_per_peer: 8,
             nack_cache_packets: 1024,
             shutdown_grace: Duration::from_secs(3),
             database_url: String::new(),
@@ -269,6 +273,9 @@ impl Config {
         }
         if self.max_participants == 0 {
             return Err(invalid("max_participants", "must be at least 1"));
+        }
+        if self.max_addresses_per_peer == 0 {
+            return Err(invalid("max_addresses_per_peer", "must be at least 1"));
         }
         if self.max_peers == 0 {
             return Err(invalid("max_peers", "must be at least 1"));

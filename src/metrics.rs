@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Packets that could not be forwarded, by reason.
     pub forward_errors: IntCounterVec,
     pub udp_datagrams_dropped: IntCounter,
+    /// STUN naming a peer's ufrag whose MESSAGE-INTEGRITY did not verify (spoofed or broken).
+    pub stun_rejected: IntCounter,
     pub peers_reaped: IntCounter,
 }
 
@@ -89,6 +91,10 @@ impl Metrics {
             udp_datagrams_dropped: counter(
                 "udp_datagrams_dropped_total",
                 "Datagrams on the media port that matched no peer",
+            ),
+            stun_rejected: counter(
+                "stun_rejected_total",
+                "STUN requests naming a known ufrag whose MESSAGE-INTEGRITY did not verify",
             ),
             peers_reaped: counter(
                 "peers_reaped_total",

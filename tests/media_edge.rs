@@ -343,3 +343,60 @@ async fn a_kicked_moderator_cannot_mint_invite_links() {
     let again = join(&server, &meeting, Some(&mo)).await;
     assert_eq!(again["role"], "participant");
 }
+
+/// A STUN Binding request naming `username`, with a MESSAGE-INTEGRITY that is not the HMAC of
+/// any password.
+fn forged_binding_request(username: &str) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    attrs.extend_from_slice(&0x0006u16.to_be_bytes());
+    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attrs.extend_from_slice(username.as_bytes());
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    attrs.extend_from_slice(&0x0008u16.to_be_bytes());
+    attrs.extend_from_slice(&20u16.to_be_bytes());
+    attrs.extend_from_slice(&[0xAB; 20]);
+    let mut message = vec![0x00, 0x01];
+    message.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    message.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+    message.extend_from_slice(&[9u8; 12]);
+    message.extend_from_slice(&attrs);
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_stun_with_a_known_ufrag_binds_no_address() {
+    let server = TestServer::start().await;
+    let token = server.token("stage", "alice", true, false);
+    let publisher = WhipPublisher::connect(&server, "stage", &token).await;
+    let server_ufrag = common::client::sdp_attribute(&publisher.session.answer, "ice-ufrag")
+        .expect("the answer names our ufrag")
+        .to_owned();
+    let dropped = server.metric("convene_udp_datagrams_dropped_total").await;
+
+    let spoofer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let media = server.server.media_addr;
+    spoofer
+        .send_to(
+            &forged_binding_request(&format!("{server_ufrag}:evil")),
+            media,
+        )
+        .unwrap();
+    // Were the address bound, this would reach the peer's DTLS/SRTP stack.
+    spoofer.send_to(&[0x80; 40], media).unwrap();
+
+    let after = server
+        .wait_metric(
+            "convene_udp_datagrams_dropped_total",
+            dropped + 2.0,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(after, dropped + 2.0, "both datagrams are dropped");
+    assert_eq!(server.metric("convene_stun_rejected_total").await, 1.0);
+    assert_eq!(
+        publisher.peer.state(),
+        webrtc::peer_connection::RTCPeerConnectionState::Connected
+    );
+}

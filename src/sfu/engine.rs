@@ -100,7 +100,7 @@ impl Engine {
             keyframe_interval: config.keyframe_request_interval,
             connect_timeout: config.connect_timeout,
             metrics,
-            demux: Demux::default(),
+            demux: Demux::new(config.max_addresses_per_peer),
             peers: HashMap::new(),
             rooms: HashMap::new(),
             tracks: HashMap::new(),
@@ -354,7 +354,8 @@ impl Engine {
             answer: answer_sdp,
             etag: peer.etag.clone(),
         };
-        self.demux.bind_ufrag(&peer.local_ufrag, id);
+        let local_pwd = sdp_attribute(&negotiated.answer, "ice-pwd").unwrap_or_default();
+        self.demux.bind_ufrag(&peer.local_ufrag, local_pwd, id);
         let room = self
             .rooms
             .entry(room_id.clone())
@@ -649,8 +650,9 @@ impl Engine {
         let new_ufrag = sdp_attribute(&answer_sdp, "ice-ufrag")
             .unwrap_or_default()
             .to_owned();
+        let new_pwd = sdp_attribute(&answer_sdp, "ice-pwd").unwrap_or_default();
         self.demux.unbind_ufrag(&peer.local_ufrag);
-        self.demux.bind_ufrag(&new_ufrag, session);
+        self.demux.bind_ufrag(&new_ufrag, new_pwd, session);
         peer.local_ufrag = new_ufrag;
         peer.remote_ufrag = ufrag;
         peer.etag = etag_for(&peer.local_ufrag);
@@ -672,9 +674,17 @@ impl Engine {
         payload: &[u8],
         now: Instant,
     ) {
-        let Some(peer_id) = self.demux.route(source, payload) else {
-            self.metrics.udp_datagrams_dropped.inc();
-            return;
+        let peer_id = match self.demux.route(source, payload) {
+            Ok(peer_id) => peer_id,
+            Err(super::demux::Unrouted::BadIntegrity) => {
+                self.metrics.stun_rejected.inc();
+                self.metrics.udp_datagrams_dropped.inc();
+                return;
+            }
+            Err(_) => {
+                self.metrics.udp_datagrams_dropped.inc();
+                return;
+            }
         };
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;

@@ -158,6 +158,8 @@ pub struct SfuConfig {
     pub nack_cache_packets: u16,
     /// How often active speakers are ranked (a change is announced at most this often).
     pub active_speaker_interval: Duration,
+    /// Source addresses one peer may have bound at once (ICE candidates it checked from).
+    pub max_addresses_per_peer: usize,
 }
 
 pub(crate) enum Command {

@@ -90,7 +90,8 @@ impl Engine {
             .unwrap_or_default()
             .to_owned();
         peer.etag = format!("\"{}\"", peer.local_ufrag);
-        self.demux.bind_ufrag(&peer.local_ufrag, id);
+        let local_pwd = sdp_attribute(&offer, "ice-pwd").unwrap_or_default();
+        self.demux.bind_ufrag(&peer.local_ufrag, local_pwd, id);
         let room = self
             .rooms
             .entry(room_id.clone())
@@ -283,8 +284,9 @@ impl Engine {
             .unwrap_or_default()
             .to_owned();
         if !ufrag.is_empty() && ufrag != peer.local_ufrag {
+            let pwd = sdp_attribute(&answer_sdp, "ice-pwd").unwrap_or_default();
             self.demux.unbind_ufrag(&peer.local_ufrag);
-            self.demux.bind_ufrag(&ufrag, peer.id);
+            self.demux.bind_ufrag(&ufrag, pwd, peer.id);
             peer.etag = format!("\"{ufrag}\"");
             peer.local_ufrag = ufrag;
             if let Some(remote) = peer
