@@ -354,6 +354,44 @@ async fn bad_input_gets_clear_errors_and_server_stays_healthy() {
             StatusCode::BAD_REQUEST,
             "empty_body",
         ),
+        // No codec in common: every section would be rejected.
+        (
+            "/whip/bad",
+            "application/sdp",
+            offer("sendonly")
+                .replace("opus/48000/2", "NOPE/48000/2")
+                .replace("VP8/90000", "FOO/90000"),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            offer("sendonly").replace("a=fingerprint:sha-256 00:", "a=fingerprint:sha-256 ZZ:"),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            offer("sendonly").replace("a=fingerprint:sha-256 00:07:", "a=fingerprint:sha-256 "),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            offer("sendonly").replace("a=fingerprint:sha-256", "a=fingerprint:md5"),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
+        (
+            "/whip/bad",
+            "application/sdp",
+            offer("sendonly").replace("a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n", ""),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
         (
             "/whip/bad",
             "application/sdp",

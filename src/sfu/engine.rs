@@ -261,10 +261,11 @@ impl Engine {
                 "the offer has no audio or video section".into(),
             ));
         }
+        super::sdp::check_offer(&offer_sdp)?;
         let offer = RTCSessionDescription::offer(offer_sdp)
             .map_err(|e| SfuError::BadOffer(e.to_string()))?;
         let remote_ufrag = sdp_attribute(&offer.sdp, "ice-ufrag")
-            .ok_or_else(|| SfuError::BadOffer("the offer has no a=ice-ufrag".into()))?
+            .unwrap_or_default()
             .to_owned();
 
         let publisher = match &intent {
@@ -296,7 +297,7 @@ impl Engine {
             .map(|d| d.sdp)
             .ok_or_else(|| SfuError::Internal("no local description after answering".into()))?;
         let local_ufrag = sdp_attribute(&answer_sdp, "ice-ufrag")
-            .ok_or_else(|| SfuError::Internal("answer without ice-ufrag".into()))?
+            .ok_or_else(super::sdp::nothing_accepted)?
             .to_owned();
 
         let mut peer = Peer {

@@ -11,6 +11,7 @@ mod peer;
 pub mod quality;
 mod room;
 mod rtcp;
+mod sdp;
 pub mod speaker;
 pub mod subscriber;
 mod subscription;

@@ -261,6 +261,7 @@ impl Engine {
                 "only a publishing session takes offers".into(),
             ));
         }
+        super::sdp::check_offer(&offer)?;
         let offer =
             RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadOffer(e.to_string()))?;
         peer.pc
