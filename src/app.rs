@@ -165,6 +165,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::api::ratelimit::enforce,
         ))
+        .layer(axum::middleware::from_fn(
+            crate::api::extract::refuse_control_characters,
+        ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state);
     // The CORS layer answers every OPTIONS itself; a plain OPTIONS (no

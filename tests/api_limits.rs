@@ -154,3 +154,139 @@ async fn general_and_meeting_creation_limits_answer_429_with_retry_after() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
+
+/// NUL and other control characters never reach the store: 422 for a body or query field, 404
+/// for a path, on SQLite and PostgreSQL alike; line breaks stay allowed in prose.
+#[tokio::test]
+async fn control_characters_are_refused_before_the_store() {
+    let server = TestServer::start().await;
+    let alice = server.user("alice").await;
+    let (status, meeting) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&alice.token),
+            Some(json!({"title": "Text"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{meeting}");
+    let id = meeting["id"].as_str().unwrap().to_owned();
+    let t = Some(alice.token.as_str());
+    let unprocessable: Vec<(Method, String, Option<&str>, Value)> = vec![
+        (
+            Method::POST,
+            "/auth/login".into(),
+            None,
+            json!({"login": "a\u{0}b", "password": "x"}),
+        ),
+        (
+            Method::POST,
+            "/auth/register".into(),
+            None,
+            json!({"email": "a\u{0}@x.test", "username": "nul", "password": "long enough pw"}),
+        ),
+        (
+            Method::POST,
+            "/meetings".into(),
+            t,
+            json!({"title": "a\u{0}b"}),
+        ),
+        (
+            Method::POST,
+            "/meetings".into(),
+            t,
+            json!({"title": "two\nlines"}),
+        ),
+        (
+            Method::POST,
+            "/meetings".into(),
+            t,
+            json!({"title": "ok", "description": "bell\u{7}"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/meetings/{id}"),
+            t,
+            json!({"passcode": "12\u{0}34"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/meetings/{id}"),
+            t,
+            json!({"title": "esc\u{1b}[31m"}),
+        ),
+        (
+            Method::POST,
+            format!("/meetings/{id}/messages"),
+            t,
+            json!({"text": "hi\u{0}"}),
+        ),
+        (
+            Method::POST,
+            format!("/meetings/{id}/invites"),
+            t,
+            json!({"emails": ["x\u{0}@y.test"]}),
+        ),
+        (
+            Method::POST,
+            format!("/meetings/{id}/join"),
+            None,
+            json!({"display_name": "G\u{0}"}),
+        ),
+        (
+            Method::PATCH,
+            "/users/me".into(),
+            t,
+            json!({"display_name": "A\u{0}"}),
+        ),
+    ];
+    for (method, path, token, body) in unprocessable {
+        let reply = server
+            .call(method.clone(), &path, token, Some(body.clone()))
+            .await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+        let _ = (method, path, body);
+    }
+    for path in [
+        "/meetings/%00",
+        "/meetings/%00/join",
+        "/meetings/a%01b/messages",
+    ] {
+        let reply = server.call(Method::GET, path, None, None).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
+        let reply = server.call(Method::POST, path, t, Some(json!({}))).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
+    }
+    let reply = server
+        .call(Method::GET, "/meetings?status=%00", t, None)
+        .await;
+    assert_error(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+
+    // Prose keeps its line breaks and tabs.
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/meetings/{id}"),
+            t,
+            Some(json!({"description": "agenda:\n\t1. text\r\n"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/meetings/{id}/messages"),
+            t,
+            Some(json!({"text": "two\nlines"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

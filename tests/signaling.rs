@@ -1587,3 +1587,19 @@ async fn joined_sockets_get_fresh_tokens_for_their_seat() {
     assert!(claims.exp >= issued.exp, "a later expiry");
     assert!(refreshed["expires_at"].as_str().unwrap().ends_with('Z'));
 }
+
+#[tokio::test]
+async fn chat_with_control_characters_is_refused() {
+    let server = TestServer::start().await;
+    let host = server.user("alice").await;
+    let m = meeting(&server, &host, json!({})).await;
+    let (mut alice, _) = Ws::join(&server, token(&seat(&server, &m, &host).await)).await;
+    alice.send(json!({"type": "chat", "text": "nul\u{0}byte", "ref": "1"}));
+    let error = alice.expect("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("invalid"), Some("1"))
+    );
+    alice.send(json!({"type": "chat", "text": "two\nlines"}));
+    assert_eq!(alice.expect("chat_message").await["text"], "two\nlines");
+}

@@ -73,11 +73,75 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
+        // Read as a document first: text is checked in one place, whatever type takes it.
+        let document = match axum::Json::<serde_json::Value>::from_request(request, state).await {
+            Ok(axum::Json(document)) => document,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        let problems = crate::domain::text::json_problems(&document);
+        if !problems.is_empty() {
+            return Err(ApiError::validation(
+                problems
+                    .into_iter()
+                    .map(|(field, problem)| FieldError::new(&field, problem))
+                    .collect(),
+            ));
+        }
+        let bytes = serde_json::to_vec(&document).map_err(ApiError::internal)?;
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// Refuses a request whose path or query, once percent-decoded, carries control characters:
+/// such a path names no resource (404), such a query is invalid (422). Nothing of it reaches a
+/// handler or the store.
+pub async fn refuse_control_characters(
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let decoded = |text: &str| {
+        percent_decode(text)
+            .is_some_and(|t| crate::domain::text::control_problem(&t, false).is_none())
+    };
+    let uri = request.uri();
+    if !decoded(uri.path()) {
+        return ApiError::not_found("not_found", "no such resource").into_response();
+    }
+    if let Some(query) = uri.query() {
+        if !decoded(&query.replace('+', " ")) {
+            return ApiError::validation(vec![FieldError::new(
+                "query",
+                "must not contain control characters",
+            )])
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `%XX`-decodes `text`; `None` when the result is not UTF-8 (which names no resource either).
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h)? * 16 + hex(l)?) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

@@ -7,4 +7,5 @@ pub mod meetings;
 pub mod moderation;
 pub mod password;
 pub mod roles;
+pub mod text;
 pub mod token;

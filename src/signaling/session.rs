@@ -981,6 +981,9 @@ impl Session {
             ));
         }
         let text = text.trim();
+        if let Some(problem) = crate::domain::text::control_problem(text, true) {
+            return Err(Refusal::new("invalid", format!("text {problem}")));
+        }
         let max = self.state.config.chat_max_length;
         let length = text.chars().count();
         if length == 0 || length > max {
