@@ -116,6 +116,7 @@ impl Server {
             accepting: Arc::new(AtomicBool::new(true)),
         };
         tokio::spawn(crate::signaling::hub::run(state.hub.clone(), sfu_events));
+        reconcile_seats(&state, "startup").await?;
         let router = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let http = tokio::spawn(async move {
@@ -148,10 +149,39 @@ impl Server {
             let _ = stop.send(());
         }
         let _ = tokio::time::timeout(grace, &mut self.http).await;
+        // Nobody holds a seat on a stopped server; the next start counts the meetings down.
+        if let Err(e) = reconcile_seats(&self.state, "shutdown").await {
+            tracing::warn!(error = %e, "seats not closed at shutdown");
+        }
         self.http.abort();
         self.engine.abort();
         info!("convene stopped");
     }
+}
+
+/// Seats left `joined` belong to sockets and media that no longer exist (after `kill -9`, or
+/// at a graceful stop): they are closed, and every live meeting, now empty, starts its
+/// countdown, so its seats are free and it ends like any meeting left empty.
+async fn reconcile_seats(state: &AppState, when: &str) -> anyhow::Result<()> {
+    let (closed, live) = state
+        .store
+        .reconcile_seats(crate::store::now_ms())
+        .await
+        .context("closing the seats of a previous run")?;
+    if when == "startup" {
+        for meeting in &live {
+            state.signaling.meeting_is_empty(meeting);
+        }
+    }
+    if closed > 0 || !live.is_empty() {
+        info!(
+            when,
+            seats = closed,
+            live_meetings = live.len(),
+            "seats reconciled"
+        );
+    }
+    Ok(())
 }
 
 pub fn router(state: AppState) -> Router {

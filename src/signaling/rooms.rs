@@ -585,6 +585,19 @@ impl Signaling {
 // ---- ending empty meetings ---------------------------------------------------------------------
 
 impl Signaling {
+    /// A live meeting has nobody connected (after a restart): its countdown starts, unless a
+    /// member joined meanwhile.
+    pub fn meeting_is_empty(&self, meeting_id: &str) {
+        let mut registry = self.lock();
+        let has_members = registry
+            .rooms
+            .get(meeting_id)
+            .is_some_and(|r| !r.members.is_empty());
+        if !has_members && !registry.countdowns.contains_key(meeting_id) {
+            self.start_countdown(&mut registry, meeting_id);
+        }
+    }
+
     /// Starts (or restarts) the countdown of a meeting whose last member just left.
     fn start_countdown(&self, registry: &mut Registry, meeting_id: &str) {
         let Some(auto_end) = &self.auto_end else {

@@ -46,6 +46,27 @@ impl Store {
         Ok(result.rows_affected() > 0)
     }
 
+    /// Closes the seats a previous process left `joined` (its sockets and media died with it):
+    /// they become `left` at `now`. Returns how many, and the meetings still `live`, whose
+    /// empty-meeting countdown the caller starts. Single-node: every `joined` row is this
+    /// server's.
+    pub async fn reconcile_seats(&self, now: i64) -> StoreResult<(u64, Vec<String>)> {
+        let closed = sqlx::query(
+            "UPDATE participants SET status = 'left', left_at = $1 WHERE status = 'joined'",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let live = sqlx::query("SELECT id FROM meetings WHERE status = 'live'")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| sqlx::Row::try_get::<String, _>(row, "id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((closed, live))
+    }
+
     /// Clears one of a participant's media flags (unmuted, camera on).
     pub async fn unmute_participant(
         &self,
