@@ -58,6 +58,7 @@ impl Server {
     /// Binds both ports and starts serving. Port 0 in the config picks free ports.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        crate::http_server::raise_descriptor_limit();
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let keys = TokenKeys::load_or_create(&config.jwt_secret, &config.signing_key_path())
@@ -119,15 +120,20 @@ impl Server {
         reconcile_seats(&state, "startup").await?;
         let router = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let http = tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(listener, service).with_graceful_shutdown(async {
+        let limits = crate::http_server::HttpLimits {
+            max_connections: state.config.http_max_connections,
+            header_read_timeout: state.config.http_header_read_timeout,
+            idle_timeout: state.config.http_idle_timeout,
+        };
+        let http = tokio::spawn(crate::http_server::serve(
+            listener,
+            router,
+            limits,
+            state.metrics.clone(),
+            async {
                 let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        });
+            },
+        ));
         info!(http = %http_addr, media = %sfu.media_addr(), announced = ?sfu_config.announced_ips, "convene listening");
         Ok(Self {
             http_addr,

@@ -63,6 +63,15 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// STUN/TURN servers advertised to clients.
     pub ice_servers: Vec<IceServer>,
+    /// HTTP connections open at once; past it new ones are closed at accept.
+    pub http_max_connections: usize,
+    /// A request head (line and headers) must arrive within this, or the connection closes.
+    #[serde(with = "humantime_serde_compat")]
+    pub http_header_read_timeout: Duration,
+    /// A connection on which nothing arrives for this long is closed (keep-alive and
+    /// upgraded alike; keep it above `ws_idle_timeout`).
+    #[serde(with = "humantime_serde_compat")]
+    pub http_idle_timeout: Duration,
     /// Largest accepted HTTP request body (SDP offers, PATCH fragments), in bytes.
     pub max_body_bytes: usize,
     /// Peers (publishers + subscribers) a room accepts before answering 503.
@@ -186,6 +195,9 @@ impl Default for Config {
             jwt_secret: String::new(),
             cors_allowed_origins: vec!["*".to_owned()],
             ice_servers: Vec::new(),
+            http_max_connections: 8192,
+            http_header_read_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(75),
             max_body_bytes: 64 * 1024,
             max_participants: 100,
             max_peers: 2000,
@@ -276,6 +288,15 @@ impl Config {
         }
         if self.max_addresses_per_peer == 0 {
             return Err(invalid("max_addresses_per_peer", "must be at least 1"));
+        }
+        if self.http_max_connections == 0 {
+            return Err(invalid("http_max_connections", "must be at least 1"));
+        }
+        if self.http_header_read_timeout.is_zero() || self.http_idle_timeout.is_zero() {
+            return Err(invalid(
+                "http_header_read_timeout",
+                "timeouts must be above zero",
+            ));
         }
         if self.max_peers == 0 {
             return Err(invalid("max_peers", "must be at least 1"));

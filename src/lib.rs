@@ -3,6 +3,7 @@
 //! Module map:
 //! - [`config`]: one typed `Config` (defaults < convene.toml < CONVENE_* env < flags).
 //! - [`app`]: wires everything; [`app::Server`] is what `main` and the tests start.
+//! - [`http_server`]: the accept loop with connection cap, header-read and idle timeouts.
 //! - [`sfu`]: the data plane: UDP socket, sans-I/O peer connections, rooms, forwarding.
 //! - [`signaling`]: WHIP/WHEP resources, WebSocket signaling (`/ws`), join-token checks.
 //! - [`api`]: REST under /api/v1 (accounts, meetings, moderation, chat), health, metrics.
@@ -15,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod http_server;
 pub mod ids;
 pub mod metrics;
 pub mod sfu;

@@ -26,6 +26,10 @@ pub struct Metrics {
     /// STUN naming a peer's ufrag whose MESSAGE-INTEGRITY did not verify (spoofed or broken).
     pub stun_rejected: IntCounter,
     pub peers_reaped: IntCounter,
+    /// HTTP connections open now (until they upgrade to a WebSocket).
+    pub http_connections: IntGauge,
+    /// Connections closed at accept because `http_max_connections` were open.
+    pub http_connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -95,6 +99,11 @@ impl Metrics {
             stun_rejected: counter(
                 "stun_rejected_total",
                 "STUN requests naming a known ufrag whose MESSAGE-INTEGRITY did not verify",
+            ),
+            http_connections: gauge("http_connections", "HTTP connections open now"),
+            http_connections_refused: counter(
+                "http_connections_refused_total",
+                "HTTP connections closed at accept because http_max_connections were open",
             ),
             peers_reaped: counter(
                 "peers_reaped_total",

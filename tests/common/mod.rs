@@ -78,14 +78,19 @@ impl TestServer {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        // A pooled keep-alive connection the server closed meanwhile (header-read or idle
+        // timeout) fails once; a GET is safe to send again.
+        let mut attempt = 0;
+        loop {
+            match self.http.get(self.url("/metrics")).send().await {
+                Ok(response) => return response.text().await.unwrap(),
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, "metrics request retried");
+                }
+                Err(e) => panic!("GET /metrics failed: {e}"),
+            }
+        }
     }
 
     /// The value of an unlabelled metric, e.g. `convene_rooms`.
