@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Packets that could not be forwarded, by reason.
     pub forward_errors: IntCounterVec,
     pub udp_datagrams_dropped: IntCounter,
+    /// Datagrams dropped because the socket's send buffer stayed full past the backlog bound.
+    pub udp_send_dropped: IntCounter,
     /// STUN naming a peer's ufrag whose MESSAGE-INTEGRITY did not verify (spoofed or broken).
     pub stun_rejected: IntCounter,
     pub peers_reaped: IntCounter,
@@ -95,6 +97,10 @@ impl Metrics {
             udp_datagrams_dropped: counter(
                 "udp_datagrams_dropped_total",
                 "Datagrams on the media port that matched no peer",
+            ),
+            udp_send_dropped: counter(
+                "udp_send_dropped_total",
+                "Datagrams dropped because the media socket's send buffer stayed full",
             ),
             stun_rejected: counter(
                 "stun_rejected_total",

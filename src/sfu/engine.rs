@@ -4,9 +4,11 @@
 //! polls packets, events and timers out, and forwards RTP from publishers to subscribers in the
 //! same pass. Because one owner holds all state, the forwarding path takes no lock.
 //!
-//! A loop iteration: wait for (socket readable | command | earliest peer timer | housekeeping
-//! tick) → handle it → service every peer touched ("dirty") until none is → send everything
-//! queued with batched `sendmmsg`.
+//! A turn of the loop (see [`run`]): wait until anything is ready (socket readable, a command,
+//! the earliest peer timer or housekeeping, room to send a backlog) → a bounded batch of
+//! datagrams → a bounded batch of commands → due timers and housekeeping → service every peer
+//! touched ("dirty") until none is → send what the socket takes with batched `sendmmsg`, never
+//! waiting for it. Every turn serves every kind of work, so none can starve another.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -41,8 +43,13 @@ use super::{Command, IceFragment, Intent, Negotiated, PatchOutcome, SfuConfig};
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::metrics::Metrics;
 
-/// Datagrams taken from the socket before the engine services peers and sends.
+/// Datagrams taken from the socket in one turn of the loop.
 const RECEIVE_BUDGET: usize = 512;
+/// Commands handled in one turn of the loop.
+const COMMAND_BUDGET: usize = 64;
+/// Datagrams kept for sending when the socket's buffer is full; past it the oldest are dropped
+/// (media is loss-tolerant and NACK/PLI recover; a stalled loop is not).
+const SEND_BACKLOG: usize = 8192;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
 /// How often each peer's connection quality is measured.
 const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
@@ -64,7 +71,8 @@ pub struct Engine {
     pub(super) timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
     /// Peers with input handled but output not yet polled.
     pub(super) dirty: Vec<PeerId>,
-    /// Datagrams to send at the end of this iteration; reused, so it stops allocating.
+    /// Datagrams to send: filled by a turn, emptied as the socket takes them (see `flush`);
+    /// reused, so it stops allocating.
     pub(super) outbox: Vec<(SocketAddr, BytesMut)>,
     /// Media read from one peer before it is forwarded; reused across iterations.
     pub(super) inbound: Vec<RTCMessage>,
@@ -1223,62 +1231,115 @@ impl Engine {
     }
 }
 
-/// The engine task.
+/// The engine task: a fair loop. It waits until anything is ready (a datagram, a command, a
+/// peer timer, housekeeping, or room to send a backlog), then runs one turn that serves every
+/// kind of work with a bound: at most [`RECEIVE_BUDGET`] datagrams, then at most
+/// [`COMMAND_BUDGET`] commands, then the due timers and housekeeping, then sends without ever
+/// waiting for the socket. So a socket that is always readable cannot starve joins, moderation,
+/// ICE consent or RTCP, and a full send buffer stalls nothing: what does not fit waits in a
+/// bounded backlog (past it, the oldest datagrams are dropped and counted).
 pub async fn run(
     mut engine: Engine,
     mut socket: MediaSocket,
     mut commands: mpsc::Receiver<Command>,
 ) {
-    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
     let mut shutdown_reply = None;
-    loop {
+    let mut woken_by: Option<Command> = None;
+    'turns: loop {
         let deadline = engine
             .next_deadline()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            .map_or(next_housekeeping, |d| d.min(next_housekeeping));
+        let backlog = !engine.outbox.is_empty();
         tokio::select! {
-            biased;
             readable = socket.readable() => {
                 if let Err(e) = readable {
                     warn!(error = %e, "media socket failed");
                     break;
                 }
-                let now = Instant::now();
-                if let Err(e) = socket.drain(RECEIVE_BUDGET, |d| engine.on_datagram(d.source, d.destination_ip, d.payload, now)) {
-                    warn!(error = %e, "media socket receive failed");
-                }
             }
             command = commands.recv() => match command {
-                Some(Command::Shutdown { reply }) => {
-                    shutdown_reply = Some(reply);
-                    break;
-                }
-                Some(command) => engine.handle_command(command, Instant::now()),
+                Some(command) => woken_by = Some(command),
                 None => break,
             },
-            _ = tokio::time::sleep_until(deadline.into()) => engine.fire_timers(Instant::now()),
-            _ = housekeeping.tick() => engine.housekeeping(Instant::now()),
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            writable = socket.writable(), if backlog => {
+                if let Err(e) = writable {
+                    warn!(error = %e, "media socket failed");
+                    break;
+                }
+            }
+        }
+
+        let now = Instant::now();
+        if let Err(e) = socket.drain(RECEIVE_BUDGET, |d| {
+            engine.on_datagram(d.source, d.destination_ip, d.payload, now)
+        }) {
+            warn!(error = %e, "media socket receive failed");
+        }
+        for _ in 0..COMMAND_BUDGET {
+            let command = match woken_by.take() {
+                Some(command) => command,
+                None => match commands.try_recv() {
+                    Ok(command) => command,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break 'turns,
+                },
+            };
+            if let Command::Shutdown { reply } = command {
+                shutdown_reply = Some(reply);
+                break 'turns;
+            }
+            engine.handle_command(command, Instant::now());
+        }
+        let now = Instant::now();
+        engine.fire_timers(now);
+        if now >= next_housekeeping {
+            engine.housekeeping(now);
+            next_housekeeping = now + HOUSEKEEPING_INTERVAL;
         }
         engine.service_dirty(Instant::now());
-        flush(&mut engine, &socket).await;
+        flush(&mut engine, &socket);
     }
     engine.close_all(Instant::now());
     engine.service_dirty(Instant::now());
-    flush(&mut engine, &socket).await;
+    // The goodbyes (DTLS close_notify, RTCP BYE) get a short wait for room in the buffer.
+    let until = Instant::now() + Duration::from_millis(200);
+    flush(&mut engine, &socket);
+    while !engine.outbox.is_empty() && Instant::now() < until {
+        if tokio::time::timeout_at(until.into(), socket.writable())
+            .await
+            .is_err()
+        {
+            break;
+        }
+        flush(&mut engine, &socket);
+    }
     info!("sfu engine stopped");
     if let Some(reply) = shutdown_reply {
         let _ = reply.send(());
     }
 }
 
-async fn flush(engine: &mut Engine, socket: &MediaSocket) {
+/// Sends what the socket takes now; the rest stays queued, at most [`SEND_BACKLOG`] datagrams.
+fn flush(engine: &mut Engine, socket: &MediaSocket) {
     if engine.outbox.is_empty() {
         return;
     }
-    if let Err(e) = socket.send_all(&engine.outbox).await {
-        warn!(error = %e, "media socket send failed");
+    match socket.try_send(&engine.outbox) {
+        Ok(sent) => {
+            engine.outbox.drain(..sent);
+        }
+        Err(e) => {
+            warn!(error = %e, "media socket send failed");
+            engine.outbox.clear();
+        }
     }
-    engine.outbox.clear();
+    if engine.outbox.len() > SEND_BACKLOG {
+        let excess = engine.outbox.len() - SEND_BACKLOG;
+        engine.outbox.drain(..excess);
+        engine.metrics.udp_send_dropped.inc_by(excess as u64);
+    }
 }
 
 /// The codec a publisher's m-line sends: the first negotiated one that is not a repair format.

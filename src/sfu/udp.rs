@@ -118,9 +118,10 @@ impl MediaSocket {
         Ok(total)
     }
 
-    /// Sends `datagrams` in batches. Waits for the socket when the kernel buffer is full, so a
-    /// burst is delayed rather than dropped.
-    pub async fn send_all(&self, datagrams: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
+    /// Sends `datagrams` in batches, in order, as long as the kernel takes them; never waits.
+    /// Returns how many were sent (or given up on: an error about one remote skips it); the
+    /// rest is for the next call, once the socket is writable again.
+    pub fn try_send(&self, datagrams: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
         let mut sent = 0;
         while sent < datagrams.len() {
             let batch = &datagrams[sent..datagrams.len().min(sent + SEND_BATCH)];
@@ -129,9 +130,26 @@ impl MediaSocket {
                 .try_io(Interest::WRITABLE, || sendmmsg(&self.socket, batch))
             {
                 Ok(n) => sent += n.max(1),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if is_transient(&e) => sent += 1,
                 Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        self.socket.writable().await
+    }
+
+    /// Sends all of `datagrams`, waiting for the socket when its buffer is full.
+    #[cfg(test)]
+    pub async fn send_all(&self, datagrams: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
+        let mut sent = 0;
+        while sent < datagrams.len() {
+            sent += self.try_send(&datagrams[sent..])?;
+            if sent < datagrams.len() {
+                self.socket.writable().await?;
             }
         }
         Ok(sent)
