@@ -38,6 +38,8 @@ pub struct AppState {
     pub hub: crate::signaling::hub::Hub,
     /// Who is in each meeting over WebSocket signaling; how moderation reaches live sockets.
     pub signaling: crate::signaling::Signaling,
+    /// Open WebSockets, overall and per address (`ws_max_connections*`).
+    pub sockets: crate::signaling::sockets::Sockets,
     pub metrics: Metrics,
     pub sfu: Sfu,
     /// Cleared when shutdown starts, so /readyz turns away new load first.
@@ -52,6 +54,7 @@ pub struct Server {
     stop: Option<oneshot::Sender<()>>,
     http: JoinHandle<()>,
     engine: JoinHandle<()>,
+    pruning: JoinHandle<()>,
 }
 
 impl Server {
@@ -78,6 +81,7 @@ impl Server {
             bind: SocketAddr::new(config.media_bind_ip, config.media_udp_port),
             announced_ips: announced_ips(&config),
             max_participants: config.max_participants,
+            max_sessions_per_identity: config.max_sessions_per_identity,
             max_peers: config.max_peers,
             keyframe_request_interval: config.keyframe_request_interval,
             connect_timeout: config.connect_timeout,
@@ -112,12 +116,14 @@ impl Server {
             limits,
             hub: crate::signaling::hub::Hub::default(),
             signaling,
+            sockets: Default::default(),
             metrics,
             sfu: sfu.clone(),
             accepting: Arc::new(AtomicBool::new(true)),
         };
         tokio::spawn(crate::signaling::hub::run(state.hub.clone(), sfu_events));
         reconcile_seats(&state, "startup").await?;
+        let pruning = tokio::spawn(prune_rate_limits(state.limits.clone()));
         let router = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let limits = crate::http_server::HttpLimits {
@@ -142,6 +148,7 @@ impl Server {
             stop: Some(stop),
             http,
             engine,
+            pruning,
         })
     }
 
@@ -161,6 +168,7 @@ impl Server {
         }
         self.http.abort();
         self.engine.abort();
+        self.pruning.abort();
         info!("convene stopped");
     }
 }
@@ -188,6 +196,16 @@ async fn reconcile_seats(state: &AppState, when: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every minute, forgets rate-limit keys whose quota is full again.
+async fn prune_rate_limits(limits: RateLimits) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        limits.prune();
+    }
 }
 
 pub fn router(state: AppState) -> Router {

@@ -76,6 +76,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Peers (publishers + subscribers) a room accepts before answering 503.
     pub max_participants: usize,
+    /// Media sessions (peer connections) one identity may hold in one room at once: a meeting
+    /// participant holds two (publisher and subscriber), plus WHIP/WHEP ones.
+    pub max_sessions_per_identity: usize,
     /// Peer connections the whole server accepts.
     pub max_peers: usize,
     /// Minimum gap between two keyframe requests (PLI/FIR) sent for one published track.
@@ -135,11 +138,18 @@ pub struct Config {
     pub rate_limit_auth_per_minute: u32,
     pub rate_limit_general_per_minute: u32,
     pub rate_limit_meeting_create_per_hour: u32,
+    /// WHIP/WHEP session creations (`POST /whip/{room}`, `/whep/{room}`) per minute, per client
+    /// address and per identity of a room. 0 disables.
+    pub rate_limit_media_per_minute: u32,
+    pub rate_limit_media_per_identity_per_minute: u32,
     /// Chat message length, in characters.
     pub chat_max_length: usize,
     /// WebSocket signaling (`/ws`): the largest client message accepted, in bytes. Larger ones
     /// are refused with an `error` (a violation); frames over four times this close the socket.
     pub ws_max_message_bytes: usize,
+    /// WebSockets open at once, overall (503 past it) and from one client address (429).
+    pub ws_max_connections: usize,
+    pub ws_max_connections_per_address: usize,
     /// Client messages per second a socket may send on average ...
     pub ws_messages_per_second: u32,
     /// ... and in one burst. Messages over the rate are refused with an `error`.
@@ -200,6 +210,7 @@ impl Default for Config {
             http_idle_timeout: Duration::from_secs(75),
             max_body_bytes: 64 * 1024,
             max_participants: 100,
+            max_sessions_per_identity: 4,
             max_peers: 2000,
             keyframe_request_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(15),
@@ -223,8 +234,12 @@ impl Default for Config {
             rate_limit_auth_per_minute: 30,
             rate_limit_general_per_minute: 600,
             rate_limit_meeting_create_per_hour: 120,
+            rate_limit_media_per_minute: 120,
+            rate_limit_media_per_identity_per_minute: 30,
             chat_max_length: 4000,
             ws_max_message_bytes: 64 * 1024,
+            ws_max_connections: 10_000,
+            ws_max_connections_per_address: 64,
             ws_messages_per_second: 20,
             ws_message_burst: 50,
             ws_max_violations: 20,
@@ -296,6 +311,12 @@ impl Config {
             return Err(invalid(
                 "http_header_read_timeout",
                 "timeouts must be above zero",
+            ));
+        }
+        if self.max_sessions_per_identity < 2 {
+            return Err(invalid(
+                "max_sessions_per_identity",
+                "must be at least 2 (a meeting participant holds two connections)",
             ));
         }
         if self.max_peers == 0 {

@@ -947,7 +947,8 @@ async fn moderators_may_create_links_below_their_role() {
     let host = server.user("hana").await;
     let mo = server.user("mo").await;
     let m = create_titled(&server, &host, "mods").await;
-    // Promote mo the way moderation does: their participant row holds the role.
+    // Promote mo the way moderation does: their participant row holds the role (and they are
+    // in the meeting now: a departed moderator mints no links).
     let now = convene::store::now_ms();
     server
         .server
@@ -960,11 +961,11 @@ async fn moderators_may_create_links_below_their_role() {
             identity: mo.id.clone(),
             display_name: "mo".into(),
             role: "moderator".into(),
-            status: "left".into(),
+            status: "joined".into(),
             mic_muted: false,
             camera_off: false,
             joined_at: Some(now),
-            left_at: Some(now),
+            left_at: None,
             created_at: now,
         })
         .await
@@ -1032,7 +1033,12 @@ async fn join_as_host_participant_and_guest() {
     assert!(hc.grants.moderate && hc.grants.publish && hc.grants.subscribe);
     assert!(hc.grants.publish_sources.contains(&"screen".to_owned()));
     assert_eq!(hc.grants.role.as_deref(), Some("host"));
-    assert!(hc.exp - hc.nbf >= 6 * 3600 - 5, "join_token_ttl");
+    assert!(hc.exp - hc.nbf >= 10 * 60 - 5, "join_token_ttl");
+    assert_eq!(
+        hc.pid.as_deref(),
+        h.1["participant_id"].as_str(),
+        "the token names its seat"
+    );
     let read = server.call(Method::GET, &path(&m, ""), None, None).await;
     assert_eq!(read.1["status"], "live");
     assert!(read.1["started_at"].is_string());

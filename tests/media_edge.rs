@@ -400,3 +400,60 @@ async fn spoofed_stun_with_a_known_ufrag_binds_no_address() {
         webrtc::peer_connection::RTCPeerConnectionState::Connected
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_cannot_fill_the_server() {
+    let server = TestServer::start_with(|c| c.max_sessions_per_identity = 3).await;
+    let token = server.token("stage", "greedy", true, true);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            WhipPublisher::start(&server, "stage", &token, false)
+                .await
+                .expect("within the per-identity cap"),
+        );
+    }
+    assert_eq!(
+        whip_refusal(&server, "stage", &token).await,
+        Some((StatusCode::CONFLICT, "too_many_sessions".into()))
+    );
+    // Another identity, and the same identity in another room, are not affected.
+    let other = server.token("stage", "modest", true, false);
+    assert_eq!(whip_refusal(&server, "stage", &other).await, None);
+    let elsewhere = server.token("other-room", "greedy", true, false);
+    assert_eq!(whip_refusal(&server, "other-room", &elsewhere).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_and_whep_posts_are_rate_limited_per_identity_and_per_address() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_media_per_identity_per_minute = 3;
+        c.rate_limit_media_per_minute = 6;
+    })
+    .await;
+    let alice = server.token("stage", "alice", true, true);
+    for _ in 0..3 {
+        assert_eq!(whip_refusal(&server, "stage", &alice).await, None);
+    }
+    let refused = whip_refusal(&server, "stage", &alice).await;
+    assert_eq!(
+        refused,
+        Some((StatusCode::TOO_MANY_REQUESTS, "rate_limited".into()))
+    );
+    // Other identities from the same address share the address's quota (6 in all).
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let token = server.token("stage", &format!("bob{i}"), true, true);
+        statuses.push(whip_refusal(&server, "stage", &token).await.map(|(s, _)| s));
+    }
+    assert_eq!(
+        statuses,
+        vec![
+            None,
+            None,
+            Some(StatusCode::TOO_MANY_REQUESTS),
+            Some(StatusCode::TOO_MANY_REQUESTS)
+        ],
+        "the address had used 4 of its 6"
+    );
+}

@@ -1603,3 +1603,38 @@ async fn chat_with_control_characters_is_refused() {
     alice.send(json!({"type": "chat", "text": "two\nlines"}));
     assert_eq!(alice.expect("chat_message").await["text"], "two\nlines");
 }
+
+#[tokio::test]
+async fn websockets_are_capped_per_address_and_overall() {
+    let server = TestServer::start_with(|c| {
+        c.ws_max_connections_per_address = 2;
+        c.ws_max_connections = 3;
+    })
+    .await;
+    let first = Ws::connect(&server, "").await.expect("first socket");
+    let second = Ws::connect(&server, "").await.expect("second socket");
+    assert_eq!(
+        Ws::connect(&server, "").await.err(),
+        Some(429),
+        "per address"
+    );
+    first.drop_connection();
+    // The slot comes back once the server sees the socket go.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let third = loop {
+        match Ws::connect(&server, "").await {
+            Ok(ws) => break ws,
+            Err(status) => {
+                assert_eq!(status, 429);
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (open, addresses) = server.server.state.sockets.open_now();
+    assert_eq!((open, addresses), (2, 1));
+    drop((second, third));
+}

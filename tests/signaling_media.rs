@@ -247,3 +247,46 @@ async fn joined_carries_chat_history_and_the_schedule() {
         .collect();
     assert_eq!(texts, ["first", "second"]);
 }
+
+#[tokio::test]
+async fn toggling_a_subscription_reuses_its_section() {
+    // 400 messages (changes and answers) in a few seconds: over the default message rate.
+    let server = TestServer::start_with(|c| {
+        c.ws_messages_per_second = 1000;
+        c.ws_message_burst = 1000;
+    })
+    .await;
+    let (alice, bob, tracks) = pair(&server, &[("microphone", "mic"), ("camera", "cam")]).await;
+    let mut sizes = Vec::new();
+    for round in 0..100 {
+        for kind in ["unsubscribe", "subscribe"] {
+            let answered = *bob.answered.borrow();
+            bob.ws.send(
+                json!({"type": kind, "track_id": tracks["cam"], "ref": format!("{kind}{round}")}),
+            );
+            let mut answered_rx = bob.answered.clone();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                answered_rx.wait_for(|n| *n > answered),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("no new offer after {kind} in round {round}"))
+            .unwrap();
+        }
+        let offer = bob.subscriber_offer().await;
+        sizes.push((offer.matches("\nm=").count(), offer.len()));
+    }
+    let (first, last) = (sizes[0], sizes[sizes.len() - 1]);
+    assert_eq!(first.0, last.0, "no section is added: {sizes:?}");
+    assert!(
+        last.1 <= first.1 + 64,
+        "the offer does not grow: {} → {} bytes",
+        first.1,
+        last.1
+    );
+    let got = exchange(&alice, &bob, &tracks, &["mic", "cam"], 30).await;
+    assert!(
+        got["cam"] >= 25,
+        "the camera flows after 100 toggles: {got:?}"
+    );
+}

@@ -57,6 +57,7 @@ const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
 pub struct Engine {
     pub(super) factory: PeerFactory,
     pub(super) max_participants: usize,
+    pub(super) max_sessions_per_identity: usize,
     pub(super) max_peers: usize,
     pub(super) keyframe_interval: Duration,
     pub(super) connect_timeout: Duration,
@@ -104,6 +105,7 @@ impl Engine {
                 nack_cache_packets: config.nack_cache_packets,
             },
             max_participants: config.max_participants,
+            max_sessions_per_identity: config.max_sessions_per_identity,
             max_peers: config.max_peers,
             keyframe_interval: config.keyframe_request_interval,
             connect_timeout: config.connect_timeout,
@@ -251,16 +253,7 @@ impl Engine {
         offer_sdp: String,
         now: Instant,
     ) -> Result<Negotiated, SfuError> {
-        if self.peers.len() >= self.max_peers {
-            return Err(SfuError::ServerFull {
-                max: self.max_peers,
-            });
-        }
-        if self.room_is_full(&room_id, &identity) {
-            return Err(SfuError::RoomFull {
-                max: self.max_participants,
-            });
-        }
+        self.check_capacity(&room_id, &identity)?;
         if !offer_sdp
             .lines()
             .any(|l| l.starts_with("m=audio") || l.starts_with("m=video"))
@@ -496,6 +489,38 @@ impl Engine {
             added.push(id);
         }
         added
+    }
+
+    /// Whether one more peer of `identity` fits: in the server (`max_peers`), for the identity
+    /// in the room (`max_sessions_per_identity`: one token cannot fill the server), and in the
+    /// room (`max_participants`).
+    pub(super) fn check_capacity(
+        &self,
+        room: &RoomId,
+        identity: &ParticipantId,
+    ) -> Result<(), SfuError> {
+        if self.peers.len() >= self.max_peers {
+            return Err(SfuError::ServerFull {
+                max: self.max_peers,
+            });
+        }
+        let held = self.rooms.get(room).map_or(0, |r| {
+            r.peers
+                .iter()
+                .filter(|p| self.peers.get(p).is_some_and(|p| &p.identity == identity))
+                .count()
+        });
+        if held >= self.max_sessions_per_identity {
+            return Err(SfuError::TooManySessions {
+                max: self.max_sessions_per_identity,
+            });
+        }
+        if self.room_is_full(room, identity) {
+            return Err(SfuError::RoomFull {
+                max: self.max_participants,
+            });
+        }
+        Ok(())
     }
 
     /// Whether `identity` may not add a peer to the room: the room holds `max_participants`

@@ -150,6 +150,8 @@ pub struct SfuConfig {
     /// Addresses announced as host candidates (on the media port).
     pub announced_ips: Vec<std::net::IpAddr>,
     pub max_participants: usize,
+    /// Peers one identity may hold in one room at once (a meeting participant uses two).
+    pub max_sessions_per_identity: usize,
     pub max_peers: usize,
     pub keyframe_request_interval: Duration,
     pub connect_timeout: Duration,

@@ -35,16 +35,7 @@ impl Engine {
         identity: ParticipantId,
         now: Instant,
     ) -> Result<Negotiated, SfuError> {
-        if self.peers.len() >= self.max_peers {
-            return Err(SfuError::ServerFull {
-                max: self.max_peers,
-            });
-        }
-        if self.room_is_full(&room_id, &identity) {
-            return Err(SfuError::RoomFull {
-                max: self.max_participants,
-            });
-        }
+        self.check_capacity(&room_id, &identity)?;
         let id = PeerId::new();
         let mut pc = self.factory.new_peer_connection(now)?;
         // A data channel gives the offer a section even before any track exists, so ICE and DTLS
@@ -403,8 +394,7 @@ impl Engine {
             }],
         );
         let sender = sub.pc.add_track(local)?;
-        let slot = sub.down_tracks.len();
-        sub.down_tracks.push(DownTrack {
+        let down = DownTrack {
             source,
             sender,
             rtc_track_id,
@@ -412,7 +402,24 @@ impl Engine {
             payload_type: None,
             kind_is_video: track.is_video(),
             removed: false,
-        });
+        };
+        // webrtc-rs reuses a transceiver whose sender was removed (same kind), so its m-line is
+        // recycled; the down track of that transceiver is recycled with it, which keeps
+        // `down_tracks` as long as the SDP however often a subscription toggles.
+        let reusable = sub
+            .down_tracks
+            .iter()
+            .position(|d| d.removed && d.sender == sender);
+        let slot = match reusable {
+            Some(slot) => {
+                sub.down_tracks[slot] = down;
+                slot
+            }
+            None => {
+                sub.down_tracks.push(down);
+                sub.down_tracks.len() - 1
+            }
+        };
         track.subscribers.push(SubscriberRef { peer: sub.id, slot });
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod rooms;
 pub mod sdpfrag;
 pub mod sdpscan;
 pub mod session;
+pub mod sockets;
 pub mod whip;
 pub mod ws;
 

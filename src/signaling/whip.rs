@@ -128,6 +128,7 @@ async fn create(
         Need::Subscribe
     };
     let claims = authorize(&state.keys, &headers, &room, need)?;
+    state.limits.check_media_identity(&room, &claims.sub)?;
     admission::check(&state.store, &claims).await?;
     require_content_type(&headers, SDP)?;
     let offer = text_body(body)?;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
@@ -22,6 +22,7 @@ use tracing::{debug, info, Instrument};
 use super::protocol::{self, close, ClientMessage, ServerMessage, WaitingView, PROTOCOL_VERSION};
 use super::rooms::{WaitEvent, WaitingGuard};
 use super::session::{self, Bucket, Input, Outbound, SocketHandle};
+use super::sockets::Refused;
 use crate::api::ApiError;
 use crate::app::AppState;
 use crate::domain::access::WaitClaims;
@@ -44,6 +45,7 @@ enum Credentials {
 /// refused before the upgrade (401, JSON error envelope).
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -90,15 +92,41 @@ pub(crate) async fn upgrade(
     } else {
         Credentials::None
     };
+    let config = &state.config;
+    let slot = match state.sockets.open(
+        remote.ip(),
+        config.ws_max_connections,
+        config.ws_max_connections_per_address,
+    ) {
+        Ok(slot) => slot,
+        Err(Refused::ServerFull) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "the server holds as many WebSockets as it may; try again later",
+            )
+            .into_response()
+        }
+        Err(Refused::AddressFull) => {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "too many WebSockets from your address",
+            )
+            .into_response()
+        }
+    };
     let limit = state.config.ws_max_message_bytes;
     ws.max_message_size(limit.saturating_mul(4))
         .max_frame_size(limit.saturating_mul(4))
         .on_upgrade(move |socket| {
             let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("ws", socket = id);
-            Connection::new(state, socket, id)
-                .run(credentials)
-                .instrument(span)
+            async move {
+                Connection::new(state, socket, id).run(credentials).await;
+                drop(slot);
+            }
+            .instrument(span)
         })
 }
 

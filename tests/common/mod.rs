@@ -40,6 +40,8 @@ impl TestServer {
             rate_limit_auth_per_minute: 100_000,
             rate_limit_general_per_minute: 100_000,
             rate_limit_meeting_create_per_hour: 100_000,
+            rate_limit_media_per_minute: 100_000,
+            rate_limit_media_per_identity_per_minute: 100_000,
             ..Config::default()
         };
         adjust(&mut config);

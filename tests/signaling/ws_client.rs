@@ -449,6 +449,16 @@ impl MediaClient {
         }
     }
 
+    /// The server's last offer on the subscriber connection, as applied.
+    pub async fn subscriber_offer(&self) -> String {
+        self.subscriber
+            .pc
+            .remote_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default()
+    }
+
     pub fn participant_id(&self) -> String {
         self.joined["you"]["participant_id"]
             .as_str()
