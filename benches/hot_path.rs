@@ -37,7 +37,7 @@ fn inbound_packet() -> Packet {
 
 fn rewrite(c: &mut Criterion) {
     let packet = inbound_packet();
-    let down_tracks: Vec<DownTrack> = (0..50)
+    let mut down_tracks: Vec<DownTrack> = (0..50)
         .map(|i| DownTrack {
             source: TrackId(1),
             sender: Default::default(),
@@ -46,14 +46,16 @@ fn rewrite(c: &mut Criterion) {
             payload_type: Some(96),
             kind_is_video: true,
             removed: false,
+            munger: convene::sfu::subscriber::Munger::new(90_000),
         })
         .collect();
     let mut group = c.benchmark_group("fanout_rewrite");
     group.throughput(Throughput::Elements(down_tracks.len() as u64));
     group.bench_function("50_subscribers", |b| {
         b.iter(|| {
-            for down in &down_tracks {
-                black_box(down.rewrite(96, black_box(&packet)));
+            let now = std::time::Instant::now();
+            for down in &mut down_tracks {
+                black_box(down.rewrite(96, black_box(&packet), now));
             }
         })
     });

@@ -457,3 +457,75 @@ async fn whip_and_whep_posts_are_rate_limited_per_identity_and_per_address() {
         "the address had used 4 of its 6"
     );
 }
+
+async fn send_audio(publisher: &WhipPublisher, sequences: std::ops::Range<u16>) {
+    for sequence in sequences {
+        publisher
+            .send(
+                common::client::Kind::Audio,
+                sequence,
+                bytes::Bytes::from(vec![sequence as u8; 40]),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mute_leaves_no_sequence_gap_at_the_subscriber() {
+    use common::client::Kind;
+    use convene::ids::{ParticipantId, RoomId};
+    use convene::sfu::MediaKind;
+    let server = TestServer::start().await;
+    let publisher = WhipPublisher::connect(
+        &server,
+        "stage",
+        &server.token("stage", "alice", true, false),
+    )
+    .await;
+    let viewer = WhepSubscriber::connect(
+        &server,
+        "stage",
+        &server.token("stage", "bob", false, true),
+        None,
+    )
+    .await;
+    let sfu = &server.server.state.sfu;
+    let mute = |muted| {
+        sfu.set_muted(
+            RoomId("stage".into()),
+            ParticipantId("alice".into()),
+            MediaKind::Audio,
+            muted,
+        )
+    };
+    send_audio(&publisher, 0..30).await;
+    viewer.wait_packets(Kind::Audio, 28, WITHIN).await;
+    assert_eq!(mute(true).await.unwrap(), 1);
+    send_audio(&publisher, 30..60).await;
+    assert_eq!(mute(false).await.unwrap(), 1);
+    let before = viewer.payloads(Kind::Audio).len();
+    send_audio(&publisher, 60..90).await;
+    viewer.wait_packets(Kind::Audio, before + 28, WITHIN).await;
+
+    let received: Vec<u16> = viewer
+        .inbox(Kind::Audio)
+        .packets
+        .iter()
+        .map(|p| p.sequence)
+        .collect();
+    let payloads: Vec<u8> = viewer.payloads(Kind::Audio).iter().map(|p| p[0]).collect();
+    assert!(
+        payloads.iter().all(|p| !(30..60).contains(p)),
+        "nothing sent while muted arrived"
+    );
+    let gaps: Vec<(u16, u16)> = received
+        .windows(2)
+        .filter(|w| w[1].wrapping_sub(w[0]) != 1)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        gaps.is_empty(),
+        "sequence gaps at the subscriber: {gaps:?} in {received:?}"
+    );
+}

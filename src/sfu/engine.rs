@@ -417,6 +417,7 @@ impl Engine {
                 payload_type: None,
                 kind_is_video: track.is_video(),
                 removed: false,
+                munger: super::subscriber::Munger::new(track.codec.clock_rate),
             });
         }
         Ok(down_tracks)
@@ -555,11 +556,29 @@ impl Engine {
             return Ok(());
         }
         track.muted = muted;
+        self.resync_down_tracks(track_id);
         if !muted {
             // Resuming mid-stream: subscribers need a keyframe to decode again.
             self.request_keyframe(track_id, now);
         }
         Ok(())
+    }
+
+    /// The packets of `track_id` dropped on purpose (a mute) leave no gap at its subscribers:
+    /// their next packet continues the sequence they saw.
+    fn resync_down_tracks(&mut self, track_id: TrackId) {
+        let Some(track) = self.tracks.get(&track_id) else {
+            return;
+        };
+        for subscriber in &track.subscribers {
+            if let Some(down) = self
+                .peers
+                .get_mut(&subscriber.peer)
+                .and_then(|p| p.down_tracks.get_mut(subscriber.slot))
+            {
+                down.munger.resync();
+            }
+        }
     }
 
     fn set_muted(
@@ -588,6 +607,9 @@ impl Engine {
                 track.muted = muted;
                 changed.push(track_id);
             }
+        }
+        for track_id in &changed {
+            self.resync_down_tracks(*track_id);
         }
         // Unmuted video resumes mid-stream: subscribers need a keyframe to decode again.
         if !muted {
@@ -1082,13 +1104,13 @@ impl Engine {
             if peer.state != PeerState::Connected {
                 continue;
             }
-            let Some(down) = peer.down_tracks.get(subscriber.slot) else {
+            let Some(down) = peer.down_tracks.get_mut(subscriber.slot) else {
                 continue;
             };
             let Some(payload_type) = down.payload_type else {
                 continue;
             };
-            let out = down.rewrite(payload_type, &packet);
+            let out = down.rewrite(payload_type, &packet, now);
             // handle_write ignores the track id (the SSRC routes the packet), so an empty
             // String (no allocation) stands in for it.
             match peer.pc.handle_write(TaggedRTCMessage {

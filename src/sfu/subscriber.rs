@@ -5,6 +5,8 @@
 //! RTP header: SSRC, payload type, and no header extensions (none of the publisher's extension
 //! ids are valid on this leg). The payload is the publisher's `Bytes`, shared, never copied.
 
+use std::time::Instant;
+
 use rtc::rtp::{Header, Packet};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 
@@ -22,14 +24,19 @@ pub struct DownTrack {
     pub kind_is_video: bool,
     /// Its source is gone and the sender was removed; the slot stays so indexes stay valid.
     pub removed: bool,
+    /// Keeps this leg's sequence numbers and timestamps continuous.
+    pub munger: Munger,
 }
 
 impl DownTrack {
     /// The packet as this leg must carry it. Allocation-free: the new header's vectors are
     /// empty and the payload is a reference-counted clone.
     #[inline]
-    pub fn rewrite(&self, payload_type: u8, inbound: &Packet) -> Packet {
+    pub fn rewrite(&mut self, payload_type: u8, inbound: &Packet, now: Instant) -> Packet {
         let source = &inbound.header;
+        let (sequence_number, timestamp) =
+            self.munger
+                .next(source.sequence_number, source.timestamp, now);
         Packet {
             header: Header {
                 version: 2,
@@ -37,8 +44,8 @@ impl DownTrack {
                 extension: false,
                 marker: source.marker,
                 payload_type,
-                sequence_number: source.sequence_number,
-                timestamp: source.timestamp,
+                sequence_number,
+                timestamp,
                 ssrc: self.ssrc,
                 csrc: Vec::new(),
                 extension_profile: 0,
@@ -47,5 +54,146 @@ impl DownTrack {
             },
             payload: inbound.payload.clone(),
         }
+    }
+}
+
+/// What a subscriber sees of sequence numbers and timestamps: the source's, shifted by offsets
+/// that change only when the SFU breaks the source's continuity itself.
+///
+/// - Packets the SFU drops on purpose (a mute) would leave a gap the subscriber NACKs and
+///   counts as loss: after them the sequence resumes at the last one sent + 1 ([`Munger::resync`]).
+///   Timestamps keep the source's clock, so the pause shows as time passing.
+/// - A new source on the same leg (another publisher) has its own sequence and clock: both
+///   resume after the last ones sent, the timestamp advanced by the wall-clock gap
+///   ([`Munger::switch_source`]).
+///
+/// NACKs from the subscriber name outgoing numbers, and the leg's NACK responder caches packets
+/// as sent, so retransmissions need no mapping back.
+#[derive(Debug, Clone)]
+pub struct Munger {
+    sequence_offset: u16,
+    timestamp_offset: u32,
+    last: Option<Sent>,
+    pending: Resync,
+    clock_rate: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    sequence: u16,
+    timestamp: u32,
+    at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resync {
+    None,
+    Sequence,
+    SequenceAndTimestamp,
+}
+
+impl Munger {
+    pub fn new(clock_rate: u32) -> Self {
+        Self {
+            sequence_offset: 0,
+            timestamp_offset: 0,
+            last: None,
+            pending: Resync::None,
+            clock_rate: clock_rate.max(1),
+        }
+    }
+
+    /// The next packet continues the sequence after the last one sent.
+    pub fn resync(&mut self) {
+        if self.pending == Resync::None {
+            self.pending = Resync::Sequence;
+        }
+    }
+
+    /// The next packet comes from another source (its own sequence and clock).
+    pub fn switch_source(&mut self) {
+        self.pending = Resync::SequenceAndTimestamp;
+    }
+
+    #[inline]
+    pub fn next(&mut self, sequence: u16, timestamp: u32, now: Instant) -> (u16, u32) {
+        if let (Some(last), pending) = (self.last, self.pending) {
+            if pending != Resync::None {
+                self.sequence_offset = sequence.wrapping_sub(last.sequence.wrapping_add(1));
+                if pending == Resync::SequenceAndTimestamp {
+                    let elapsed = now.saturating_duration_since(last.at);
+                    let ticks = (elapsed.as_micros() as u64 * u64::from(self.clock_rate)
+                        / 1_000_000)
+                        .max(1) as u32;
+                    self.timestamp_offset =
+                        timestamp.wrapping_sub(last.timestamp.wrapping_add(ticks));
+                }
+            }
+        }
+        self.pending = Resync::None;
+        let out = (
+            sequence.wrapping_sub(self.sequence_offset),
+            timestamp.wrapping_sub(self.timestamp_offset),
+        );
+        // Only a packet ahead of the last one moves it: a late, reordered one must not.
+        let ahead = self
+            .last
+            .is_none_or(|last| out.0.wrapping_sub(last.sequence) < 0x8000);
+        if ahead {
+            self.last = Some(Sent {
+                sequence: out.0,
+                timestamp: out.1,
+                at: now,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn passes_through_until_told_then_continues_without_a_gap() {
+        let t0 = Instant::now();
+        let mut munger = Munger::new(90_000);
+        assert_eq!(munger.next(100, 5000, t0), (100, 5000));
+        assert_eq!(munger.next(101, 8000, t0), (101, 8000));
+        // 102..=149 dropped on purpose (muted), then resumed.
+        munger.resync();
+        assert_eq!(
+            munger.next(150, 150_000, t0),
+            (102, 150_000),
+            "timestamps keep time"
+        );
+        assert_eq!(munger.next(151, 153_000, t0), (103, 153_000));
+        // A late packet from before the resync does not move the sequence back.
+        assert_eq!(munger.next(149, 147_000, t0).0, 101);
+        assert_eq!(munger.next(152, 156_000, t0), (104, 156_000));
+    }
+
+    #[test]
+    fn a_new_source_continues_sequence_and_clock() {
+        let t0 = Instant::now();
+        let mut munger = Munger::new(90_000);
+        assert_eq!(
+            munger.next(65_535, 4_294_967_000, t0),
+            (65_535, 4_294_967_000)
+        );
+        munger.switch_source();
+        let later = t0 + Duration::from_millis(100);
+        let (sequence, timestamp) = munger.next(7, 123, later);
+        assert_eq!(sequence, 0, "wraps to the next number");
+        assert_eq!(
+            timestamp,
+            4_294_967_000u32.wrapping_add(9_000),
+            "100 ms at 90 kHz"
+        );
+        assert_eq!(
+            munger.next(8, 3_123, later),
+            (1, 4_294_967_000u32.wrapping_add(12_000))
+        );
     }
 }
