@@ -85,6 +85,7 @@ impl Server {
             max_peers: config.max_peers,
             keyframe_request_interval: config.keyframe_request_interval,
             connect_timeout: config.connect_timeout,
+            whep_publisher_wait: config.whep_publisher_wait,
             ice_check_interval: config.ice_check_interval,
             ice_disconnected_timeout: config.ice_disconnected_timeout,
             ice_failed_timeout: config.ice_failed_timeout,

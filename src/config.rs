@@ -84,6 +84,10 @@ pub struct Config {
     /// Minimum gap between two keyframe requests (PLI/FIR) sent for one published track.
     #[serde(with = "humantime_serde_compat")]
     pub keyframe_request_interval: Duration,
+    /// A WHEP viewer with no publisher to watch (it came first, or its publisher left) waits
+    /// this long for one, then its session ends.
+    #[serde(with = "humantime_serde_compat")]
+    pub whep_publisher_wait: Duration,
     /// A peer that has not completed ICE+DTLS within this time is closed and released.
     #[serde(with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
@@ -214,6 +218,7 @@ impl Default for Config {
             max_peers: 2000,
             keyframe_request_interval: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(15),
+            whep_publisher_wait: Duration::from_secs(300),
             ice_check_interval: Duration::from_millis(20),
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(15),

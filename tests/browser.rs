@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::TestServer;
 
-#[tokio::test]
-async fn chromium_publishes_via_whip_and_another_page_decodes_via_whep() {
+/// Runs `tests/browser/whip_whep.mjs` against a fresh server with `extra` environment.
+async fn run_browser_test(name: &str, extra: &[(&str, &str)]) {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(
@@ -27,8 +27,10 @@ async fn chromium_publishes_via_whip_and_another_page_decodes_via_whep() {
     );
 
     let server = TestServer::start().await;
-    let artifacts = root.join("test-artifacts/whip-whep");
-    let output = tokio::process::Command::new("node")
+    let artifacts = root.join("test-artifacts").join(name);
+    let mut command = tokio::process::Command::new("node");
+    command.envs(extra.iter().copied());
+    let output = command
         .arg(root.join("tests/browser/whip_whep.mjs"))
         .current_dir(root)
         .env("CONVENE_URL", &server.base)
@@ -62,4 +64,16 @@ async fn chromium_publishes_via_whip_and_another_page_decodes_via_whep() {
         server.metric("convene_rtp_packets_out_total").await > 0.0,
         "media went through the SFU"
     );
+}
+
+#[tokio::test]
+async fn chromium_publishes_via_whip_and_another_page_decodes_via_whep() {
+    run_browser_test("whip-whep", &[]).await;
+}
+
+/// The WHEP viewer comes first and outlives its publisher: the same session decodes a returning
+/// publisher's video without a new POST.
+#[tokio::test]
+async fn a_chromium_viewer_decodes_a_returning_publisher_without_reposting() {
+    run_browser_test("whep-returning", &[("RETURNING_PUBLISHER", "1")]).await;
 }

@@ -406,13 +406,6 @@ async fn bad_input_gets_clear_errors_and_server_stays_healthy() {
             StatusCode::BAD_REQUEST,
             "bad_room",
         ),
-        (
-            "/whep/bad",
-            "application/sdp",
-            offer("recvonly"),
-            StatusCode::NOT_FOUND,
-            "publisher_not_found",
-        ),
     ];
     for (path, content_type, body, status, code) in cases {
         let response = post(&server, path, Some(&token), content_type, body).await;

@@ -529,3 +529,123 @@ async fn a_mute_leaves_no_sequence_gap_at_the_subscriber() {
         "sequence gaps at the subscriber: {gaps:?} in {received:?}"
     );
 }
+
+/// `count` packets of `kind` whose payloads start with `tag`, paced.
+async fn send_tagged(
+    publisher: &WhipPublisher,
+    kind: common::client::Kind,
+    tag: u8,
+    first: u16,
+    count: u16,
+) {
+    for sequence in first..first + count {
+        let mut payload = vec![tag; 200];
+        payload[1] = sequence as u8;
+        publisher
+            .send(kind, sequence, bytes::Bytes::from(payload))
+            .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn tagged(viewer: &WhepSubscriber, kind: common::client::Kind, tag: u8) -> usize {
+    viewer.payloads(kind).iter().filter(|p| p[0] == tag).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whep_viewer_outlives_its_publisher_and_takes_the_next_without_reposting() {
+    use common::client::Kind;
+    let server = TestServer::start().await;
+    // The viewer comes first: nothing to watch yet, and it is accepted.
+    let viewer = WhepSubscriber::connect(
+        &server,
+        "show",
+        &server.token("show", "fan", false, true),
+        None,
+    )
+    .await;
+    assert_eq!(server.metric("convene_peers").await, 1.0);
+
+    let first =
+        WhipPublisher::connect(&server, "show", &server.token("show", "obs", true, false)).await;
+    for kind in [Kind::Audio, Kind::Video] {
+        send_tagged(&first, kind, b'A', 0, 30).await;
+    }
+    // (A keyframe request needs the publisher's SSRC: its first packet brings it.)
+    assert!(
+        first.wait_keyframe_request(0, WITHIN).await,
+        "a keyframe is asked for the waiting viewer"
+    );
+    viewer.wait_packets(Kind::Video, 28, WITHIN).await;
+    assert!(tagged(&viewer, Kind::Audio, b'A') >= 28 && tagged(&viewer, Kind::Video, b'A') >= 28);
+
+    // The encoder restarts: a DELETE, then a new session of the same encoder.
+    assert_eq!(first.delete().await.status(), StatusCode::OK);
+    assert_eq!(
+        server
+            .wait_metric("convene_published_tracks", 0.0, WITHIN)
+            .await,
+        0.0
+    );
+    assert!(
+        viewer.ended(Duration::from_millis(500)).await.is_none(),
+        "the viewer stays"
+    );
+    let second =
+        WhipPublisher::connect(&server, "show", &server.token("show", "obs", true, false)).await;
+    let video_before = viewer.payloads(Kind::Video).len();
+    for kind in [Kind::Audio, Kind::Video] {
+        // Its own sequence numbers start elsewhere; the viewer's continue.
+        send_tagged(&second, kind, b'B', 40_000, 30).await;
+    }
+    assert!(
+        second.wait_keyframe_request(0, WITHIN).await,
+        "the returning publisher is asked for a keyframe at once"
+    );
+    viewer
+        .wait_packets(Kind::Video, video_before + 28, WITHIN)
+        .await;
+    assert!(
+        tagged(&viewer, Kind::Audio, b'B') >= 28,
+        "audio of the new publisher"
+    );
+    assert!(
+        tagged(&viewer, Kind::Video, b'B') >= 28,
+        "video of the new publisher"
+    );
+    let sequences: Vec<u16> = viewer
+        .inbox(Kind::Video)
+        .packets
+        .iter()
+        .map(|p| p.sequence)
+        .collect();
+    let jumps: Vec<(u16, u16)> = sequences
+        .windows(2)
+        .filter(|w| w[1].wrapping_sub(w[0]) != 1)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        jumps.is_empty(),
+        "the leg's sequence continues across publishers: {jumps:?}"
+    );
+
+    let deleted = viewer.session.delete().await;
+    assert_eq!(deleted.status(), StatusCode::OK, "the viewer's own DELETE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_waits_no_longer_than_whep_publisher_wait() {
+    let server = TestServer::start_with(|c| c.whep_publisher_wait = Duration::from_secs(1)).await;
+    let viewer = WhepSubscriber::connect(
+        &server,
+        "empty",
+        &server.token("empty", "fan", false, true),
+        None,
+    )
+    .await;
+    assert!(
+        viewer.ended(WITHIN).await.is_some(),
+        "closed after the wait"
+    );
+    assert_eq!(server.wait_metric("convene_peers", 0.0, WITHIN).await, 0.0);
+}

@@ -61,6 +61,8 @@ pub struct Engine {
     pub(super) max_peers: usize,
     pub(super) keyframe_interval: Duration,
     pub(super) connect_timeout: Duration,
+    /// How long a WHEP viewer waits for a publisher before it is closed.
+    pub(super) viewer_wait: Duration,
     pub(super) metrics: Metrics,
     pub(super) demux: Demux,
     pub(super) peers: HashMap<PeerId, Peer>,
@@ -109,6 +111,7 @@ impl Engine {
             max_peers: config.max_peers,
             keyframe_interval: config.keyframe_request_interval,
             connect_timeout: config.connect_timeout,
+            viewer_wait: config.whep_publisher_wait,
             metrics,
             demux: Demux::new(config.max_addresses_per_peer),
             peers: HashMap::new(),
@@ -269,22 +272,25 @@ impl Engine {
             .unwrap_or_default()
             .to_owned();
 
-        let publisher = match &intent {
+        // A viewer watches the publisher it names, else the room's most recent one; with none
+        // there yet it waits for one (see `viewer.rs`).
+        let watch = match &intent {
             Intent::Publish => None,
-            Intent::Subscribe { publisher } => Some(
+            Intent::Subscribe { publisher } => Some((
+                publisher.clone(),
                 self.rooms
                     .get(&room_id)
-                    .and_then(|room| room.choose_publisher(publisher.as_ref()))
-                    .ok_or(SfuError::PublisherNotFound)?,
-            ),
+                    .and_then(|room| room.choose_publisher(publisher.as_ref())),
+            )),
         };
 
         let id = PeerId::new();
         let mut pc = self.factory.new_peer_connection(now)?;
-        let mut down_tracks = Vec::new();
-        if let Some(publisher) = publisher {
-            down_tracks = self.add_down_tracks(&mut pc, id, publisher)?;
-        }
+        let down_tracks = match &watch {
+            Some((_, Some(publisher))) => self.add_down_tracks(&mut pc, id, *publisher)?,
+            Some((_, None)) => super::viewer::placeholder_down_tracks(&mut pc, id, &offer.sdp)?,
+            None => Vec::new(),
+        };
         pc.set_remote_description(now, offer)
             .map_err(|e| SfuError::BadOffer(e.to_string()))?;
         self.factory.add_host_candidates(&mut pc)?;
@@ -305,8 +311,12 @@ impl Engine {
             id,
             room: room_id.clone(),
             identity: identity.clone(),
-            role: match publisher {
-                Some(publisher) => PeerRole::Subscriber { publisher },
+            role: match &watch {
+                Some((wanted, publisher)) => PeerRole::Subscriber {
+                    publisher: *publisher,
+                    wanted: wanted.clone(),
+                    waiting_since: publisher.is_none().then_some(now),
+                },
                 None => PeerRole::Publisher,
             },
             pc,
@@ -327,7 +337,7 @@ impl Engine {
         };
 
         let mut new_tracks = Vec::new();
-        match publisher {
+        match watch {
             None => {
                 new_tracks = self.register_published_tracks(&mut peer);
                 if peer.published.is_empty() {
@@ -340,7 +350,9 @@ impl Engine {
                 resolve_payload_types(&mut peer);
                 if peer.down_tracks.iter().all(|d| d.payload_type.is_none()) {
                     return Err(SfuError::BadOffer(
-                        "the offer accepts none of the publisher's codecs".into(),
+                        "the offer accepts none of the publisher's codecs (or, with no \
+                         publisher yet, offers none we forward)"
+                            .into(),
                     ));
                 }
                 for (slot, down) in peer.down_tracks.iter().enumerate() {
@@ -826,6 +838,7 @@ impl Engine {
         for track_id in due {
             self.request_keyframe(track_id, now);
         }
+        self.reap_waiting_viewers(now);
     }
 
     // ---- servicing peers -------------------------------------------------------------------
@@ -1227,9 +1240,9 @@ impl Engine {
         };
         info!(session = %peer_id, room = %peer.room, participant = %peer.identity, reason, "peer removed");
         self.demux.remove_peer(peer_id);
-        let mut orphaned = Vec::new();
+        let mut viewers = Vec::new();
         for track_id in std::mem::take(&mut peer.published) {
-            orphaned.extend(self.unpublish(&peer, track_id, now));
+            viewers.extend(self.unpublish(&peer, track_id, now));
         }
         for down in &peer.down_tracks {
             if let Some(track) = self.tracks.get_mut(&down.source) {
@@ -1252,13 +1265,7 @@ impl Engine {
             session: peer_id,
             reason: reason.to_owned(),
         });
-        // Flush the BYEs before closing orphaned subscribers.
-        for sub in &orphaned {
-            self.service(*sub, now);
-        }
-        for sub in orphaned {
-            self.remove_peer(sub, "its publisher left", now);
-        }
+        self.viewers_lost_source(viewers, now);
         self.update_gauges();
     }
 

@@ -17,6 +17,7 @@ pub mod subscriber;
 mod subscription;
 mod track;
 mod udp;
+mod viewer;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -155,6 +156,8 @@ pub struct SfuConfig {
     pub max_peers: usize,
     pub keyframe_request_interval: Duration,
     pub connect_timeout: Duration,
+    /// How long a WHEP viewer waits for a publisher (before one came, or after its left).
+    pub whep_publisher_wait: Duration,
     pub ice_check_interval: Duration,
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,

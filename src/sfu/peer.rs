@@ -32,8 +32,13 @@ use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 pub enum PeerRole {
     /// Sends media into the room (WHIP).
     Publisher,
-    /// Receives one publisher's media (WHEP).
-    Subscriber { publisher: PeerId },
+    /// Receives one publisher's media (WHEP): `publisher` while it watches one, `None` while it
+    /// waits for one (since `waiting_since`); `wanted`, the identity it asked for, if any.
+    Subscriber {
+        publisher: Option<PeerId>,
+        wanted: Option<ParticipantId>,
+        waiting_since: Option<Instant>,
+    },
     /// Receives every other participant's tracks in the room; the server offers, and offers
     /// again whenever tracks come and go (WebSocket signaling).
     RoomSubscriber,

@@ -315,13 +315,13 @@ impl Engine {
                     .is_some_and(|t| t.receiver.is_none_or(|r| !receiving.contains(&r)))
             })
             .collect();
+        let mut viewers = Vec::new();
         for track_id in stopped {
             peer.published.retain(|id| *id != track_id);
             peer.inbound.retain(|_, id| *id != track_id);
-            for orphan in self.unpublish(peer, track_id, now) {
-                self.remove_peer(orphan, "its publisher stopped sending", now);
-            }
+            viewers.extend(self.unpublish(peer, track_id, now));
         }
+        self.viewers_lost_source(viewers, now);
         let added = self.register_published_tracks(peer);
         Ok((answer_sdp, added))
     }
@@ -363,6 +363,7 @@ impl Engine {
             self.peers.insert(session, sub);
             self.send_offer(session, now);
         }
+        self.attach_waiting_viewers(&room, now);
     }
 
     /// Adds a sender for `source` to a room subscriber (not yet in `self.peers`, or taken out).
@@ -452,8 +453,9 @@ impl Engine {
         }
     }
 
-    /// Ends a published track: every subscriber gets RTCP BYE; room subscribers lose the sender
-    /// and get a new offer; WHEP subscribers left with nothing are returned, to be closed.
+    /// Ends a published track: room subscribers get RTCP BYE, lose the sender and get a new
+    /// offer; WHEP viewers keep their track, which goes quiet, and are returned (they may wait
+    /// for another publisher, see `viewer.rs`).
     pub(super) fn unpublish(
         &mut self,
         publisher: &Peer,
@@ -469,29 +471,29 @@ impl Engine {
             session: publisher.id,
             track: track_id,
         });
-        let mut orphaned = Vec::new();
+        let mut viewers = Vec::new();
         for subscriber in track.subscribers {
             let Some(sub) = self.peers.get_mut(&subscriber.peer) else {
                 continue;
             };
+            if sub.role != PeerRole::RoomSubscriber {
+                viewers.push(subscriber.peer);
+                continue;
+            }
             let Some(down) = sub.down_tracks.get_mut(subscriber.slot) else {
                 continue;
             };
             down.payload_type = None;
+            down.removed = true;
             let (sender, ssrc) = (down.sender, down.ssrc);
             if let Some(mut sender) = sub.pc.rtp_sender(sender) {
                 let _ = sender.write_rtcp(now, rtcp::goodbye(ssrc));
             }
-            if sub.role == PeerRole::RoomSubscriber {
-                down.removed = true;
-                let _ = sub.pc.remove_track(sender);
-                self.send_offer(subscriber.peer, now);
-            } else if sub.down_tracks.iter().all(|d| d.payload_type.is_none()) {
-                orphaned.push(subscriber.peer);
-            }
+            let _ = sub.pc.remove_track(sender);
+            self.send_offer(subscriber.peer, now);
             self.mark_dirty(subscriber.peer);
         }
-        orphaned
+        viewers
     }
 }
 

@@ -9,6 +9,9 @@
 // CHROMIUM_EXTRA_ARGS (space separated, appended to the launch args),
 // VIEWER_MDNS=1 (run the viewer in a second Chromium without the fake media UI/permission, so
 // it hides its host IPs behind mDNS .local candidates like a real viewer's browser does).
+// RETURNING_PUBLISHER=1: the viewer opens first (nothing to watch yet), then the publisher;
+// once the viewer decodes, the publisher stops (DELETE) and publishes again from a reloaded
+// page, and the same viewer session must decode the new publisher's video (no new POST).
 // Exit code: 0 = PASS, 1 = FAIL (including configuration errors and timeouts).
 
 import { chromium } from 'playwright-core';
@@ -32,6 +35,7 @@ const CHROMIUM = env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACT_DIR = path.resolve(env.ARTIFACT_DIR || 'test-artifacts');
 const EXTRA_ARGS = (env.CHROMIUM_EXTRA_ARGS || '').split(/\s+/).filter(Boolean);
 const VIEWER_MDNS = env.VIEWER_MDNS === '1';
+const RETURNING_PUBLISHER = env.RETURNING_PUBLISHER === '1';
 
 const t0 = Date.now();
 const elapsed = () => `${((Date.now() - t0) / 1000).toFixed(1)}s`;
@@ -170,19 +174,59 @@ async function main() {
   const context = await browser.newContext(contextOptions);
   await context.grantPermissions(['camera', 'microphone'], { origin: new URL(CONVENE_URL).origin });
 
+  // With RETURNING_PUBLISHER the viewer is first: it is accepted and waits for a publisher.
+  let early = null;
+  if (RETURNING_PUBLISHER) {
+    early = await openPage(context, 'viewer', pageUrl('watch', WATCH_TOKEN));
+    info('viewer: opened before any publisher');
+  }
+
   // 1. Publisher.
   const pub = await openPage(context, 'publisher', pageUrl('publish', PUBLISH_TOKEN));
-  const pubState = await pub.waitForFunction(
-    () => ['connected', 'failed', 'stopped'].includes(window.convene.state) && window.convene.state,
-    null, { timeout: PUBLISH_CONNECT_TIMEOUT_MS, polling: 200 },
-  ).then((h) => h.jsonValue(), () => 'timeout');
-  if (pubState !== 'connected') {
-    const now = pubState === 'timeout'
+  const connected = async () => {
+    const state = await pub.waitForFunction(
+      () => ['connected', 'failed', 'stopped'].includes(window.convene.state) && window.convene.state,
+      null, { timeout: PUBLISH_CONNECT_TIMEOUT_MS, polling: 200 },
+    ).then((h) => h.jsonValue(), () => 'timeout');
+    if (state === 'connected') return null;
+    return state === 'timeout'
       ? `still "${await pub.evaluate(() => window.convene.state).catch(() => '?')}" after ${PUBLISH_CONNECT_TIMEOUT_MS / 1000} s`
-      : `"${pubState}"`;
-    return finish(false, `publisher did not connect (state ${now})`);
-  }
+      : `"${state}"`;
+  };
+  const notConnected = await connected();
+  if (notConnected) return finish(false, `publisher did not connect (state ${notConnected})`);
   info('publisher: connected');
+
+  if (RETURNING_PUBLISHER) {
+    const decoded = async (above, label) => {
+      const until = Date.now() + FRAMES_TIMEOUT_MS;
+      while (Date.now() < until) {
+        const [state, stats] = await early.evaluate(async () => [window.convene.state, await window.convene.stats()]);
+        if (stats.framesDecoded > above) return stats.framesDecoded;
+        if (state === 'failed' || state === 'stopped') throw new Error(`viewer entered state "${state}" ${label}`);
+        await new Promise((r) => setTimeout(r, POLL_MS));
+      }
+      throw new Error(`viewer decoded no more than ${above} frames ${label}`);
+    };
+    try {
+      const first = await decoded(0, 'from the first publisher');
+      info(`viewer: decoded ${first} frames of the first publisher`);
+      const status = await pub.evaluate(() => window.convene.stop());
+      info(`publisher: stop() -> DELETE ${status}`);
+      await new Promise((r) => setTimeout(r, 1500));
+      const quiet = await early.evaluate(async () => [window.convene.state, (await window.convene.stats()).framesDecoded]);
+      if (quiet[0] !== 'connected') return finish(false, `viewer state "${quiet[0]}" after its publisher left`);
+      info(`viewer: still connected with the publisher gone (${quiet[1]} frames)`);
+      await pub.goto(pageUrl('publish', PUBLISH_TOKEN), { waitUntil: 'load', timeout: 10_000 });
+      await pub.waitForFunction(() => typeof window.convene === 'object', null, { timeout: 5000 });
+      const again = await connected();
+      if (again) return finish(false, `returning publisher did not connect (state ${again})`);
+      const second = await decoded(quiet[1] + 10, 'from the returning publisher');
+      return finish(true, `one viewer session decoded ${first} frames, then ${second - quiet[1]} more from the returning publisher`);
+    } catch (e) {
+      return finish(false, String(e?.message || e));
+    }
+  }
 
   // 2. Viewer.
   let viewContext = context;

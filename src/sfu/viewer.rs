@@ -1,0 +1,241 @@
+//! WHEP viewers outlive their publisher. A viewer session lives until its client deletes it or
+//! its connection fails; what it watches may come and go:
+//!
+//! - A viewer that POSTs before any publisher is in the room gets one sending track per audio
+//!   or video section of its offer, shaped by the first codec it offers that we forward, with no
+//!   source yet ([`NO_SOURCE`]). It waits (`Subscriber { publisher: None }`).
+//! - When its publisher leaves, its tracks go quiet (no RTCP BYE: players keep their elements)
+//!   and it waits again.
+//! - When a publisher arrives (the named one, or any with no name given), each of the viewer's
+//!   tracks takes that publisher's track of the same kind and codec; the sequence numbers and
+//!   timestamps on the leg continue (see `subscriber::Munger`) and a keyframe is requested at
+//!   once, so the player decodes the new media without a new POST.
+//! - A viewer that waits longer than `whep_publisher_wait` is closed.
+//!
+//! A returning publisher whose codec the viewer's leg did not negotiate cannot be forwarded to
+//! it (WHEP has no server-initiated renegotiation); the viewer keeps waiting for one that fits.
+
+use std::time::Instant;
+
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
+use tracing::info;
+
+use super::engine::Engine;
+use super::error::SfuError;
+use super::peer::{PeerRole, PeerState};
+use super::subscriber::{DownTrack, Munger};
+use super::track::SubscriberRef;
+use crate::ids::{PeerId, RoomId, TrackId};
+
+/// The source of a down track that has none (yet): no track ever has this id.
+pub const NO_SOURCE: TrackId = TrackId(0);
+
+/// Sending tracks for a viewer with nothing to watch yet, one per audio/video section of its
+/// offer, added before the offer is applied so the answer's sections bind to them.
+pub(super) fn placeholder_down_tracks(
+    pc: &mut RTCPeerConnection,
+    viewer: PeerId,
+    offer_sdp: &str,
+) -> Result<Vec<DownTrack>, SfuError> {
+    let mut down_tracks = Vec::new();
+    for (index, (kind, codec)) in super::sdp::offered_codecs(offer_sdp)
+        .into_iter()
+        .enumerate()
+    {
+        let Some(codec) = codec else {
+            continue;
+        };
+        let ssrc = rand::random::<u32>();
+        let rtc_track_id = format!("w{index}-{}", &viewer.0.simple().to_string()[..8]);
+        let clock_rate = codec.clock_rate;
+        let local = MediaStreamTrack::new(
+            "convene".to_owned(),
+            rtc_track_id.clone(),
+            format!("convene {kind}"),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        );
+        let sender = pc.add_track(local)?;
+        down_tracks.push(DownTrack {
+            source: NO_SOURCE,
+            sender,
+            rtc_track_id,
+            ssrc,
+            payload_type: None,
+            kind_is_video: kind == RtpCodecKind::Video,
+            removed: false,
+            munger: Munger::new(clock_rate),
+        });
+    }
+    Ok(down_tracks)
+}
+
+impl Engine {
+    /// Viewers whose publisher's tracks just ended: those left with no live source wait (and
+    /// may take another publisher of the room at once).
+    pub(super) fn viewers_lost_source(&mut self, mut viewers: Vec<PeerId>, now: Instant) {
+        // One entry per track the publisher had.
+        viewers.sort();
+        viewers.dedup();
+        let mut rooms: Vec<RoomId> = Vec::new();
+        for viewer in viewers {
+            let Some(peer) = self.peers.get(&viewer) else {
+                continue;
+            };
+            let live = peer
+                .down_tracks
+                .iter()
+                .any(|d| self.tracks.contains_key(&d.source));
+            if live {
+                continue;
+            }
+            let room = peer.room.clone();
+            if let Some(peer) = self.peers.get_mut(&viewer) {
+                if let PeerRole::Subscriber {
+                    publisher,
+                    waiting_since,
+                    ..
+                } = &mut peer.role
+                {
+                    *publisher = None;
+                    *waiting_since = Some(now);
+                    info!(session = %viewer, room = %room, "viewer waits for a publisher");
+                }
+            }
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+        }
+        for room in rooms {
+            self.attach_waiting_viewers(&room, now);
+        }
+    }
+
+    /// Gives every waiting viewer of `room` the publisher it asked for, if it is there now.
+    pub(super) fn attach_waiting_viewers(&mut self, room: &RoomId, now: Instant) {
+        let Some(room) = self.rooms.get(room) else {
+            return;
+        };
+        let bindings: Vec<(PeerId, PeerId)> = room
+            .peers
+            .iter()
+            .filter_map(|id| {
+                let PeerRole::Subscriber {
+                    publisher: None,
+                    wanted,
+                    ..
+                } = &self.peers.get(id)?.role
+                else {
+                    return None;
+                };
+                Some((*id, room.choose_publisher(wanted.as_ref())?))
+            })
+            .collect();
+        for (viewer, publisher) in bindings {
+            self.bind_viewer(viewer, publisher, now);
+        }
+    }
+
+    /// Each of the viewer's tracks takes `publisher`'s track of the same kind and codec.
+    fn bind_viewer(&mut self, viewer: PeerId, publisher: PeerId, now: Instant) {
+        let Some(source) = self.peers.get(&publisher) else {
+            return;
+        };
+        let mut offered: Vec<(TrackId, bool, String)> = source
+            .published
+            .iter()
+            .filter_map(|id| self.tracks.get(id))
+            .map(|t| (t.id, t.is_video(), t.codec.mime_type.to_ascii_lowercase()))
+            .collect();
+        let Some(peer) = self.peers.get_mut(&viewer) else {
+            return;
+        };
+        let mut bound: Vec<(TrackId, usize)> = Vec::new();
+        for slot in 0..peer.down_tracks.len() {
+            let down = &peer.down_tracks[slot];
+            if down.payload_type.is_none() || down.removed {
+                continue;
+            }
+            let mime = peer
+                .pc
+                .rtp_sender(down.sender)
+                .and_then(|s| {
+                    s.track()
+                        .codings()
+                        .first()
+                        .map(|c| c.codec.mime_type.to_ascii_lowercase())
+                })
+                .unwrap_or_default();
+            let kind_is_video = down.kind_is_video;
+            let Some(index) = offered
+                .iter()
+                .position(|(_, video, m)| *video == kind_is_video && *m == mime)
+            else {
+                continue;
+            };
+            let (track_id, _, _) = offered.remove(index);
+            let down = &mut peer.down_tracks[slot];
+            down.source = track_id;
+            down.munger.switch_source();
+            bound.push((track_id, slot));
+        }
+        if bound.is_empty() {
+            return;
+        }
+        if let PeerRole::Subscriber {
+            publisher: watched,
+            waiting_since,
+            ..
+        } = &mut peer.role
+        {
+            *watched = Some(publisher);
+            *waiting_since = None;
+        }
+        let connected = peer.state == PeerState::Connected;
+        info!(session = %viewer, %publisher, tracks = bound.len(), "viewer watches a publisher");
+        for (track_id, slot) in &bound {
+            if let Some(track) = self.tracks.get_mut(track_id) {
+                track.subscribers.push(SubscriberRef {
+                    peer: viewer,
+                    slot: *slot,
+                });
+            }
+        }
+        if connected {
+            for (track_id, _) in bound {
+                self.request_keyframe(track_id, now);
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Closes viewers that waited longer than `whep_publisher_wait` for a publisher.
+    pub(super) fn reap_waiting_viewers(&mut self, now: Instant) {
+        let limit = self.viewer_wait;
+        let expired: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| match p.role {
+                PeerRole::Subscriber {
+                    waiting_since: Some(since),
+                    ..
+                } => now.duration_since(since) > limit,
+                _ => false,
+            })
+            .map(|p| p.id)
+            .collect();
+        for viewer in expired {
+            self.remove_peer(viewer, "no publisher came within whep_publisher_wait", now);
+        }
+    }
+}
