@@ -918,8 +918,9 @@ async fn invite_links_carry_a_role_and_are_used_up() {
         "validation_failed",
     );
     assert_eq!(field_names(&reply), set(&["role", "uses", "ttl"]));
-    // `other` joined through a participant link, but is not invited to this invite-only
-    // meeting, so it stays hidden from them.
+    // `other` joined through a participant link: not invited to this invite-only meeting,
+    // but holding a seat, they see it (as they see its participants and messages), and as a
+    // participant they may not mint links.
     let reply = server
         .call(
             Method::POST,
@@ -928,7 +929,7 @@ async fn invite_links_carry_a_role_and_are_used_up() {
             Some(json!({ "role": "guest" })),
         )
         .await;
-    assert_error(&reply, StatusCode::NOT_FOUND, "meeting_not_found");
+    assert_error(&reply, StatusCode::FORBIDDEN, "forbidden");
     let public = create_titled(&server, &host, "pub").await;
     let reply = server
         .call(
@@ -1462,4 +1463,33 @@ async fn waiting_guest_claims_the_admission_with_its_wait_token() {
     common::api::assert_error(&forged, StatusCode::FORBIDDEN, "invalid_wait_token");
     let access_as_wait = join(&server, &meeting, None, json!({ "wait_token": host.token })).await;
     common::api::assert_error(&access_as_wait, StatusCode::FORBIDDEN, "invalid_wait_token");
+}
+
+#[tokio::test]
+async fn a_private_meetings_participant_sees_it_like_its_participants_and_messages() {
+    let server = TestServer::start().await;
+    let host = server.user("hana").await;
+    let pat = server.user("pat").await;
+    let outsider = server.user("olga").await;
+    let m = create(
+        &server,
+        &host,
+        json!({"title": "Unlisted", "access": "private"}),
+    )
+    .await;
+    let endpoints = ["", "/participants", "/messages"];
+    for tail in endpoints {
+        let reply = server
+            .call(Method::GET, &path(&m, tail), Some(&outsider.token), None)
+            .await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "meeting_not_found");
+    }
+    let joined = join(&server, &m, Some(&pat.token), json!({})).await;
+    assert_eq!(joined.0, StatusCode::OK, "{}", joined.1);
+    for tail in endpoints {
+        let reply = server
+            .call(Method::GET, &path(&m, tail), Some(&pat.token), None)
+            .await;
+        assert_eq!(reply.0, StatusCode::OK, "GET {tail}: {}", reply.1);
+    }
 }

@@ -1638,3 +1638,28 @@ async fn websockets_are_capped_per_address_and_overall() {
     assert_eq!((open, addresses), (2, 1));
     drop((second, third));
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start().await;
+    let url = format!("ws://{}/ws", server.server.http_addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, socket.next())
+        .await
+        .expect("the server answers the close");
+    match answer {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Normal),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}

@@ -32,19 +32,25 @@ pub const USERNAME_MAX: usize = 32;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// `name@example.com`, at most 254 characters; stored lowercased.
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// 3–32 characters of `a-z 0-9 _ . -`.
+    #[schema(min_length = 3, max_length = 32, pattern = "^[a-z0-9_.-]+$")]
     pub username: String,
     /// 1–64 characters after trimming.
+    #[schema(min_length = 1, max_length = 64)]
     pub display_name: String,
     /// Length per the server's password policy (default 8–128 characters).
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
     /// Email or username.
+    #[schema(min_length = 1, max_length = 254)]
     pub login: String,
+    #[schema(max_length = 128)]
     pub password: String,
 }
 

@@ -69,6 +69,7 @@ pub struct MessagesQuery {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PostMessage {
     /// 1 to `chat_max_length` characters once trimmed.
+    #[schema(min_length = 1, max_length = 4000)]
     pub text: String,
 }
 

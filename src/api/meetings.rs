@@ -50,6 +50,7 @@ pub struct SettingsInput {
     /// Default false.
     pub recording: Option<bool>,
     /// 1 to the server's `max_participants` (also the default).
+    #[schema(minimum = 1)]
     pub max_participants: Option<i64>,
 }
 
@@ -57,16 +58,22 @@ pub struct SettingsInput {
 #[serde(deny_unknown_fields)]
 pub struct CreateMeeting {
     /// 1–200 characters.
+    #[schema(required = true, min_length = 1, max_length = 200)]
     pub title: Option<String>,
     /// Up to 5000 characters.
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
     /// RFC 3339; not more than a minute in the past.
+    #[schema(format = DateTime)]
     pub scheduled_at: Option<String>,
     /// 1–1440.
+    #[schema(minimum = 1, maximum = 1440)]
     pub duration_minutes: Option<i64>,
     /// `public` (default), `private` or `invite_only`.
+    #[schema(pattern = "^(public|private|invite_only)$")]
     pub access: Option<String>,
     /// 4–32 characters.
+    #[schema(min_length = 4, max_length = 32)]
     pub passcode: Option<String>,
     pub settings: Option<SettingsInput>,
 }
@@ -86,19 +93,21 @@ where
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchMeeting {
+    #[schema(min_length = 1, max_length = 200)]
     pub title: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 5000)]
     pub description: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub scheduled_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1440)]
     pub duration_minutes: Option<Option<i64>>,
+    #[schema(pattern = "^(public|private|invite_only)$")]
     pub access: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 4, max_length = 32)]
     pub passcode: Option<Option<String>>,
     pub settings: Option<SettingsInput>,
 }
@@ -178,10 +187,13 @@ pub struct InviteResult {
 #[serde(deny_unknown_fields)]
 pub struct JoinLinkRequest {
     /// `participant`, `moderator` or `guest`, below the creator's own role.
+    #[schema(required = true, pattern = "^(participant|moderator|guest)$")]
     pub role: Option<String>,
     /// Joins the link admits: 1–1000, default 1.
+    #[schema(minimum = 1, maximum = 1000)]
     pub uses: Option<i64>,
     /// Lifetime in seconds: default 86400, at most 30 days.
+    #[schema(minimum = 1, maximum = 2592000)]
     pub ttl: Option<i64>,
 }
 
@@ -198,8 +210,10 @@ pub struct JoinLinkView {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct JoinBody {
+    #[schema(max_length = 32)]
     pub passcode: Option<String>,
     /// Required for guests (1–64 characters); defaults to the account's name otherwise.
+    #[schema(min_length = 1, max_length = 64)]
     pub display_name: Option<String>,
     /// The `invite` token of an invite link.
     pub invite_token: Option<String>,

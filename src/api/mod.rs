@@ -74,7 +74,75 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ] {
         doc.merge(part);
     }
+    add_common_errors(&mut doc);
     doc
+}
+
+/// Statuses every operation can answer whatever its handler says, from the layers in front of
+/// it: 429 (rate limits), 422 (a query with control characters), 404 (a path that names nothing),
+/// and for bodies 400 (malformed JSON), 413, 415 and 422 (invalid fields). Documented once here,
+/// so schema-driven clients and fuzzers expect exactly what the server does.
+fn add_common_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::content::ContentBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{RefOr, ResponseBuilder};
+    let envelope = ObjectBuilder::new()
+        .property(
+            "error",
+            ObjectBuilder::new()
+                .property("code", ObjectBuilder::new().schema_type(Type::String))
+                .property("message", ObjectBuilder::new().schema_type(Type::String))
+                .property("details", ObjectBuilder::new())
+                .required("code")
+                .required("message"),
+        )
+        .required("error")
+        .build();
+    let response = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(envelope.clone())).build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let has_body = operation.request_body.is_some();
+            let responses = &mut operation.responses.responses;
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| response(description));
+            };
+            add("429", "rate_limited: too many requests (see Retry-After)");
+            add(
+                "422",
+                "validation_failed: invalid fields or query (details.fields)",
+            );
+            if path.contains('{') {
+                add("404", "not_found: no such resource");
+            }
+            if has_body {
+                add("400", "bad_json: the body is not JSON");
+                add("413", "body_too_large");
+                add(
+                    "415",
+                    "unsupported_media_type: the body is not application/json",
+                );
+            }
+        }
+    }
 }
 
 async fn openapi_json() -> impl IntoResponse {

@@ -108,6 +108,24 @@ fn is_media_endpoint(path: &str) -> bool {
     rest.is_some_and(|room| !room.is_empty() && !room.contains('/'))
 }
 
+pub async fn enforce(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    if let Some(limiter) = state
+        .limits
+        .for_request(request.method(), request.uri().path())
+    {
+        if let Err(not_until) = limiter.check_key(&client) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return ApiError::too_many_requests(wait.as_secs() + 1).into_response();
+        }
+    }
+    next.run(request).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,22 +157,4 @@ mod tests {
         assert!(!is_media_endpoint("/whip/"));
         assert!(!is_media_endpoint("/api/v1/meetings"));
     }
-}
-
-pub async fn enforce(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    if let Some(limiter) = state
-        .limits
-        .for_request(request.method(), request.uri().path())
-    {
-        if let Err(not_until) = limiter.check_key(&client) {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return ApiError::too_many_requests(wait.as_secs() + 1).into_response();
-        }
-    }
-    next.run(request).await
 }

@@ -164,7 +164,9 @@ pub fn display_name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-/// Whether `viewer` may see `meeting`: the host and invitees always, anyone a public one.
+/// Whether `viewer` may see `meeting`: the host, invitees and those holding a seat in it now
+/// always, anyone a public one. The same rule as for its participants and messages
+/// (`api::moderation::MeetingCaller`), so no endpoint of a meeting shows what another hides.
 pub async fn can_view(
     store: &Store,
     meeting: &Meeting,
@@ -174,6 +176,13 @@ pub async fn can_view(
         return Ok(meeting.access == Access::Public.as_str());
     };
     if viewer.id == meeting.host_id || meeting.access == Access::Public.as_str() {
+        return Ok(true);
+    }
+    if store
+        .joined_seat_of_user(&meeting.id, &viewer.id)
+        .await?
+        .is_some()
+    {
         return Ok(true);
     }
     store.is_invited(&meeting.id, &viewer.id).await

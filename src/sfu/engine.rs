@@ -47,8 +47,8 @@ use crate::metrics::Metrics;
 const RECEIVE_BUDGET: usize = 512;
 /// Commands handled in one turn of the loop.
 const COMMAND_BUDGET: usize = 64;
-/// Datagrams kept for sending when the socket's buffer is full; past it the oldest are dropped
-/// (media is loss-tolerant and NACK/PLI recover; a stalled loop is not).
+/// Datagrams kept for sending when the socket's buffer is full; past it the oldest media
+/// datagrams are dropped (media is loss-tolerant and NACK/PLI recover; a stalled loop is not).
 const SEND_BACKLOG: usize = 8192;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
 /// How often each peer's connection quality is measured.
@@ -757,9 +757,9 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
-        // RFC 7983: a first byte of 20..=63 is DTLS. After the handshake that is rare (alerts,
-        // such as a client's close_notify), so the transport state is looked at only then.
-        if payload.first().is_some_and(|b| (20..=63).contains(b)) {
+        // After the handshake DTLS is rare (alerts, such as a client's close_notify), so the
+        // transport state is looked at only then.
+        if super::ingress::classify(payload) == super::ingress::DatagramKind::Dtls {
             peer.dtls_input = true;
         }
         let transport = TransportContext {
@@ -1390,9 +1390,26 @@ fn flush(engine: &mut Engine, socket: &MediaSocket) {
         }
     }
     if engine.outbox.len() > SEND_BACKLOG {
-        let excess = engine.outbox.len() - SEND_BACKLOG;
-        engine.outbox.drain(..excess);
-        engine.metrics.udp_send_dropped.inc_by(excess as u64);
+        // Media goes first, oldest first: a lost RTP packet is NACKed or concealed, while a lost
+        // handshake flight or connectivity check can cost a connection.
+        let mut excess = engine.outbox.len() - SEND_BACKLOG;
+        let before = engine.outbox.len();
+        engine.outbox.retain(|(_, datagram)| {
+            let media = matches!(
+                super::ingress::classify(datagram),
+                super::ingress::DatagramKind::Rtp | super::ingress::DatagramKind::Rtcp
+            );
+            if media && excess > 0 {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        engine
+            .metrics
+            .udp_send_dropped
+            .inc_by((before - engine.outbox.len()) as u64);
     }
 }
 

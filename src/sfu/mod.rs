@@ -7,11 +7,12 @@
 pub mod demux;
 mod engine;
 pub mod error;
+pub mod ingress;
 mod peer;
 pub mod quality;
 mod room;
-mod rtcp;
-mod sdp;
+pub mod rtcp;
+pub mod sdp;
 pub mod speaker;
 pub mod subscriber;
 mod subscription;

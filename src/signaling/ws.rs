@@ -296,7 +296,13 @@ impl Connection {
             }
             // Pings are answered by the WebSocket layer; pongs only prove the client is alive.
             Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
-            Message::Close(_) => return Flow::Stop,
+            Message::Close(_) => {
+                // The closing handshake (RFC 6455 §5.5.1): the library queued the echo of the
+                // client's close frame; flushing sends it, so the client sees a clean close
+                // instead of 1006.
+                let _ = futures_util::SinkExt::flush(&mut self.socket).await;
+                return Flow::Stop;
+            }
         };
         let limit = self.state.config.ws_max_message_bytes;
         if text.len() > limit {
