@@ -3,7 +3,9 @@
 //! (VmRSS) at start, at each burst's peak, and once each burst is released. Whether RSS comes back
 //! down tells allocator high-water (freed but kept by malloc) from a leak (still reachable).
 //!
-//!   cargo bench --bench memory [-- <peers per burst> <bursts>]
+//!   cargo bench --bench memory [-- <peers per burst> <bursts> [notrim]]
+//!
+//! `notrim` sets `memory_trim_after_peers = 0` (freed memory stays with the allocator).
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,9 @@ fn offer(n: usize) -> String {
             "m={kind} 9 UDP/TLS/RTP/SAVPF {pt}\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
              a=ice-ufrag:u{n:07}\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
              a=fingerprint:sha-256 {fingerprint}\r\na=setup:actpass\r\na=mid:{mid}\r\na=sendonly\r\n\
-             a=msid:stream {kind}0\r\na=rtcp-mux\r\na=rtpmap:{pt} {rtpmap}\r\n"
+             a=msid:stream {kind}0\r\na=rtcp-mux\r\na=rtpmap:{pt} {rtpmap}\r\n\
+             a=ssrc:{ssrc} cname:load\r\n",
+            ssrc = 1000 + u32::from(mid)
         )
     };
     format!(
@@ -63,6 +67,7 @@ fn main() {
         .collect();
     let per_burst = args.first().copied().unwrap_or(2000);
     let bursts = args.get(1).copied().unwrap_or(5);
+    let trim = !std::env::args().any(|a| a == "notrim");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -80,6 +85,7 @@ fn main() {
             max_sessions_per_identity: per_burst + 100,
             rate_limit_media_per_minute: 0,
             rate_limit_media_per_identity_per_minute: 0,
+            memory_trim_after_peers: if trim { 100 } else { 0 },
             ..Config::default()
         };
         let server = Server::start(config).await.unwrap();
@@ -94,7 +100,7 @@ fn main() {
             Duration::from_secs(3600),
         ));
         let http = reqwest::Client::new();
-        println!("start: {:.1} MiB", rss_mib());
+        println!("memory_trim_after_peers = {}; start: {:.1} MiB", if trim { 100 } else { 0 }, rss_mib());
         for burst in 1..=bursts {
             let started = Instant::now();
             let mut created = 0;
@@ -107,8 +113,13 @@ fn main() {
                         .send()
                 });
                 for response in futures_util::future::join_all(posts).await {
-                    if response.is_ok_and(|r| r.status().as_u16() == 201) {
-                        created += 1;
+                    match response {
+                        Ok(r) if r.status().as_u16() == 201 => created += 1,
+                        Ok(r) if created == 0 => {
+                            let status = r.status();
+                            eprintln!("refused: {status} {}", r.text().await.unwrap_or_default());
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -116,8 +127,8 @@ fn main() {
             while peers(&http, &base).await > 0.0 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            // Housekeeping gets a moment to give memory back.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            // Upkeep looks every second; give it a few.
+            tokio::time::sleep(Duration::from_millis(3_000)).await;
             println!(
                 "burst {burst}: {created} sessions in {:.1}s, peak {peak:.1} MiB, released {:.1} MiB",
                 started.elapsed().as_secs_f64(),

@@ -124,7 +124,11 @@ impl Server {
         };
         tokio::spawn(crate::signaling::hub::run(state.hub.clone(), sfu_events));
         reconcile_seats(&state, "startup").await?;
-        let pruning = tokio::spawn(prune_rate_limits(state.limits.clone()));
+        let pruning = tokio::spawn(maintain(
+            state.limits.clone(),
+            state.metrics.clone(),
+            state.config.memory_trim_after_peers,
+        ));
         let router = router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let limits = crate::http_server::HttpLimits {
@@ -199,13 +203,40 @@ async fn reconcile_seats(state: &AppState, when: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every minute, forgets rate-limit keys whose quota is full again.
-async fn prune_rate_limits(limits: RateLimits) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+/// Background upkeep: every minute, forgets rate-limit keys whose quota is full again; every
+/// second, looks whether many peers have gone since the peak, and then gives freed heap back
+/// to the system (see [`release_memory`]).
+async fn maintain(limits: RateLimits, metrics: Metrics, trim_after_peers: usize) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    let mut peak_peers = 0;
     loop {
         every.tick().await;
-        limits.prune();
+        ticks += 1;
+        if ticks.is_multiple_of(60) {
+            limits.prune();
+        }
+        let peers = metrics.peers.get();
+        peak_peers = peak_peers.max(peers);
+        // A burst of peers (a large meeting ending, a flood of never-connecting offers) leaves
+        // its memory with the allocator; hand it back once `memory_trim_after_peers` and a
+        // quarter of the peak are gone.
+        let gone = peak_peers - peers;
+        if trim_after_peers > 0 && gone >= trim_after_peers as i64 && gone * 4 >= peak_peers {
+            peak_peers = peers;
+            let _ = tokio::task::spawn_blocking(release_memory).await;
+        }
+    }
+}
+
+/// Returns free heap pages to the system (glibc keeps freed memory in its arenas: without this
+/// the resident size stays at the high-water mark of the largest burst).
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

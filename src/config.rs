@@ -105,6 +105,9 @@ pub struct Config {
     pub max_addresses_per_peer: usize,
     /// RTP packets kept per published track for answering NACKs.
     pub nack_cache_packets: usize,
+    /// When this many peers (and a quarter of the peak) have gone since the last time, freed
+    /// heap is handed back to the system (glibc `malloc_trim`); 0 never does.
+    pub memory_trim_after_peers: usize,
     /// How long graceful shutdown waits for peers to close before exiting.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
@@ -224,6 +227,7 @@ impl Default for Config {
             ice_failed_timeout: Duration::from_secs(15),
             max_addresses_per_peer: 8,
             nack_cache_packets: 1024,
+            memory_trim_after_peers: 100,
             shutdown_grace: Duration::from_secs(3),
             database_url: String::new(),
             public_url: String::new(),

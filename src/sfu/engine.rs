@@ -16,16 +16,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{RTCDtlsTransportState, RTCIceCandidateInit};
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-};
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
@@ -406,19 +403,12 @@ impl Engine {
             };
             let ssrc = rand::random::<u32>();
             let rtc_track_id = format!("{}-{}", track.id, &subscriber.0.simple().to_string()[..8]);
-            let local = MediaStreamTrack::new(
-                stream_id.clone(),
-                rtc_track_id.clone(),
-                format!("{} {}", stream_id, track.kind),
+            let local = super::subscriber::sending_track(
+                &stream_id,
+                &rtc_track_id,
                 track.kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec: track.codec.clone(),
-                    ..Default::default()
-                }],
+                track.codec.clone(),
+                ssrc,
             );
             let sender = pc.add_track(local)?;
             down_tracks.push(DownTrack {

@@ -7,7 +7,11 @@
 
 use std::time::Instant;
 
+use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp::{Header, Packet};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 
 use crate::ids::TrackId;
@@ -26,6 +30,31 @@ pub struct DownTrack {
     pub removed: bool,
     /// Keeps this leg's sequence numbers and timestamps continuous.
     pub munger: Munger,
+}
+
+/// The local track a down track sends on its subscriber's connection: our own SSRC, the
+/// source's codec; the client reads `stream_id` as the publisher and `track_id` as the track.
+pub fn sending_track(
+    stream_id: &str,
+    track_id: &str,
+    kind: RtpCodecKind,
+    codec: RTCRtpCodec,
+    ssrc: u32,
+) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        stream_id.to_owned(),
+        track_id.to_owned(),
+        format!("{stream_id} {kind}"),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )
 }
 
 impl DownTrack {

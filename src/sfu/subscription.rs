@@ -9,11 +9,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tracing::{debug, info};
 
 use super::engine::{resolve_payload_types, Engine};
@@ -380,19 +377,12 @@ impl Engine {
         // The client sees `track.id` as the remote track's id and the publisher's identity as its
         // stream id: how it maps a media track to a participant and a published track.
         let rtc_track_id = track.id.to_string();
-        let local = MediaStreamTrack::new(
-            stream_id.clone(),
-            rtc_track_id.clone(),
-            format!("{} {}", stream_id, track.kind),
+        let local = super::subscriber::sending_track(
+            &stream_id,
+            &rtc_track_id,
             track.kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: track.codec.clone(),
-                ..Default::default()
-            }],
+            track.codec.clone(),
+            ssrc,
         );
         let sender = sub.pc.add_track(local)?;
         let down = DownTrack {

@@ -17,10 +17,8 @@
 
 use std::time::Instant;
 
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters};
 use tracing::info;
 
 use super::engine::Engine;
@@ -51,20 +49,7 @@ pub(super) fn placeholder_down_tracks(
         let ssrc = rand::random::<u32>();
         let rtc_track_id = format!("w{index}-{}", &viewer.0.simple().to_string()[..8]);
         let clock_rate = codec.clock_rate;
-        let local = MediaStreamTrack::new(
-            "convene".to_owned(),
-            rtc_track_id.clone(),
-            format!("convene {kind}"),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec,
-                ..Default::default()
-            }],
-        );
+        let local = super::subscriber::sending_track("convene", &rtc_track_id, kind, codec, ssrc);
         let sender = pc.add_track(local)?;
         down_tracks.push(DownTrack {
             source: NO_SOURCE,
