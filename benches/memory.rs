@@ -5,7 +5,8 @@
 //!
 //!   cargo bench --bench memory [-- <peers per burst> <bursts> [notrim]]
 //!
-//! `notrim` sets `memory_trim_after_peers = 0` (freed memory stays with the allocator).
+//! `notrim` sets `memory_trim_after_peers = 0` (freed memory stays with the allocator). Under
+//! `cargo test` (no `--bench` argument) it runs one small burst, to keep the path working.
 
 use std::time::{Duration, Instant};
 
@@ -65,8 +66,12 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let per_burst = args.first().copied().unwrap_or(2000);
-    let bursts = args.get(1).copied().unwrap_or(5);
+    let full = std::env::args().any(|a| a == "--bench");
+    let per_burst = args
+        .first()
+        .copied()
+        .unwrap_or(if full { 2000 } else { 50 });
+    let bursts = args.get(1).copied().unwrap_or(if full { 5 } else { 1 });
     let trim = !std::env::args().any(|a| a == "notrim");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
