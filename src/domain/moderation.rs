@@ -175,10 +175,9 @@ pub async fn close_meeting(
     meeting_id: &str,
     status: &str,
 ) -> Result<(), ModerationError> {
-    store
-        .close_meeting(meeting_id, status, now_ms())
-        .await?
-        .ok_or(ModerationError::MeetingClosed)?;
+    if !store.close_meeting(meeting_id, status, now_ms()).await? {
+        return Err(ModerationError::MeetingClosed);
+    }
     // Every peer of the room, not only those of joined seats: WHIP/WHEP sessions opened with
     // operator tokens, or by seats that left meanwhile, end with the meeting too.
     match sfu.close_room(RoomId(meeting_id.to_owned())).await {

@@ -734,12 +734,10 @@ impl Engine {
     ) {
         let peer_id = match self.demux.route(source, payload) {
             Ok(peer_id) => peer_id,
-            Err(super::demux::Unrouted::BadIntegrity) => {
-                self.metrics.stun_rejected.inc();
-                self.metrics.udp_datagrams_dropped.inc();
-                return;
-            }
-            Err(_) => {
+            Err(why) => {
+                if why == super::demux::Unrouted::BadIntegrity {
+                    self.metrics.stun_rejected.inc();
+                }
                 self.metrics.udp_datagrams_dropped.inc();
                 return;
             }
@@ -1281,7 +1279,7 @@ impl Engine {
 /// [`COMMAND_BUDGET`] commands, then the due timers and housekeeping, then sends without ever
 /// waiting for the socket. So a socket that is always readable cannot starve joins, moderation,
 /// ICE consent or RTCP, and a full send buffer stalls nothing: what does not fit waits in a
-/// bounded backlog (past it, the oldest datagrams are dropped and counted).
+/// bounded backlog (past it, the oldest media datagrams are dropped and counted).
 pub async fn run(
     mut engine: Engine,
     mut socket: MediaSocket,

@@ -336,15 +336,14 @@ impl Store {
     }
 
     /// Closes a scheduled or live meeting as `status` (`ended` or `cancelled`) and marks every
-    /// joined or waiting participant as left, in one transaction. Returns the identities that
-    /// were in the room (their media must be closed), or None when the meeting was already
-    /// closed.
+    /// joined or waiting participant as left, in one transaction. False when the meeting was
+    /// already closed. (Its media is closed by room, whoever holds it: `Sfu::close_room`.)
     pub async fn close_meeting(
         &self,
         meeting_id: &str,
         status: &str,
         now: i64,
-    ) -> StoreResult<Option<Vec<String>>> {
+    ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let closed = sqlx::query(
             "UPDATE meetings SET status = $2, ended_at = $3, updated_at = $3 \
@@ -357,18 +356,8 @@ impl Store {
         .await?
         .rows_affected();
         if closed == 0 {
-            return Ok(None);
+            return Ok(false);
         }
-        let rows = sqlx::query(
-            "SELECT DISTINCT identity FROM participants WHERE meeting_id = $1 AND status = 'joined'",
-        )
-        .bind(meeting_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let identities = rows
-            .iter()
-            .map(|row| row.try_get::<String, _>("identity"))
-            .collect::<Result<Vec<_>, _>>()?;
         sqlx::query(
             "UPDATE participants SET status = 'left', left_at = $2 \
              WHERE meeting_id = $1 AND status IN ('joined', 'waiting')",
@@ -378,7 +367,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(identities))
+        Ok(true)
     }
 
     pub async fn insert_join_link(&self, link: &JoinLink) -> StoreResult<()> {
