@@ -53,7 +53,6 @@ pub struct Server {
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     http: JoinHandle<()>,
-    engine: JoinHandle<()>,
     pruning: JoinHandle<()>,
 }
 
@@ -79,8 +78,10 @@ impl Server {
         let metrics = Metrics::new();
         let sfu_config = SfuConfig {
             bind: SocketAddr::new(config.media_bind_ip, config.media_udp_port),
+            workers: config.media_workers(),
             announced_ips: announced_ips(&config),
             max_participants: config.max_participants,
+            max_viewers_per_room: config.max_viewers_per_room,
             max_sessions_per_identity: config.max_sessions_per_identity,
             max_peers: config.max_peers,
             keyframe_request_interval: config.keyframe_request_interval,
@@ -97,7 +98,7 @@ impl Server {
             !sfu_config.announced_ips.is_empty(),
             "no address to announce: set public_ip"
         );
-        let (sfu, engine, sfu_events) = Sfu::start(sfu_config.clone(), metrics.clone())
+        let (sfu, sfu_events) = Sfu::start(sfu_config.clone(), metrics.clone())
             .with_context(|| format!("binding media UDP {}", sfu_config.bind))?;
         let listener = TcpListener::bind(config.http)
             .await
@@ -145,14 +146,13 @@ impl Server {
                 let _ = stopped.await;
             },
         ));
-        info!(http = %http_addr, media = %sfu.media_addr(), announced = ?sfu_config.announced_ips, "convene listening");
+        info!(http = %http_addr, media = ?sfu.media_addrs(), announced = ?sfu_config.announced_ips, "convene listening");
         Ok(Self {
             http_addr,
             media_addr: sfu.media_addr(),
             state,
             stop: Some(stop),
             http,
-            engine,
             pruning,
         })
     }
@@ -172,7 +172,6 @@ impl Server {
             tracing::warn!(error = %e, "seats not closed at shutdown");
         }
         self.http.abort();
-        self.engine.abort();
         self.pruning.abort();
         info!("convene stopped");
     }

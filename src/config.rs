@@ -47,8 +47,11 @@ pub struct IceServer {
 pub struct Config {
     /// TCP address of the HTTP server (API, signaling, WHIP/WHEP, page, metrics).
     pub http: SocketAddr,
-    /// The one UDP port every peer's media uses.
+    /// The first media UDP port: engine `i` of `media_workers` uses `media_udp_port + i`, so
+    /// the firewall opens `media_udp_port ..= media_udp_port + media_workers - 1`.
     pub media_udp_port: u16,
+    /// Media engines, each a thread owning the rooms placed on it. 0: one per CPU core.
+    pub media_workers: usize,
     /// IP the media socket binds to. `0.0.0.0` receives on every interface.
     pub media_bind_ip: IpAddr,
     /// Addresses announced in ICE candidates (NAT 1:1). Empty: the host's own addresses,
@@ -74,8 +77,11 @@ pub struct Config {
     pub http_idle_timeout: Duration,
     /// Largest accepted HTTP request body (SDP offers, PATCH fragments), in bytes.
     pub max_body_bytes: usize,
-    /// Peers (publishers + subscribers) a room accepts before answering 503.
+    /// Participants (identities that publish, or join a meeting) a room accepts before
+    /// answering 503. View-only WHEP sessions do not take a place: `max_viewers_per_room`.
     pub max_participants: usize,
+    /// View-only (WHEP) sessions one room accepts, besides its participants.
+    pub max_viewers_per_room: usize,
     /// Media sessions (peer connections) one identity may hold in one room at once: a meeting
     /// participant holds two (publisher and subscriber), plus WHIP/WHEP ones.
     pub max_sessions_per_identity: usize,
@@ -205,6 +211,7 @@ impl Default for Config {
         Self {
             http: "0.0.0.0:8080".parse().expect("valid literal address"),
             media_udp_port: 50000,
+            media_workers: 0,
             media_bind_ip: IpAddr::from([0, 0, 0, 0]),
             public_ip: Vec::new(),
             data_dir: PathBuf::from("./data"),
@@ -217,6 +224,7 @@ impl Default for Config {
             http_idle_timeout: Duration::from_secs(75),
             max_body_bytes: 64 * 1024,
             max_participants: 100,
+            max_viewers_per_room: 1000,
             max_sessions_per_identity: 4,
             max_peers: 2000,
             keyframe_request_interval: Duration::from_millis(500),
@@ -299,6 +307,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The media engines to run: `media_workers`, or one per CPU core when it is 0.
+    pub fn media_workers(&self) -> usize {
+        match self.media_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(crate::sfu::MAX_WORKERS)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: &str| ConfigError::Invalid {
             field,
@@ -309,6 +326,15 @@ impl Config {
         }
         if self.max_participants == 0 {
             return Err(invalid("max_participants", "must be at least 1"));
+        }
+        if self.media_workers > crate::sfu::MAX_WORKERS {
+            return Err(invalid("media_workers", "must be at most 64"));
+        }
+        if usize::from(self.media_udp_port) + self.media_workers() > 65536 {
+            return Err(invalid(
+                "media_udp_port",
+                "media_udp_port + media_workers must stay within 65535",
+            ));
         }
         if self.max_addresses_per_peer == 0 {
             return Err(invalid("max_addresses_per_peer", "must be at least 1"));

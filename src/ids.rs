@@ -22,6 +22,31 @@ impl PeerId {
     pub fn new() -> Self {
         Self(uuid::Uuid::now_v7())
     }
+
+    /// A new id that names the media engine holding the peer (its last byte, otherwise random),
+    /// so a command for a session is routed without a lookup table.
+    pub fn on_engine(engine: u8) -> Self {
+        let mut bytes = *uuid::Uuid::now_v7().as_bytes();
+        bytes[15] = engine;
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
+
+    /// The engine named by [`PeerId::on_engine`].
+    pub fn engine(&self) -> usize {
+        usize::from(self.0.as_bytes()[15])
+    }
+}
+
+impl TrackId {
+    /// The `serial`-th track of engine `engine` of `engines`: ids of different engines never
+    /// collide, and the id names its engine.
+    pub fn on_engine(serial: u64, engine: usize, engines: usize) -> Self {
+        Self(serial * engines as u64 + engine as u64)
+    }
+
+    pub fn engine(&self, engines: usize) -> usize {
+        (self.0 % engines.max(1) as u64) as usize
+    }
 }
 
 impl Default for PeerId {

@@ -10,6 +10,7 @@
 //! - [`domain`]: rules that are not HTTP (tokens, passwords, roles and grants).
 //! - [`store`]: sqlx repositories over SQLite (default) or PostgreSQL.
 //! - [`web`]: the browser meeting client (embedded static files) and the WHIP/WHEP demo page.
+//! - [`load`]: `convene load`, a WHIP/WHEP load generator (any server, not only ours).
 //! - [`metrics`], [`telemetry`], [`ids`]: Prometheus metrics, logging, typed ids.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod domain;
 pub mod http_server;
 pub mod ids;
+pub mod load;
 pub mod metrics;
 pub mod sfu;
 pub mod signaling;

@@ -1,4 +1,4 @@
-//! The `convene` command line: `serve` (the default), `token create`.
+//! The `convene` command line: `serve` (the default), `migrate`, `load`, `token create`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -27,6 +27,10 @@ enum Command {
     Serve,
     /// Create or upgrade the database schema, then exit (the server also does this on start).
     Migrate,
+    /// Load-test a WHIP/WHEP server (this one or another): publishers send synthetic video
+    /// and audio, subscribers count every packet; prints delivery, loss, jitter, join time and,
+    /// with --server-pid, the server's CPU per packet and memory per subscriber.
+    Load(LoadArgs),
     /// Join tokens.
     Token {
         #[command(subcommand)]
@@ -58,6 +62,42 @@ struct TokenArgs {
     /// Lifetime, e.g. 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// The server's base URL: WHIP is POSTed to {url}/whip/{room}, WHEP to {url}/whep/{room}.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, default_value = "load")]
+    room: String,
+    /// A bearer token for every session. Without it, tokens are minted per session with the
+    /// signing key of --data-dir (a local Convene server's).
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 2500)]
+    video_kbps: u32,
+    /// The measured window, after every subscriber joined and a warm-up.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Subscribers started per second.
+    #[arg(long, default_value_t = 50.0)]
+    join_rate: f64,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// The server's process id (same machine): CPU per forwarded packet and RSS per subscriber.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the report as JSON on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Threads driving the load peers [default: one per core].
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -100,6 +140,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
         Command::Migrate => migrate(config),
+        Command::Load(args) => load(&config, args),
         Command::Token {
             command: TokenCommand::Create(args),
         } => create_token(&config, args),
@@ -143,6 +184,64 @@ fn migrate(config: Config) -> anyhow::Result<()> {
         println!("database schema is up to date ({:?})", store.backend);
         anyhow::Ok(())
     })
+}
+
+fn load(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
+    use convene::load::{LoadOptions, Tokens};
+    let tokens = match args.token {
+        Some(token) => Tokens::Given(token),
+        None => {
+            let key = config.signing_key_path();
+            if config.jwt_secret.is_empty() && !key.exists() {
+                eprintln!(
+                    "convene load: no --token, and no signing key at {} to mint tokens with (pass --data-dir of the server)",
+                    key.display()
+                );
+                std::process::exit(2);
+            }
+            Tokens::Minted(Box::new(TokenKeys::load_or_create(
+                &config.jwt_secret,
+                &key,
+            )?))
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime.enable_all().build()?;
+    let options = LoadOptions {
+        url: args.url,
+        room: args.room,
+        tokens,
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        video_kbps: args.video_kbps,
+        seconds: args.seconds,
+        join_rate: args.join_rate,
+        warmup: args.warmup,
+        server_pid: args.server_pid,
+        progress: true,
+    };
+    match runtime.block_on(convene::load::run(options)) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            // A run that delivered nothing is a failure a script should see.
+            if report.subscribers > 0 && report.subscribers_connected == 0 {
+                eprintln!("convene load: no subscriber connected");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("convene load: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn create_token(config: &Config, args: TokenArgs) -> anyhow::Result<()> {

@@ -3,7 +3,9 @@
 //! The forwarding path only touches atomics (prometheus' counters are atomic), so counting a
 //! packet never takes a lock.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -12,6 +14,12 @@ pub struct Metrics {
     pub peers: IntGauge,
     pub published_tracks: IntGauge,
     pub subscribers: IntGauge,
+    /// Peers held by each media engine (label `engine`: 0 .. media_workers-1).
+    pub engine_peers: IntGaugeVec,
+    /// Rooms placed on each media engine.
+    pub engine_rooms: IntGaugeVec,
+    /// Commands each media engine handled: which engine a room's moderation reached.
+    pub engine_commands: IntCounterVec,
     pub rtp_packets_in: IntCounter,
     pub rtp_bytes_in: IntCounter,
     pub rtp_packets_out: IntCounter,
@@ -59,7 +67,21 @@ impl Metrics {
                 .expect("registered once");
             c
         };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
         Self {
+            engine_peers: gauge_vec("engine_peers", "Peers held by a media engine", &["engine"]),
+            engine_rooms: gauge_vec("engine_rooms", "Rooms held by a media engine", &["engine"]),
+            engine_commands: counter_vec(
+                "engine_commands_total",
+                "Commands handled by a media engine",
+                &["engine"],
+            ),
             rooms: gauge("rooms", "Rooms that currently have peers"),
             peers: gauge("peers", "Peer connections held by the SFU"),
             published_tracks: gauge("published_tracks", "Tracks currently published"),

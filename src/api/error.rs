@@ -130,7 +130,9 @@ impl From<crate::sfu::SfuError> for ApiError {
         match error {
             E::BadOffer(_) => Self::bad_request("bad_sdp", message),
             E::BadFragment(_) => Self::bad_request("bad_ice_fragment", message),
-            E::RoomFull { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, "room_full", message),
+            E::RoomFull { .. } | E::ViewersFull { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "room_full", message)
+            }
             E::ServerFull { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_full", message)
             }

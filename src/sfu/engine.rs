@@ -13,6 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -31,6 +32,7 @@ use tracing::{debug, info, warn};
 use super::demux::Demux;
 use super::error::SfuError;
 use super::peer::{sdp_attribute, Peer, PeerFactory, PeerRole, PeerState};
+use super::placement::Placement;
 use super::room::Room;
 use super::rtcp;
 use super::subscriber::DownTrack;
@@ -52,8 +54,15 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
 const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct Engine {
+    /// This engine's place among the `engines` of the server (ids it mints carry it).
+    pub(super) index: usize,
+    pub(super) engines: usize,
+    pub(super) placement: Arc<Placement>,
+    /// What this engine last added to the server-wide gauges: engines add up their deltas.
+    reported: [i64; 4],
     pub(super) factory: PeerFactory,
     pub(super) max_participants: usize,
+    pub(super) max_viewers: usize,
     pub(super) max_sessions_per_identity: usize,
     pub(super) max_peers: usize,
     pub(super) keyframe_interval: Duration,
@@ -86,6 +95,8 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         config: &SfuConfig,
+        index: usize,
+        placement: Arc<Placement>,
         media_port: u16,
         metrics: Metrics,
         events: mpsc::UnboundedSender<super::SfuEvent>,
@@ -96,6 +107,10 @@ impl Engine {
             .map(|ip| SocketAddr::new(*ip, media_port))
             .collect();
         Self {
+            index,
+            engines: placement.engines(),
+            placement,
+            reported: [0; 4],
             factory: PeerFactory {
                 candidate_addrs,
                 ice_check_interval: config.ice_check_interval,
@@ -104,6 +119,7 @@ impl Engine {
                 nack_cache_packets: config.nack_cache_packets,
             },
             max_participants: config.max_participants,
+            max_viewers: config.max_viewers_per_room,
             max_sessions_per_identity: config.max_sessions_per_identity,
             max_peers: config.max_peers,
             keyframe_interval: config.keyframe_request_interval,
@@ -129,6 +145,10 @@ impl Engine {
     // ---- commands -------------------------------------------------------------------------
 
     fn handle_command(&mut self, command: Command, now: Instant) {
+        self.metrics
+            .engine_commands
+            .with_label_values(&[&self.index.to_string()])
+            .inc();
         match command {
             Command::Offer {
                 room,
@@ -137,7 +157,9 @@ impl Engine {
                 offer,
                 reply,
             } => {
-                let _ = reply.send(self.accept_offer(room, identity, intent, offer, now));
+                let result = self.accept_offer(room.clone(), identity, intent, offer, now);
+                self.placement.settle(&room, self.rooms.contains_key(&room));
+                let _ = reply.send(result);
             }
             Command::Patch {
                 room,
@@ -225,7 +247,9 @@ impl Engine {
                 identity,
                 reply,
             } => {
-                let _ = reply.send(self.subscribe_room(room, identity, now));
+                let result = self.subscribe_room(room.clone(), identity, now);
+                self.placement.settle(&room, self.rooms.contains_key(&room));
+                let _ = reply.send(result);
             }
             Command::Answer {
                 session,
@@ -253,7 +277,11 @@ impl Engine {
         offer_sdp: String,
         now: Instant,
     ) -> Result<Negotiated, SfuError> {
-        self.check_capacity(&room_id, &identity)?;
+        self.check_capacity(
+            &room_id,
+            &identity,
+            matches!(intent, Intent::Subscribe { .. }),
+        )?;
         if !offer_sdp
             .lines()
             .any(|l| l.starts_with("m=audio") || l.starts_with("m=video"))
@@ -281,7 +309,7 @@ impl Engine {
             )),
         };
 
-        let id = PeerId::new();
+        let id = PeerId::on_engine(self.index as u8);
         let mut pc = self.factory.new_peer_connection(now)?;
         let down_tracks = match &watch {
             Some((_, Some(publisher))) => self.add_down_tracks(&mut pc, id, *publisher)?,
@@ -466,7 +494,7 @@ impl Engine {
                 .iter()
                 .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
                 .and_then(|e| u8::try_from(e.id).ok());
-            let id = TrackId(self.next_track_id);
+            let id = TrackId::on_engine(self.next_track_id, self.index, self.engines);
             self.next_track_id += 1;
             debug!(session = %peer.id, %id, %mid, codec = %codec.mime_type, "track published");
             self.tracks.insert(
@@ -496,13 +524,15 @@ impl Engine {
 
     /// Whether one more peer of `identity` fits: in the server (`max_peers`), for the identity
     /// in the room (`max_sessions_per_identity`: one token cannot fill the server), and in the
-    /// room (`max_participants`).
+    /// room: a view-only session among its viewers (`max_viewers_per_room`), any other among
+    /// its participants (`max_participants`).
     pub(super) fn check_capacity(
         &self,
         room: &RoomId,
         identity: &ParticipantId,
+        viewer: bool,
     ) -> Result<(), SfuError> {
-        if self.peers.len() >= self.max_peers {
+        if self.placement.total_peers() >= self.max_peers {
             return Err(SfuError::ServerFull {
                 max: self.max_peers,
             });
@@ -518,7 +548,19 @@ impl Engine {
                 max: self.max_sessions_per_identity,
             });
         }
-        if self.room_is_full(room, identity) {
+        if viewer {
+            let viewers = self.rooms.get(room).map_or(0, |r| {
+                r.peers
+                    .iter()
+                    .filter(|p| self.peers.get(p).is_some_and(Peer::is_viewer))
+                    .count()
+            });
+            if viewers >= self.max_viewers {
+                return Err(SfuError::ViewersFull {
+                    max: self.max_viewers,
+                });
+            }
+        } else if self.room_is_full(room, identity) {
             return Err(SfuError::RoomFull {
                 max: self.max_participants,
             });
@@ -526,9 +568,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether `identity` may not add a peer to the room: the room holds `max_participants`
-    /// other identities already. A participant's second connection (a WebSocket participant
-    /// has a publisher and a subscriber) does not take a second place.
+    /// Whether `identity` may not take a participant's place in the room: it holds
+    /// `max_participants` other identities already. A participant's second connection (a
+    /// WebSocket participant has a publisher and a subscriber) does not take a second place,
+    /// and view-only sessions take none.
     pub(super) fn room_is_full(&self, room: &RoomId, identity: &ParticipantId) -> bool {
         let Some(room) = self.rooms.get(room) else {
             return false;
@@ -537,6 +580,7 @@ impl Engine {
             .peers
             .iter()
             .filter_map(|p| self.peers.get(p))
+            .filter(|p| !p.is_viewer())
             .map(|p| &p.identity)
             .collect();
         identities.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1247,6 +1291,7 @@ impl Engine {
             if room.is_empty() {
                 info!(room = %room.id, "room released");
                 self.rooms.remove(&peer.room);
+                self.placement.released(&peer.room);
             }
         }
         let _ = self.events.send(super::SfuEvent::Closed {
@@ -1264,12 +1309,34 @@ impl Engine {
         }
     }
 
-    pub(super) fn update_gauges(&self) {
-        self.metrics.rooms.set(self.rooms.len() as i64);
-        self.metrics.peers.set(self.peers.len() as i64);
-        self.metrics.published_tracks.set(self.tracks.len() as i64);
+    pub(super) fn update_gauges(&mut self) {
         let subscribers: usize = self.tracks.values().map(|t| t.subscribers.len()).sum();
-        self.metrics.subscribers.set(subscribers as i64);
+        let now = [
+            self.rooms.len() as i64,
+            self.peers.len() as i64,
+            self.tracks.len() as i64,
+            subscribers as i64,
+        ];
+        let gauges = [
+            &self.metrics.rooms,
+            &self.metrics.peers,
+            &self.metrics.published_tracks,
+            &self.metrics.subscribers,
+        ];
+        for ((gauge, now), before) in gauges.iter().zip(now).zip(self.reported) {
+            gauge.add(now - before);
+        }
+        self.reported = now;
+        let label = self.index.to_string();
+        self.metrics
+            .engine_peers
+            .with_label_values(&[&label])
+            .set(now[1]);
+        self.metrics
+            .engine_rooms
+            .with_label_values(&[&label])
+            .set(now[0]);
+        self.placement.report_peers(self.index, self.peers.len());
     }
 }
 

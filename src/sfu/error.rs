@@ -8,6 +8,8 @@ pub enum SfuError {
     BadFragment(String),
     #[error("room is full: it holds at most {max} peers")]
     RoomFull { max: usize },
+    #[error("room is full: it holds at most {max} viewers")]
+    ViewersFull { max: usize },
     #[error("server is at its peer limit ({max})")]
     ServerFull { max: usize },
     #[error("no such session")]

@@ -9,6 +9,7 @@ mod engine;
 pub mod error;
 pub mod ingress;
 mod peer;
+mod placement;
 pub mod quality;
 mod room;
 pub mod rtcp;
@@ -148,10 +149,15 @@ pub enum PatchOutcome {
 /// Limits and timings the engine enforces.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
+    /// The first engine's media socket; engine `i` binds port + `i`.
     pub bind: SocketAddr,
+    /// Media engines (threads), each with its own port and rooms.
+    pub workers: usize,
     /// Addresses announced as host candidates (on the media port).
     pub announced_ips: Vec<std::net::IpAddr>,
     pub max_participants: usize,
+    /// View-only (WHEP) sessions a room accepts besides its participants.
+    pub max_viewers_per_room: usize,
     /// Peers one identity may hold in one room at once (a meeting participant uses two).
     pub max_sessions_per_identity: usize,
     pub max_peers: usize,
@@ -238,51 +244,165 @@ pub(crate) enum Command {
     },
 }
 
-/// Handle to the SFU engine. Cloning is cheap; every clone talks to the same engine.
+/// Engines one server may run (`media_workers`); a [`PeerId`] names its engine in one byte.
+pub const MAX_WORKERS: usize = 64;
+
+fn no_session<T>() -> Result<T, SfuError> {
+    Err(SfuError::SessionNotFound)
+}
+
+fn no_track<T>() -> Result<T, SfuError> {
+    Err(SfuError::TrackNotFound)
+}
+
+/// A room no engine holds has nobody in it: nothing to close or mute.
+fn nobody() -> Result<usize, SfuError> {
+    Ok(0)
+}
+
+/// Handle to the SFU's media engines. Cloning is cheap; every clone talks to the same engines.
+///
+/// Each engine runs on its own thread with its own current-thread runtime and its own UDP
+/// port (`media_udp_port + index`), and owns the rooms placed on it (see `placement.rs`): a
+/// command goes to the engine of its room, of its session (a [`PeerId`] names its engine), or
+/// of its track (so does a [`TrackId`]).
 #[derive(Clone)]
 pub struct Sfu {
+    engines: std::sync::Arc<[EngineHandle]>,
+    placement: std::sync::Arc<placement::Placement>,
+}
+
+struct EngineHandle {
     commands: mpsc::Sender<Command>,
     media_addr: SocketAddr,
 }
 
+/// Where a command goes.
+enum Route<'a> {
+    /// To the room's engine, placing the room first: the command may open it.
+    Open(&'a RoomId),
+    /// To the room's engine if the room is placed; otherwise nobody is in it.
+    Room(&'a RoomId),
+    Session(PeerId),
+    Track(TrackId),
+}
+
 impl Sfu {
-    /// Binds the media socket and starts the engine task. Events go to the returned receiver;
-    /// its one consumer is signaling.
+    /// Binds one media socket per engine (`workers` of them, on consecutive ports from
+    /// `config.bind`'s, or each on a free port when that is 0) and starts each engine on its
+    /// own thread. Events of every engine go to the returned receiver; its one consumer is
+    /// signaling. The engines stop on [`Sfu::shutdown`] or when the last handle is dropped.
     pub fn start(
         config: SfuConfig,
         metrics: Metrics,
-    ) -> std::io::Result<(
-        Self,
-        tokio::task::JoinHandle<()>,
-        mpsc::UnboundedReceiver<SfuEvent>,
-    )> {
-        let socket = udp::MediaSocket::bind(config.bind)?;
-        let media_addr = socket.local_addr()?;
-        let (commands, receiver) = mpsc::channel(1024);
+    ) -> std::io::Result<(Self, mpsc::UnboundedReceiver<SfuEvent>)> {
+        let workers = config.workers.clamp(1, MAX_WORKERS);
+        let placement = std::sync::Arc::new(placement::Placement::new(workers));
         // Unbounded: offers must never be dropped; their number is bounded by peers × changes.
         let (events, event_receiver) = mpsc::unbounded_channel();
-        let engine = engine::Engine::new(&config, socket.local_port(), metrics, events);
-        let task = tokio::spawn(engine::run(engine, socket, receiver));
-        Ok((
-            Self {
+        let mut sockets = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let mut addr = config.bind;
+            if addr.port() != 0 {
+                let port = u16::try_from(usize::from(addr.port()) + index).map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "media_udp_port + media_workers passes 65535",
+                    )
+                })?;
+                addr.set_port(port);
+            }
+            // Bound here, so a port in use fails the start; registered with the engine's
+            // runtime on its own thread.
+            sockets.push(udp::bind(addr)?);
+        }
+        let mut engines = Vec::with_capacity(workers);
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let media_addr = socket.local_addr()?;
+            let (commands, receiver) = mpsc::channel(1024);
+            let engine = engine::Engine::new(
+                &config,
+                index,
+                placement.clone(),
+                media_addr.port(),
+                metrics.clone(),
+                events.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("convene-media-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            tracing::error!(engine = index, error = %e, "media engine runtime failed");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        match udp::MediaSocket::from_std(socket) {
+                            Ok(socket) => engine::run(engine, socket, receiver).await,
+                            Err(e) => {
+                                tracing::error!(engine = index, error = %e, "media socket failed")
+                            }
+                        }
+                    });
+                })?;
+            engines.push(EngineHandle {
                 commands,
                 media_addr,
+            });
+        }
+        Ok((
+            Self {
+                engines: engines.into(),
+                placement,
             },
-            task,
             event_receiver,
         ))
     }
 
+    /// The first engine's media address (`media_udp_port`).
     pub fn media_addr(&self) -> SocketAddr {
-        self.media_addr
+        self.engines[0].media_addr
     }
 
+    /// Every engine's media address, by engine index.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.engines.iter().map(|e| e.media_addr).collect()
+    }
+
+    /// The engine holding `room`, if anybody is in it.
+    pub fn engine_of_room(&self, room: &RoomId) -> Option<usize> {
+        self.placement.find(room)
+    }
+
+    fn engine_for(&self, route: Route<'_>) -> Option<usize> {
+        let engine = match route {
+            Route::Open(room) => Some(self.placement.claim(room)),
+            Route::Room(room) => self.placement.find(room),
+            Route::Session(session) => Some(session.engine()),
+            Route::Track(track) => Some(track.engine(self.engines.len())),
+        };
+        engine.filter(|&e| e < self.engines.len())
+    }
+
+    /// Sends a command to the engine of `route`; `absent` answers when no engine can hold
+    /// what it names.
     async fn call<T>(
         &self,
+        route: Route<'_>,
+        absent: impl FnOnce() -> Result<T, SfuError>,
         make: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
     ) -> Result<T, SfuError> {
+        let Some(engine) = self.engine_for(route) else {
+            return absent();
+        };
         let (reply, response) = oneshot::channel();
-        self.commands
+        self.engines[engine]
+            .commands
             .send(make(reply))
             .await
             .map_err(|_| SfuError::ShuttingDown)?;
@@ -296,7 +416,8 @@ impl Sfu {
         intent: Intent,
         offer: String,
     ) -> Result<Negotiated, SfuError> {
-        self.call(|reply| Command::Offer {
+        let key = room.clone();
+        self.call(Route::Open(&key), no_session, |reply| Command::Offer {
             room,
             identity,
             intent,
@@ -315,13 +436,15 @@ impl Sfu {
         if_match: Option<String>,
         fragment: IceFragment,
     ) -> Result<PatchOutcome, SfuError> {
-        self.call(|reply| Command::Patch {
-            room,
-            session,
-            requester,
-            if_match,
-            fragment,
-            reply,
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::Patch {
+                room,
+                session,
+                requester,
+                if_match,
+                fragment,
+                reply,
+            }
         })
         .await
     }
@@ -333,11 +456,13 @@ impl Sfu {
         session: PeerId,
         requester: Requester,
     ) -> Result<(), SfuError> {
-        self.call(|reply| Command::Close {
-            room,
-            session,
-            requester,
-            reply,
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::Close {
+                room,
+                session,
+                requester,
+                reply,
+            }
         })
         .await
     }
@@ -350,20 +475,25 @@ impl Sfu {
         room: RoomId,
         identity: ParticipantId,
     ) -> Result<Negotiated, SfuError> {
-        self.call(|reply| Command::SubscribeRoom {
-            room,
-            identity,
-            reply,
+        let key = room.clone();
+        self.call(Route::Open(&key), no_session, |reply| {
+            Command::SubscribeRoom {
+                room,
+                identity,
+                reply,
+            }
         })
         .await
     }
 
     /// The client's answer to the last server offer on `session`.
     pub async fn answer(&self, session: PeerId, sdp: String) -> Result<(), SfuError> {
-        self.call(|reply| Command::Answer {
-            session,
-            sdp,
-            reply,
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::Answer {
+                session,
+                sdp,
+                reply,
+            }
         })
         .await
     }
@@ -371,20 +501,24 @@ impl Sfu {
     /// A publisher's new offer on its existing connection (a track added or removed). Returns
     /// the answer.
     pub async fn renegotiate(&self, session: PeerId, offer: String) -> Result<String, SfuError> {
-        self.call(|reply| Command::Renegotiate {
-            session,
-            offer,
-            reply,
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::Renegotiate {
+                session,
+                offer,
+                reply,
+            }
         })
         .await
     }
 
     /// Stops (or resumes) forwarding one published track, whatever its publisher sends on others.
     pub async fn set_track_muted(&self, track: TrackId, muted: bool) -> Result<(), SfuError> {
-        self.call(|reply| Command::SetTrackMuted {
-            track,
-            muted,
-            reply,
+        self.call(Route::Track(track), no_track, |reply| {
+            Command::SetTrackMuted {
+                track,
+                muted,
+                reply,
+            }
         })
         .await
     }
@@ -397,11 +531,13 @@ impl Sfu {
         track: TrackId,
         subscribed: bool,
     ) -> Result<(), SfuError> {
-        self.call(|reply| Command::SetSubscribed {
-            session,
-            track,
-            subscribed,
-            reply,
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::SetSubscribed {
+                session,
+                track,
+                subscribed,
+                reply,
+            }
         })
         .await
     }
@@ -412,10 +548,13 @@ impl Sfu {
         room: RoomId,
         identity: ParticipantId,
     ) -> Result<usize, SfuError> {
-        self.call(|reply| Command::CloseParticipant {
-            room,
-            identity,
-            reply,
+        let key = room.clone();
+        self.call(Route::Room(&key), nobody, |reply| {
+            Command::CloseParticipant {
+                room,
+                identity,
+                reply,
+            }
         })
         .await
     }
@@ -423,7 +562,12 @@ impl Sfu {
     /// Closes every peer of `room` whoever opened it (WebSocket, WHIP, WHEP, operator tokens):
     /// the end of a meeting. Returns how many were closed.
     pub async fn close_room(&self, room: RoomId) -> Result<usize, SfuError> {
-        self.call(|reply| Command::CloseRoom { room, reply }).await
+        let key = room.clone();
+        self.call(Route::Room(&key), nobody, |reply| Command::CloseRoom {
+            room,
+            reply,
+        })
+        .await
     }
 
     /// Stops (or resumes) forwarding `identity`'s tracks of `kind` in `room`. Returns how many
@@ -435,7 +579,8 @@ impl Sfu {
         kind: MediaKind,
         muted: bool,
     ) -> Result<usize, SfuError> {
-        self.call(|reply| Command::SetMuted {
+        let key = room.clone();
+        self.call(Route::Room(&key), nobody, |reply| Command::SetMuted {
             room,
             identity,
             kind,
@@ -445,21 +590,27 @@ impl Sfu {
         .await
     }
 
-    /// Closes every peer (DTLS close_notify goes out) and stops the engine.
+    /// Closes every peer (DTLS close_notify goes out) and stops every engine.
     pub async fn shutdown(&self) {
-        let (reply, done) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::Shutdown { reply })
-            .await
-            .is_ok()
-        {
+        let mut waits = Vec::new();
+        for engine in self.engines.iter() {
+            let (reply, done) = oneshot::channel();
+            if engine
+                .commands
+                .send(Command::Shutdown { reply })
+                .await
+                .is_ok()
+            {
+                waits.push(done);
+            }
+        }
+        for done in waits {
             let _ = done.await;
         }
     }
 
-    /// Whether the engine task is alive.
+    /// Whether every engine is alive.
     pub fn is_running(&self) -> bool {
-        !self.commands.is_closed()
+        self.engines.iter().all(|e| !e.commands.is_closed())
     }
 }

@@ -50,6 +50,13 @@ pub enum PeerState {
     Connected,
 }
 
+impl Peer {
+    /// A view-only (WHEP) session: it takes no participant's place in its room.
+    pub fn is_viewer(&self) -> bool {
+        matches!(self.role, PeerRole::Subscriber { .. })
+    }
+}
+
 pub struct Peer {
     pub id: PeerId,
     pub room: RoomId,

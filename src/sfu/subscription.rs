@@ -32,8 +32,8 @@ impl Engine {
         identity: ParticipantId,
         now: Instant,
     ) -> Result<Negotiated, SfuError> {
-        self.check_capacity(&room_id, &identity)?;
-        let id = PeerId::new();
+        self.check_capacity(&room_id, &identity, false)?;
+        let id = PeerId::on_engine(self.index as u8);
         let mut pc = self.factory.new_peer_connection(now)?;
         // A data channel gives the offer a section even before any track exists, so ICE and DTLS
         // come up at join time and the first track later only costs a renegotiation.

@@ -1,4 +1,4 @@
-//! The one UDP socket every peer's media shares.
+//! An engine's UDP socket, which every peer of its rooms shares.
 //!
 //! Receive: batched (`recvmmsg` through quinn-udp, which also reports each datagram's destination
 //! address via IP_PKTINFO: ICE needs to know which of our announced addresses a datagram reached).
@@ -22,7 +22,6 @@ const RECV_BUF: usize = 64 * 1024;
 pub struct MediaSocket {
     socket: UdpSocket,
     state: UdpSocketState,
-    local_port: u16,
     recv_bufs: Vec<Box<[u8]>>,
     recv_meta: Vec<RecvMeta>,
 }
@@ -34,39 +33,40 @@ pub struct Datagram<'a> {
     pub payload: &'a [u8],
 }
 
+/// Binds a media socket (non-blocking, large buffers); [`MediaSocket::from_std`] then takes it
+/// into the runtime of the thread that will drive it.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_nonblocking(true)?;
+    // Large buffers absorb bursts (a keyframe fanned out to many subscribers).
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 impl MediaSocket {
+    #[cfg(test)]
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        socket.set_nonblocking(true)?;
-        // Large buffers absorb bursts (a keyframe fanned out to many subscribers).
-        let _ = socket.set_recv_buffer_size(4 << 20);
-        let _ = socket.set_send_buffer_size(4 << 20);
-        socket.bind(&addr.into())?;
-        let std_socket: std::net::UdpSocket = socket.into();
+        Self::from_std(bind(addr)?)
+    }
+
+    /// Must run inside the tokio runtime that will poll the socket.
+    pub fn from_std(std_socket: std::net::UdpSocket) -> io::Result<Self> {
         let state = UdpSocketState::new((&std_socket).into())?;
         let socket = UdpSocket::from_std(std_socket)?;
-        let local_port = socket.local_addr()?.port();
         Ok(Self {
             socket,
             state,
-            local_port,
             recv_bufs: (0..RECV_BATCH)
                 .map(|_| vec![0u8; RECV_BUF].into_boxed_slice())
                 .collect(),
             recv_meta: vec![RecvMeta::default(); RECV_BATCH],
         })
-    }
-
-    pub fn local_port(&self) -> u16 {
-        self.local_port
-    }
-
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
     }
 
     pub async fn readable(&self) -> io::Result<()> {
@@ -265,7 +265,7 @@ mod tests {
             assert_eq!(&buf[..n], &[expected; 100][..]);
         }
 
-        a.send_to(b"hello", ("127.0.0.1", server.local_port()))
+        a.send_to(b"hello", server.socket.local_addr().unwrap())
             .unwrap();
         server.readable().await.unwrap();
         let mut got = Vec::new();
