@@ -69,11 +69,11 @@ pub struct Config {
     /// HTTP connections open at once; past it new ones are closed at accept.
     pub http_max_connections: usize,
     /// A request head (line and headers) must arrive within this, or the connection closes.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub http_header_read_timeout: Duration,
     /// A connection on which nothing arrives for this long is closed (keep-alive and
     /// upgraded alike; keep it above `ws_idle_timeout`).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub http_idle_timeout: Duration,
     /// Largest accepted HTTP request body (SDP offers, PATCH fragments), in bytes.
     pub max_body_bytes: usize,
@@ -88,23 +88,23 @@ pub struct Config {
     /// Peer connections the whole server accepts.
     pub max_peers: usize,
     /// Minimum gap between two keyframe requests (PLI/FIR) sent for one published track.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub keyframe_request_interval: Duration,
     /// A WHEP viewer with no publisher to watch (it came first, or its publisher left) waits
     /// this long for one, then its session ends.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub whep_publisher_wait: Duration,
     /// A peer that has not completed ICE+DTLS within this time is closed and released.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// ICE connectivity-check interval while connecting (webrtc-rs' default of 200 ms makes a
     /// loopback connection slow).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub ice_check_interval: Duration,
     /// A connected peer without any inbound traffic for this long is considered gone.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub ice_disconnected_timeout: Duration,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub ice_failed_timeout: Duration,
     /// Source addresses a peer may have bound at once on the media port (each a verified ICE
     /// check); past it the oldest binding is dropped.
@@ -115,7 +115,7 @@ pub struct Config {
     /// heap is handed back to the system (glibc `malloc_trim`); 0 never does.
     pub memory_trim_after_peers: usize,
     /// How long graceful shutdown waits for peers to close before exiting.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Empty: SQLite at `data_dir/convene.db`. `postgres://…`: PostgreSQL. Env: `DATABASE_URL`
     /// (or `CONVENE_DATABASE_URL`).
@@ -124,28 +124,28 @@ pub struct Config {
     /// Empty: relative links.
     pub public_url: String,
     /// Lifetime of REST access tokens (JWT).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub access_token_ttl: Duration,
     /// Lifetime of refresh tokens (opaque, stored hashed, single use).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub refresh_token_ttl: Duration,
     /// Lifetime of meeting join tokens (media JWTs) issued by `POST /meetings/{code}/join`.
     /// Short, since a token opens media until it expires; a joined socket receives a fresh one
     /// (`token_refreshed`) every half lifetime, and WHIP/WHEP owners manage their sessions
     /// with an expired one.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub join_token_ttl: Duration,
     /// Lifetime of wait tokens (a join parked in the waiting room claims its admission with one).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub wait_token_ttl: Duration,
     pub password_min_length: usize,
     pub password_max_length: usize,
     /// Failed logins in a row before an account's logins are delayed.
     pub login_failures_before_backoff: u32,
     /// The first delay; it doubles with each further failure, up to `login_backoff_max`.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub login_backoff_base: Duration,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub login_backoff_max: Duration,
     /// Requests per minute per client address, by class. 0 disables a class's limit.
     pub rate_limit_auth_per_minute: u32,
@@ -171,17 +171,17 @@ pub struct Config {
     /// it is closed with 1008 (policy violation).
     pub ws_max_violations: u32,
     /// How often the server sends a WebSocket ping.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub ws_ping_interval: Duration,
     /// A socket from which nothing (not even a pong) arrived for this long is closed.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub ws_idle_timeout: Duration,
     /// Time a new socket has to authenticate with `join`.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub ws_join_timeout: Duration,
     /// A participant whose socket dropped keeps their seat and media this long, so a new socket
     /// can resume the session without others seeing them leave and join again.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub ws_resume_grace: Duration,
     /// A second join of a connected identity: `takeover` (default) or `refuse`.
     pub ws_duplicate_join: DuplicateJoin,
@@ -191,18 +191,18 @@ pub struct Config {
     /// Chat messages one participant may send per minute over the socket.
     pub ws_chat_per_minute: u32,
     /// A participant's typing indicator is relayed at most once per this interval.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub ws_typing_interval: Duration,
     /// Tracks a participant may declare (`publish`) at once.
     pub ws_max_declared_tracks: usize,
     /// How often active speakers are ranked from RTP audio levels; a changed ranking is
     /// announced at most this often.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub active_speaker_interval: Duration,
     /// A live meeting with nobody connected over `/ws` for this long ends by itself, as if the
     /// host had ended it. Counted from the last socket participant leaving (a dropped socket
     /// leaves when its `ws_resume_grace` is over). 0 disables.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "humantime_serde")]
     pub meeting_empty_timeout: Duration,
 }
 
@@ -441,21 +441,6 @@ pub struct ConfigOverrides {
 }
 
 /// Durations in config files and env read as humantime strings ("500ms", "15s").
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

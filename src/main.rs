@@ -188,6 +188,8 @@ fn migrate(config: Config) -> anyhow::Result<()> {
 
 fn load(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
     use convene::load::{LoadOptions, Tokens};
+    // A UDP socket per peer: hundreds of subscribers pass the usual 1024 descriptors.
+    convene::http_server::raise_descriptor_limit();
     let tokens = match args.token {
         Some(token) => Tokens::Given(token),
         None => {

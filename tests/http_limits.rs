@@ -115,10 +115,13 @@ async fn connections_over_the_cap_are_closed_at_accept() {
         1.0,
         "slots come back when clients go (the one left is the connection asking)"
     );
-    assert_eq!(
-        server
-            .metric("convene_http_connections_refused_total")
-            .await,
-        10.0
+    // The ten, plus any scrape above that came while the dropped connections were still
+    // closing (it was refused and retried).
+    let refused_total = server
+        .metric("convene_http_connections_refused_total")
+        .await;
+    assert!(
+        (10.0..=13.0).contains(&refused_total),
+        "{refused_total} refused"
     );
 }

@@ -146,10 +146,11 @@ pub fn hash_link_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Compares passcodes without an early exit on the first differing byte.
+/// Compares passcodes in constant time for a given length (no early exit on the first
+/// differing byte).
 pub fn passcode_matches(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
 /// A display name's problem, if any.

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::demux::Demux;
 use super::error::SfuError;
-use super::peer::{sdp_attribute, Peer, PeerFactory, PeerRole, PeerState};
+use super::peer::{sdp_attribute, LegDirection, Peer, PeerFactory, PeerRole, PeerState};
 use super::placement::Placement;
 use super::room::Room;
 use super::rtcp;
@@ -310,7 +310,12 @@ impl Engine {
         };
 
         let id = PeerId::on_engine(self.index as u8);
-        let mut pc = self.factory.new_peer_connection(now)?;
+        let direction = if watch.is_some() {
+            LegDirection::Sends
+        } else {
+            LegDirection::Receives
+        };
+        let mut pc = self.factory.new_peer_connection(now, direction)?;
         let down_tracks = match &watch {
             Some((_, Some(publisher))) => self.add_down_tracks(&mut pc, id, *publisher)?,
             Some((_, None)) => super::viewer::placeholder_down_tracks(&mut pc, id, &offer.sdp)?,

@@ -9,10 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_twcc_receiver_only,
+use rtc::interceptor::{
+    NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder, Registry,
+    SenderReportBuilder, Slot,
 };
+use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -103,6 +104,13 @@ impl Peer {
     }
 }
 
+/// Which way a leg's media flows: into the SFU (a publisher) or out of it (a subscriber).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegDirection {
+    Receives,
+    Sends,
+}
+
 /// How every peer connection is built: the same codecs, interceptors, timeouts and candidates.
 #[derive(Debug, Clone)]
 pub struct PeerFactory {
@@ -115,7 +123,11 @@ pub struct PeerFactory {
 }
 
 impl PeerFactory {
-    pub fn new_peer_connection(&self, now: Instant) -> Result<RTCPeerConnection, SfuError> {
+    pub fn new_peer_connection(
+        &self,
+        now: Instant,
+        direction: LegDirection,
+    ) -> Result<RTCPeerConnection, SfuError> {
         let mut media_engine = MediaEngine::default();
         // Opus, VP8, VP9, H264 (several profiles), AV1, with their RTX pairs.
         media_engine.register_default_codecs()?;
@@ -127,21 +139,34 @@ impl PeerFactory {
             };
             media_engine.register_feedback(feedback, RtpCodecKind::Video);
         }
-        let registry = Registry::new()
-            .with(
-                Slot::NackResponder,
-                NackResponderBuilder::new()
-                    .with_size(self.nack_cache_packets)
-                    .build(),
-            )
-            .with(
-                Slot::NackGenerator,
-                NackGeneratorBuilder::new()
-                    .with_size(self.nack_cache_packets)
-                    .build(),
-            )
-            // After the NACK/report interceptors in the chain (they act first), before the terminus.
-            .with(Slot::from(14_000), DeliverFeedback::default());
+        // Every interceptor in the chain costs each packet two moves through its queue, so a
+        // leg carries only what its direction uses: a publisher's (media in) NACKs its losses,
+        // reports reception and measures TWCC; a subscriber's (media out) answers NACKs from
+        // its cache and sends sender reports. Both relay the RTCP the engine acts on.
+        let registry = match direction {
+            LegDirection::Receives => {
+                let registry = Registry::new()
+                    .with(
+                        Slot::NackGenerator,
+                        NackGeneratorBuilder::new()
+                            .with_size(self.nack_cache_packets)
+                            .build(),
+                    )
+                    .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+                    // After the NACK/report interceptors (they act first), before the terminus.
+                    .with(Slot::from(14_000), DeliverFeedback::default());
+                configure_twcc_receiver_only(registry, &mut media_engine)?
+            }
+            LegDirection::Sends => Registry::new()
+                .with(
+                    Slot::NackResponder,
+                    NackResponderBuilder::new()
+                        .with_size(self.nack_cache_packets)
+                        .build(),
+                )
+                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                .with(Slot::from(14_000), DeliverFeedback::default()),
+        };
         // Audio level (RFC 6464) from publishers drives active-speaker detection.
         media_engine.register_header_extension(
             RTCRtpHeaderExtensionCapability {
@@ -150,8 +175,6 @@ impl PeerFactory {
             RtpCodecKind::Audio,
             None,
         )?;
-        let registry = configure_rtcp_reports(registry);
-        let registry = configure_twcc_receiver_only(registry, &mut media_engine)?;
 
         let setting_engine = SettingEngineBuilder::new()
             .with_ice_connection_attempts(Some(self.ice_check_interval), Some(50))

@@ -34,7 +34,9 @@ impl Engine {
     ) -> Result<Negotiated, SfuError> {
         self.check_capacity(&room_id, &identity, false)?;
         let id = PeerId::on_engine(self.index as u8);
-        let mut pc = self.factory.new_peer_connection(now)?;
+        let mut pc = self
+            .factory
+            .new_peer_connection(now, super::peer::LegDirection::Sends)?;
         // A data channel gives the offer a section even before any track exists, so ICE and DTLS
         // come up at join time and the first track later only costs a renegotiation.
         pc.create_data_channel("convene", None)?;

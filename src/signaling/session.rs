@@ -992,7 +992,7 @@ impl Session {
                 format!("text must be 1 to {max} characters"),
             ));
         }
-        if !self.chat.take(Instant::now()) {
+        if !self.chat.take() {
             return Err(Refusal::new(
                 "rate_limited",
                 "too many chat messages; slow down",
@@ -1506,43 +1506,27 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// A token bucket: `capacity` tokens, refilled at `per_second`.
-#[derive(Debug, Clone)]
-pub(crate) struct Bucket {
-    capacity: f64,
-    per_second: f64,
-    tokens: f64,
-    at: Option<Instant>,
-}
+/// A token bucket (governor's GCRA): `capacity` at once, refilled at `per_second`.
+pub(crate) struct Bucket(governor::DefaultDirectRateLimiter);
 
 impl Bucket {
     pub fn new(capacity: u32, per_second: f64) -> Self {
-        let capacity = f64::from(capacity.max(1));
-        Self {
-            capacity,
-            per_second,
-            tokens: capacity,
-            at: None,
-        }
+        let period =
+            Duration::from_secs_f64(1.0 / per_second.max(1e-6)).max(Duration::from_nanos(1));
+        let burst = std::num::NonZeroU32::new(capacity.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(period)
+            .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+            .allow_burst(burst);
+        Self(governor::RateLimiter::direct(quota))
     }
 
     pub fn per_minute(count: u32) -> Self {
-        Self::new(count, f64::from(count) / 60.0)
+        Self::new(count, f64::from(count.max(1)) / 60.0)
     }
 
     /// Takes a token if one is left.
-    pub fn take(&mut self, now: Instant) -> bool {
-        if let Some(at) = self.at {
-            let elapsed = now.duration_since(at).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-        }
-        self.at = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+    pub fn take(&mut self) -> bool {
+        self.0.check().is_ok()
     }
 }
 
@@ -1557,12 +1541,10 @@ mod tests {
 
     #[test]
     fn bucket_allows_a_burst_then_the_rate() {
-        let start = Instant::now();
-        let mut bucket = Bucket::new(3, 2.0);
-        assert!((0..3).all(|_| bucket.take(start)));
-        assert!(!bucket.take(start));
-        assert!(bucket.take(start + Duration::from_millis(500)));
-        assert!(!bucket.take(start + Duration::from_millis(500)));
-        assert!(bucket.take(start + Duration::from_secs(10)));
+        let mut bucket = Bucket::new(3, 20.0);
+        assert!((0..3).all(|_| bucket.take()));
+        assert!(!bucket.take(), "the burst is spent");
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(bucket.take(), "refilled at the rate");
     }
 }

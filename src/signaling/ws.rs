@@ -314,7 +314,7 @@ impl Connection {
                 )
                 .await;
         }
-        if !self.rate.take(Instant::now()) {
+        if !self.rate.take() {
             return self
                 .violation("rate_limited", "too many messages; slow down", None)
                 .await;
