@@ -16,41 +16,22 @@ use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::info;
 
-use crate::api::ratelimit::RateLimits;
 use crate::config::Config;
-use crate::domain::access::AccessKeys;
 use crate::domain::token::TokenKeys;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
 use crate::sfu::{Sfu, SfuConfig};
+use crate::signaling::Live;
+pub use crate::state::AppState;
 use crate::store::Store;
-
-/// Shared by every HTTP handler; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    /// Join tokens (media).
-    pub keys: TokenKeys,
-    /// REST access tokens.
-    pub access: AccessKeys,
-    pub limits: RateLimits,
-    /// Routes SFU events to signaling sessions.
-    pub hub: crate::signaling::hub::Hub,
-    /// Who is in each meeting over WebSocket signaling; how moderation reaches live sockets.
-    pub signaling: crate::signaling::Signaling,
-    /// Open WebSockets, overall and per address (`ws_max_connections*`).
-    pub sockets: crate::signaling::sockets::Sockets,
-    pub metrics: Metrics,
-    pub sfu: Sfu,
-    /// Cleared when shutdown starts, so /readyz turns away new load first.
-    pub accepting: Arc<AtomicBool>,
-}
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     pub http_addr: SocketAddr,
     pub media_addr: SocketAddr,
     pub state: AppState,
+    /// Signaling's tables (live meetings, open sockets, the SFU event hub).
+    pub live: Live,
     stop: Option<oneshot::Sender<()>>,
     http: JoinHandle<()>,
     pruning: JoinHandle<()>,
@@ -110,27 +91,30 @@ impl Server {
                 sfu: sfu.clone(),
                 timeout: config.meeting_empty_timeout,
             });
+        let live = Live {
+            hub: crate::signaling::hub::Hub::default(),
+            rooms: signaling,
+            sockets: Default::default(),
+        };
         let state = AppState {
             config: Arc::new(config),
             store,
             keys,
             access,
             limits,
-            hub: crate::signaling::hub::Hub::default(),
-            signaling,
-            sockets: Default::default(),
+            live: Arc::new(live.rooms.clone()),
             metrics,
             sfu: sfu.clone(),
             accepting: Arc::new(AtomicBool::new(true)),
         };
-        tokio::spawn(crate::signaling::hub::run(state.hub.clone(), sfu_events));
-        reconcile_seats(&state, "startup").await?;
+        tokio::spawn(crate::signaling::hub::run(live.hub.clone(), sfu_events));
+        reconcile_seats(&state, &live, "startup").await?;
         let pruning = tokio::spawn(maintain(
             state.limits.clone(),
             state.metrics.clone(),
             state.config.memory_trim_after_peers,
         ));
-        let router = router(state.clone());
+        let router = router(state.clone(), live.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let limits = crate::http_server::HttpLimits {
             max_connections: state.config.http_max_connections,
@@ -151,6 +135,7 @@ impl Server {
             http_addr,
             media_addr: sfu.media_addr(),
             state,
+            live,
             stop: Some(stop),
             http,
             pruning,
@@ -160,7 +145,7 @@ impl Server {
     /// Graceful stop: refuse new work, close every peer (they are told), then drain HTTP.
     pub async fn shutdown(mut self) {
         self.state.accepting.store(false, Ordering::Relaxed);
-        self.state.signaling.shutdown();
+        self.live.rooms.shutdown();
         let grace = self.state.config.shutdown_grace;
         let _ = tokio::time::timeout(grace, self.state.sfu.shutdown()).await;
         if let Some(stop) = self.stop.take() {
@@ -168,7 +153,7 @@ impl Server {
         }
         let _ = tokio::time::timeout(grace, &mut self.http).await;
         // Nobody holds a seat on a stopped server; the next start counts the meetings down.
-        if let Err(e) = reconcile_seats(&self.state, "shutdown").await {
+        if let Err(e) = reconcile_seats(&self.state, &self.live, "shutdown").await {
             tracing::warn!(error = %e, "seats not closed at shutdown");
         }
         self.http.abort();
@@ -180,22 +165,22 @@ impl Server {
 /// Seats left `joined` belong to sockets and media that no longer exist (after `kill -9`, or
 /// at a graceful stop): they are closed, and every live meeting, now empty, starts its
 /// countdown, so its seats are free and it ends like any meeting left empty.
-async fn reconcile_seats(state: &AppState, when: &str) -> anyhow::Result<()> {
-    let (closed, live) = state
+async fn reconcile_seats(state: &AppState, live: &Live, when: &str) -> anyhow::Result<()> {
+    let (closed, live_meetings) = state
         .store
         .reconcile_seats(crate::store::now_ms())
         .await
         .context("closing the seats of a previous run")?;
     if when == "startup" {
-        for meeting in &live {
-            state.signaling.meeting_is_empty(meeting);
+        for meeting in &live_meetings {
+            live.rooms.meeting_is_empty(meeting);
         }
     }
-    if closed > 0 || !live.is_empty() {
+    if closed > 0 || !live_meetings.is_empty() {
         info!(
             when,
             seats = closed,
-            live_meetings = live.len(),
+            live_meetings = live_meetings.len(),
             "seats reconciled"
         );
     }
@@ -239,16 +224,16 @@ fn release_memory() {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, live: Live) -> Router {
     let cors = cors_layer(&state.config.cors_allowed_origins);
     let routes = Router::new()
         .merge(crate::web::router())
         .merge(crate::api::health::router())
-        .merge(crate::signaling::router())
+        .merge(crate::signaling::router(live))
         .merge(crate::api::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::api::ratelimit::enforce,
+            crate::ratelimit::enforce,
         ))
         .layer(axum::middleware::from_fn(
             crate::api::extract::refuse_control_characters,

@@ -8,8 +8,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::error::ApiError;
-use crate::app::AppState;
+use crate::http_error::ApiError;
+use crate::state::AppState;
 
 const APP_HTML: &str = include_str!("../web/app/app.html");
 

@@ -87,7 +87,11 @@ async fn room_subscriber_follows_publishers_coming_and_going() {
         "a data channel brings the transport up early"
     );
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    state.hub.watch_session(negotiated.session, events_tx);
+    server
+        .server
+        .live
+        .hub
+        .watch_session(negotiated.session, events_tx);
     let carol = OfferedSubscriber::new().await;
     let answer = carol.answer(&negotiated.answer).await;
     state.sfu.answer(negotiated.session, answer).await.unwrap();

@@ -1634,7 +1634,7 @@ async fn websockets_are_capped_per_address_and_overall() {
             }
         }
     };
-    let (open, addresses) = server.server.state.sockets.open_now();
+    let (open, addresses) = server.server.live.sockets.open_now();
     assert_eq!((open, addresses), (2, 1));
     drop((second, third));
 }

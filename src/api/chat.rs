@@ -16,7 +16,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::extract::{ApiJson, AuthUser, Validator};
 use super::moderation::{time, MeetingCaller};
 use super::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::chat::{Message, NewMessage};
 
 /// Page size when the client names none, and the largest it may ask for.
@@ -199,7 +199,7 @@ async fn post_message(
         })
         .await?;
     // Everyone connected over WebSocket sees it too.
-    state.signaling.chat_posted(&message);
+    state.live.chat_posted(&message);
     Ok((StatusCode::CREATED, Json(message.into())))
 }
 

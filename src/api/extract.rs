@@ -8,8 +8,8 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::error::{ApiError, FieldError};
-use crate::app::AppState;
+use crate::http_error::{ApiError, FieldError};
+use crate::state::AppState;
 
 /// The authenticated user of a request.
 #[derive(Debug, Clone)]

@@ -18,12 +18,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use super::error::FieldError;
 use super::extract::{ApiJson, AuthUser, MaybeAuthUser, Validator};
 use super::ApiError;
-use crate::app::AppState;
 use crate::domain::meetings::{self as rules, Access, JoinError, JoinOutcome, Status};
 use crate::domain::roles::Role;
+use crate::http_error::FieldError;
+use crate::state::AppState;
 use crate::store::meetings::{JoinLink, Meeting, MeetingFilter, MeetingSettings};
 use crate::store::users::User;
 use crate::store::{new_id, now_ms, StoreError};
@@ -733,7 +733,7 @@ async fn update_meeting(
     }
     let fresh = find_meeting(&state, &meeting.id).await?;
     // Connected participants see the change (`meeting_updated`); their permissions follow it.
-    state.signaling.meeting_updated(&fresh);
+    state.live.meeting_updated(&fresh);
     Ok(Json(view(&state, fresh, user.display_name, true)))
 }
 
@@ -790,7 +790,7 @@ async fn close(
         }
         Err(other) => return Err(other.into()),
     }
-    state.signaling.meeting_ended(&meeting.id, by);
+    state.live.meeting_ended(&meeting.id, by);
     let fresh = find_meeting(state, &meeting.id).await?;
     Ok(Json(view(state, fresh, user.display_name, true)))
 }
@@ -1116,10 +1116,12 @@ async fn join_meeting(
             wait_token,
         } => {
             if first_ask {
-                state
-                    .signaling
-                    .announce_waiting(&state.store, &meeting_id, &participant_id)
-                    .await;
+                match state.store.participant(&meeting_id, &participant_id).await {
+                    Ok(participant) => state.live.waiting(&meeting_id, &participant),
+                    Err(e) => {
+                        tracing::warn!(meeting = %meeting_id, participant = %participant_id, error = %e, "waiting participant not announced")
+                    }
+                }
             }
             Ok((
                 StatusCode::ACCEPTED,

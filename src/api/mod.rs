@@ -3,12 +3,10 @@
 
 pub mod auth;
 pub mod chat;
-pub mod error;
 pub mod extract;
 pub mod health;
 pub mod meetings;
 pub mod moderation;
-pub mod ratelimit;
 pub mod recordings;
 pub mod users;
 
@@ -17,9 +15,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
-pub use error::ApiError;
+pub use crate::http_error::ApiError;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Every `/api/v1` route.
 pub fn router() -> Router<AppState> {

@@ -13,12 +13,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::error::FieldError;
 use super::extract::{ApiJson, AuthUser, Validator};
 use super::ApiError;
-use crate::app::AppState;
 use crate::domain::moderation::{self, ModerationError};
 use crate::domain::roles::{Action, Role};
+use crate::http_error::FieldError;
+use crate::state::AppState;
 use crate::store::meetings::Meeting;
 use crate::store::participants::Participant;
 use crate::store::StoreError;
@@ -319,7 +319,7 @@ async fn kick(
     let meeting_id = caller.meeting.id.as_str();
     moderation::kick(&state.store, &state.sfu, meeting_id, &target, body.ban).await?;
     let by = caller.seat.as_ref().map(|s| s.id.clone());
-    state.signaling.kicked(meeting_id, &target, body.ban, by);
+    state.live.kicked(meeting_id, &target, body.ban, by);
     let updated = find_participant(&state, meeting_id, &target.id).await?;
     Ok(Json(updated.into()))
 }
@@ -355,7 +355,7 @@ async fn mute(
     let meeting_id = caller.meeting.id.as_str();
     moderation::mute(&state.store, &state.sfu, meeting_id, &target, flag, kind).await?;
     let by = caller.seat.as_ref().map(|s| s.id.clone());
-    state.signaling.muted(meeting_id, &target.id, kind, by);
+    state.live.muted(meeting_id, &target.id, kind, by);
     let updated = find_participant(&state, meeting_id, &target.id).await?;
     Ok(Json(updated.into()))
 }
@@ -393,7 +393,7 @@ async fn change_role(
         .store
         .set_participant_role(meeting_id, &target.id, role.as_str())
         .await?;
-    state.signaling.role_changed(meeting_id, &target.id, role);
+    state.live.role_changed(meeting_id, &target.id, role);
     let updated = find_participant(&state, meeting_id, &target.id).await?;
     Ok(Json(updated.into()))
 }
@@ -449,7 +449,7 @@ async fn resolve_waiting(
         }
         Err(other) => return Err(other.into()),
     }
-    state.signaling.waiting_resolved(meeting_id, pid, admit);
+    state.live.waiting_resolved(meeting_id, pid, admit);
     let updated = find_participant(state, meeting_id, pid).await?;
     Ok(Json(updated.into()))
 }

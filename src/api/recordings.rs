@@ -15,7 +15,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::extract::AuthUser;
 use super::moderation::{time, MeetingCaller};
 use super::ApiError;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::store::meetings::Meeting;
 use crate::store::now_ms;
 use crate::store::participants::Participant;

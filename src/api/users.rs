@@ -14,8 +14,8 @@ use utoipa::{OpenApi, ToSchema};
 use super::auth::{self, TokenResponse};
 use super::extract::{ApiJson, AuthUser, Validator};
 use super::ApiError;
-use crate::app::AppState;
 use crate::domain::password;
+use crate::state::AppState;
 use crate::store::users::{ProfileUpdate, User};
 use crate::store::StoreError;
 

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod live;
 pub mod meetings;
 pub mod moderation;
 pub mod password;

@@ -3,8 +3,8 @@
 
 use axum::http::{header, HeaderMap};
 
-use crate::api::ApiError;
 use crate::domain::token::{JoinClaims, TokenError, TokenKeys};
+use crate::http_error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {

@@ -22,11 +22,39 @@ pub mod ws;
 pub use rooms::Signaling;
 
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 
-use crate::app::AppState;
+use crate::state::AppState;
+
+/// Signaling's own tables, shared by its socket and session tasks.
+#[derive(Clone)]
+pub struct Live {
+    /// Routes SFU events to signaling sessions.
+    pub hub: hub::Hub,
+    /// Who is in each meeting over WebSocket signaling; how moderation reaches live sockets.
+    pub rooms: Signaling,
+    /// Open WebSockets, overall and per address (`ws_max_connections*`).
+    pub sockets: sockets::Sockets,
+}
+
+/// What a socket or session task holds: the server's state and signaling's tables. Derefs to
+/// [`AppState`].
+#[derive(Clone)]
+pub struct Context {
+    pub app: AppState,
+    pub live: Live,
+}
+
+impl std::ops::Deref for Context {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.app
+    }
+}
 
 /// WHIP/WHEP and `/ws`.
-pub fn router() -> Router<AppState> {
-    whip::router().route("/ws", get(ws::upgrade))
+pub fn router(live: Live) -> Router<AppState> {
+    whip::router()
+        .route("/ws", get(ws::upgrade))
+        .layer(Extension(live))
 }

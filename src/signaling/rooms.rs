@@ -384,21 +384,14 @@ impl Signaling {
     }
 
     /// Someone entered the waiting room (a join answered 202): the moderators are told.
-    pub async fn announce_waiting(&self, store: &Store, meeting_id: &str, participant_id: &str) {
-        let participant = match store.participant(meeting_id, participant_id).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(meeting = %meeting_id, participant = %participant_id, error = %e, "waiting participant not announced");
-                return;
-            }
-        };
+    pub fn announce_waiting(&self, meeting_id: &str, participant: &Participant) {
         let registry = self.lock();
         if let Some(room) = registry.rooms.get(meeting_id) {
             room.to_moderators(&frame(&ServerMessage::Waiting {
                 participant: WaitingView {
-                    participant_id: participant.id,
-                    display_name: participant.display_name,
-                    user_id: participant.user_id,
+                    participant_id: participant.id.clone(),
+                    display_name: participant.display_name.clone(),
+                    user_id: participant.user_id.clone(),
                 },
             }));
         }
@@ -702,5 +695,33 @@ impl Signaling {
                 tracing::warn!(meeting = %meeting_id, error = %e, "empty meeting not ended")
             }
         }
+    }
+}
+
+/// REST reaches the live meetings through this (see `domain::live`).
+impl crate::domain::live::LiveMeetings for Signaling {
+    fn kicked(&self, meeting_id: &str, target: &Participant, banned: bool, by: Option<String>) {
+        Signaling::kicked(self, meeting_id, target, banned, by);
+    }
+    fn muted(&self, meeting_id: &str, participant_id: &str, kind: MediaKind, by: Option<String>) {
+        Signaling::muted(self, meeting_id, participant_id, kind, by);
+    }
+    fn role_changed(&self, meeting_id: &str, participant_id: &str, role: Role) {
+        Signaling::role_changed(self, meeting_id, participant_id, role);
+    }
+    fn waiting(&self, meeting_id: &str, participant: &Participant) {
+        Signaling::announce_waiting(self, meeting_id, participant);
+    }
+    fn waiting_resolved(&self, meeting_id: &str, participant_id: &str, admitted: bool) {
+        Signaling::waiting_resolved(self, meeting_id, participant_id, admitted);
+    }
+    fn meeting_ended(&self, meeting_id: &str, by: Option<String>) {
+        Signaling::meeting_ended(self, meeting_id, by);
+    }
+    fn meeting_updated(&self, meeting: &Meeting) {
+        Signaling::meeting_updated(self, meeting);
+    }
+    fn chat_posted(&self, message: &Message) {
+        Signaling::chat_posted(self, message);
     }
 }

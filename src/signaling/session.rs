@@ -25,11 +25,11 @@ use super::protocol::{
 };
 use super::rooms::{frame, Frame};
 use super::sdpscan::sending_tracks;
-use crate::api::ApiError;
-use crate::app::AppState;
+use super::Context;
 use crate::domain::moderation::{self as rules, ModerationError};
 use crate::domain::roles::{grants_for, Action, GrantSettings, Role};
 use crate::domain::token::{Grants, JoinClaims};
+use crate::http_error::ApiError;
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::sfu::quality::Quality;
 use crate::sfu::{FragmentCandidate, IceFragment, Intent, MediaKind, SfuEvent, TrackInfo};
@@ -160,7 +160,7 @@ pub(crate) fn chat_view(message: &Message) -> ChatView {
 /// (`resume`), or starts a new one, replacing any session of the same identity. Returns the
 /// session's channel, for the socket's messages.
 pub(crate) async fn join(
-    state: &AppState,
+    state: &Context,
     claims: &JoinClaims,
     resume: bool,
     socket: SocketHandle,
@@ -237,7 +237,8 @@ pub(crate) async fn join(
 
     let mut socket = socket;
     if let Some((held, session)) = state
-        .signaling
+        .live
+        .rooms
         .session_of_identity(&meeting.id, &seat.identity)
     {
         if resume && held == seat.id {
@@ -297,7 +298,7 @@ pub(crate) async fn join(
 /// Creates the session: its subscriber connection (the first `offer`), its registration, and
 /// its task. Sends `joined` and the offer on `socket`. Returns the session's channel.
 async fn start(
-    state: &AppState,
+    state: &Context,
     meeting: Meeting,
     seat: crate::store::participants::Participant,
     token_grants: Grants,
@@ -307,7 +308,7 @@ async fn start(
     let identity = seat.identity.clone();
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let (sfu_tx, sfu_events) = mpsc::unbounded_channel();
-    let room_listener = state.hub.watch_room(room.clone(), sfu_tx.clone());
+    let room_listener = state.live.hub.watch_room(room.clone(), sfu_tx.clone());
     let role = if seat.user_id.as_deref() == Some(meeting.host_id.as_str()) {
         Role::Host
     } else {
@@ -323,7 +324,10 @@ async fn start(
                 let api = ApiError::from(e);
                 JoinFailure::new(api.code, api.message, close::TRY_AGAIN)
             })?;
-        state.hub.watch_session(negotiated.session, sfu_tx.clone());
+        state
+            .live
+            .hub
+            .watch_session(negotiated.session, sfu_tx.clone());
         (Some(negotiated.session), Some(negotiated.answer))
     } else {
         (None, None)
@@ -379,7 +383,8 @@ async fn start(
         ended: false,
     };
     let others = state
-        .signaling
+        .live
+        .rooms
         .register(&session.meeting.id, view.clone(), inputs_tx.clone());
     info!(meeting = %session.meeting.id, participant = %session.participant_id, identity = %session.identity, "participant joined signaling");
     let chat = session.recent_chat().await;
@@ -394,7 +399,7 @@ async fn start(
     Ok(inputs_tx)
 }
 
-async fn waiting_list(state: &AppState, meeting_id: &str) -> Result<Vec<WaitingView>, StoreError> {
+async fn waiting_list(state: &Context, meeting_id: &str) -> Result<Vec<WaitingView>, StoreError> {
     Ok(state
         .store
         .meeting_participants(meeting_id, Some("waiting"))
@@ -433,7 +438,7 @@ enum Ending {
 }
 
 struct Session {
-    state: AppState,
+    state: Context,
     room: RoomId,
     meeting: Meeting,
     participant_id: String,
@@ -765,6 +770,7 @@ impl Session {
                     )
                     .await?;
                 self.state
+                    .live
                     .hub
                     .watch_session(negotiated.session, self.sfu_tx.clone());
                 self.publisher = Some(negotiated.session);
@@ -884,7 +890,8 @@ impl Session {
         let participant_id = self.participant_id.clone();
         let changed = self
             .state
-            .signaling
+            .live
+            .rooms
             .update(&self.meeting.id, &participant_id, |view| {
                 let before = view.muted.contains(&source);
                 if muted && !before {
@@ -936,7 +943,8 @@ impl Session {
     async fn apply_mute(&mut self, kind: Kind) {
         let muted = self
             .state
-            .signaling
+            .live
+            .rooms
             .snapshot(&self.meeting.id, &self.participant_id)
             .map(|(me, _)| me.muted)
             .unwrap_or_default();
@@ -955,7 +963,8 @@ impl Session {
 
     fn set_hand(&mut self, raised: bool) -> Outcome {
         self.state
-            .signaling
+            .live
+            .rooms
             .update(&self.meeting.id, &self.participant_id, |view| {
                 if view.hand_raised == raised {
                     return ((), Vec::new());
@@ -1009,7 +1018,7 @@ impl Session {
                 body: text,
             })
             .await?;
-        self.state.signaling.chat_posted(&message);
+        self.state.live.rooms.chat_posted(&message);
         Ok(())
     }
 
@@ -1022,7 +1031,7 @@ impl Session {
             }
         }
         self.last_typing = Some((now, active));
-        self.state.signaling.broadcast(
+        self.state.live.rooms.broadcast(
             &self.meeting.id,
             &ServerMessage::Typing {
                 participant_id: self.participant_id.clone(),
@@ -1036,7 +1045,7 @@ impl Session {
 
     async fn moderate(&mut self, request: Moderation) -> Outcome {
         let state = self.state.clone();
-        let (store, sfu, signaling) = (&state.store, &state.sfu, &state.signaling);
+        let (store, sfu, signaling) = (&state.store, &state.sfu, &state.live.rooms);
         let meeting_id = self.meeting.id.clone();
         let by = Some(self.participant_id.clone());
         if request.action == ModerateAction::EndMeeting {
@@ -1125,7 +1134,8 @@ impl Session {
                     .filter_map(|s| {
                         let participant_id = self
                             .state
-                            .signaling
+                            .live
+                            .rooms
                             .participant_of_identity(&self.meeting.id, &s.identity.0)?;
                         Some(SpeakerView {
                             participant_id,
@@ -1149,7 +1159,8 @@ impl Session {
         self.tracks.insert(track.id, (source, kind));
         let participant_id = self.participant_id.clone();
         self.state
-            .signaling
+            .live
+            .rooms
             .update(&self.meeting.id, &participant_id, |view| {
                 let view_track = TrackView {
                     track_id: track.id.to_string(),
@@ -1180,7 +1191,8 @@ impl Session {
         let participant_id = self.participant_id.clone();
         let track_id = track.to_string();
         self.state
-            .signaling
+            .live
+            .rooms
             .update(&self.meeting.id, &participant_id, |view| {
                 view.tracks.retain(|t| t.track_id != track_id);
                 (
@@ -1213,7 +1225,7 @@ impl Session {
             return;
         }
         self.announced_quality = Some(worst);
-        self.state.signaling.broadcast(
+        self.state.live.rooms.broadcast(
             &self.meeting.id,
             &ServerMessage::ConnectionQuality {
                 participant_id: self.participant_id.clone(),
@@ -1226,7 +1238,7 @@ impl Session {
     /// One of the participant's connections closed under it (ICE failed, DTLS closed).
     async fn connection_closed(&mut self, session: PeerId, reason: &str) {
         if Some(session) == self.publisher {
-            self.state.hub.forget_session(session);
+            self.state.live.hub.forget_session(session);
             self.publisher = None;
             self.quality.0 = None;
             self.send(&ServerMessage::error(
@@ -1235,7 +1247,7 @@ impl Session {
                 None,
             ));
         } else if Some(session) == self.subscriber {
-            self.state.hub.forget_session(session);
+            self.state.live.hub.forget_session(session);
             self.subscriber = None;
             self.quality.1 = None;
             self.pending_offer = None;
@@ -1262,6 +1274,7 @@ impl Session {
         {
             Ok(negotiated) => {
                 self.state
+                    .live
                     .hub
                     .watch_session(negotiated.session, self.sfu_tx.clone());
                 self.subscriber = Some(negotiated.session);
@@ -1345,7 +1358,8 @@ impl Session {
     ) {
         let snapshot = self
             .state
-            .signaling
+            .live
+            .rooms
             .snapshot(&self.meeting.id, &self.participant_id);
         let Some((me, others)) = snapshot.filter(|_| !self.ended) else {
             let _ = reply.send(Err(socket));
@@ -1361,7 +1375,7 @@ impl Session {
         let waiting = self.role.is_moderator().then(|| {
             // Moderators resuming see the waiting sockets known here; the full list is in
             // GET /meetings/{id}/waiting.
-            self.state.signaling.waiting_sockets(&self.meeting.id)
+            self.state.live.rooms.waiting_sockets(&self.meeting.id)
         });
         let joined = self.joined(me, others, waiting, true, chat);
         let _ = socket.outbound.try_send(Outbound::Frame(frame(&joined)));
@@ -1464,7 +1478,7 @@ impl Session {
             .into_iter()
             .flatten()
         {
-            self.state.hub.forget_session(session);
+            self.state.live.hub.forget_session(session);
             // Kicks and meeting ends closed the peers already; a missing session is fine.
             let owner = crate::sfu::Requester::owner(ParticipantId(self.identity.clone()));
             let _ = self
@@ -1473,9 +1487,12 @@ impl Session {
                 .close(self.room.clone(), session, owner)
                 .await;
         }
-        self.state
-            .signaling
-            .unregister(&self.meeting.id, &self.participant_id, &self.me, announce);
+        self.state.live.rooms.unregister(
+            &self.meeting.id,
+            &self.participant_id,
+            &self.me,
+            announce,
+        );
         if leaves {
             if let Err(e) = self
                 .state

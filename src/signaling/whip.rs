@@ -16,12 +16,12 @@ use axum::Router;
 
 use super::auth::{authorize, Need};
 use super::sdpfrag;
-use crate::api::ApiError;
-use crate::app::AppState;
 use crate::config::IceServer;
 use crate::domain::admission;
+use crate::http_error::ApiError;
 use crate::ids::{ParticipantId, PeerId, RoomId};
 use crate::sfu::{Intent, PatchOutcome, Requester};
+use crate::state::AppState;
 
 const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";

@@ -23,11 +23,12 @@ use super::protocol::{self, close, ClientMessage, ServerMessage, WaitingView, PR
 use super::rooms::{WaitEvent, WaitingGuard};
 use super::session::{self, Bucket, Input, Outbound, SocketHandle};
 use super::sockets::Refused;
-use crate::api::ApiError;
-use crate::app::AppState;
+use super::{Context, Live};
 use crate::domain::access::WaitClaims;
 use crate::domain::meetings::{self as rules, JoinOutcome, JoinRequest};
 use crate::domain::token::{JoinClaims, TokenError};
+use crate::http_error::ApiError;
+use crate::state::AppState;
 
 static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
 
@@ -44,11 +45,13 @@ enum Credentials {
 /// `GET /ws[?token=<join token> | ?wait_token=<wait token>]`. A bad token in the query is
 /// refused before the upgrade (401, JSON error envelope).
 pub(crate) async fn upgrade(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
+    axum::Extension(live): axum::Extension<Live>,
     ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let state = Context { app, live };
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -93,7 +96,7 @@ pub(crate) async fn upgrade(
         Credentials::None
     };
     let config = &state.config;
-    let slot = match state.sockets.open(
+    let slot = match state.live.sockets.open(
         remote.ip(),
         config.ws_max_connections,
         config.ws_max_connections_per_address,
@@ -177,7 +180,7 @@ enum Flow {
 }
 
 struct Connection {
-    state: AppState,
+    state: Context,
     socket: WebSocket,
     id: u64,
     rate: Bucket,
@@ -204,7 +207,7 @@ async fn next_phase_event(phase: &mut Phase) -> PhaseEvent {
 }
 
 impl Connection {
-    fn new(state: AppState, socket: WebSocket, id: u64) -> Self {
+    fn new(state: Context, socket: WebSocket, id: u64) -> Self {
         let config = &state.config;
         let rate = Bucket::new(
             config.ws_message_burst,
@@ -542,7 +545,8 @@ impl Connection {
         // Registered before the status is read, so a decision made in between still arrives.
         let guard = self
             .state
-            .signaling
+            .live
+            .rooms
             .wait(&claims.meeting, view.clone(), events_tx.clone());
         let meeting_closed = match store.meeting(&claims.meeting).await {
             Ok(m) => rules::is_closed(&m.status),

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use super::ApiError;
-use crate::app::AppState;
 use crate::config::Config;
+use crate::http_error::ApiError;
+use crate::state::AppState;
 
 #[derive(Clone, Default)]
 pub struct RateLimits {

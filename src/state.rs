@@ -1,0 +1,33 @@
+//! What every request handler shares, cheap to clone. Sits below `api`, `signaling` and `web`
+//! (each uses it; it uses none of them), so the layers import downward only: `app` wires
+//! `api` and `signaling` over this, and neither reaches back into `app`.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::domain::access::AccessKeys;
+use crate::domain::live::LiveMeetings;
+use crate::domain::token::TokenKeys;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
+use crate::sfu::Sfu;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    /// Join tokens (media).
+    pub keys: TokenKeys,
+    /// REST access tokens.
+    pub access: AccessKeys,
+    pub limits: RateLimits,
+    /// How REST moderation, chat and meeting changes reach the meetings' live sockets
+    /// (implemented by signaling).
+    pub live: Arc<dyn LiveMeetings>,
+    pub metrics: Metrics,
+    pub sfu: Sfu,
+    /// Cleared when shutdown starts, so /readyz turns away new load first.
+    pub accepting: Arc<AtomicBool>,
+}
