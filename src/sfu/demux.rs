@@ -127,7 +127,8 @@ struct Credentials {
 /// The indexes that route datagrams to peers.
 pub struct Demux {
     by_ufrag: HashMap<String, Credentials>,
-    by_addr: HashMap<SocketAddr, PeerId>,
+    /// FxHash: looked up per datagram; only addresses that passed a verified check get in.
+    by_addr: rustc_hash::FxHashMap<SocketAddr, PeerId>,
     /// Each peer's bound addresses, oldest first.
     addrs_of: HashMap<PeerId, VecDeque<SocketAddr>>,
     max_addresses_per_peer: usize,
@@ -143,7 +144,7 @@ impl Demux {
     pub fn new(max_addresses_per_peer: usize) -> Self {
         Self {
             by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
+            by_addr: rustc_hash::FxHashMap::default(),
             addrs_of: HashMap::new(),
             max_addresses_per_peer: max_addresses_per_peer.max(1),
         }

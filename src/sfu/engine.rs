@@ -26,6 +26,7 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -71,10 +72,11 @@ pub struct Engine {
     pub(super) viewer_wait: Duration,
     pub(super) metrics: Metrics,
     pub(super) demux: Demux,
-    pub(super) peers: HashMap<PeerId, Peer>,
+    /// FxHash: looked up per forwarded packet, keyed by ids the server made.
+    pub(super) peers: FxHashMap<PeerId, Peer>,
     pub(super) rooms: HashMap<RoomId, Room>,
     /// The forwarding table: every published track, with its subscribers.
-    pub(super) tracks: HashMap<TrackId, PublishedTrack>,
+    pub(super) tracks: FxHashMap<TrackId, PublishedTrack>,
     pub(super) next_track_id: u64,
     /// (deadline, peer); stale entries are skipped by comparing with `Peer::next_timeout`.
     pub(super) timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
@@ -127,9 +129,9 @@ impl Engine {
             viewer_wait: config.whep_publisher_wait,
             metrics,
             demux: Demux::new(config.max_addresses_per_peer),
-            peers: HashMap::new(),
+            peers: FxHashMap::default(),
             rooms: HashMap::new(),
-            tracks: HashMap::new(),
+            tracks: FxHashMap::default(),
             next_track_id: 1,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
@@ -355,7 +357,7 @@ impl Engine {
             etag: etag_for(&local_ufrag),
             local_ufrag,
             remote_ufrag,
-            inbound: HashMap::new(),
+            inbound: FxHashMap::default(),
             published: Vec::new(),
             down_tracks,
             next_timeout: None,
@@ -1146,41 +1148,14 @@ impl Engine {
         if track.muted {
             return;
         }
-        let mut forwarded = 0u64;
-        for subscriber in &track.subscribers {
-            let Some(peer) = self.peers.get_mut(&subscriber.peer) else {
-                continue;
-            };
-            if peer.state != PeerState::Connected {
-                continue;
-            }
-            let Some(down) = peer.down_tracks.get_mut(subscriber.slot) else {
-                continue;
-            };
-            let Some(payload_type) = down.payload_type else {
-                continue;
-            };
-            let out = down.rewrite(payload_type, &packet, now);
-            // handle_write ignores the track id (the SSRC routes the packet), so an empty
-            // String (no allocation) stands in for it.
-            match peer.pc.handle_write(TaggedRTCMessage {
-                now,
-                message: RTCMessage::RtpPacket(String::new(), out),
-            }) {
-                Ok(()) => {
-                    forwarded += 1;
-                    if !peer.dirty {
-                        peer.dirty = true;
-                        self.dirty.push(subscriber.peer);
-                    }
-                }
-                Err(_) => self
-                    .metrics
-                    .forward_errors
-                    .with_label_values(&["write_failed"])
-                    .inc(),
-            }
-        }
+        let forwarded = super::forward::fan_out(
+            track,
+            &packet,
+            now,
+            &mut self.peers,
+            &mut self.dirty,
+            &self.metrics,
+        );
         self.metrics.rtp_packets_out.inc_by(forwarded);
         self.metrics
             .rtp_bytes_out

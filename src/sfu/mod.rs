@@ -7,6 +7,7 @@
 pub mod demux;
 mod engine;
 pub mod error;
+mod forward;
 pub mod ingress;
 mod peer;
 mod placement;

@@ -4,7 +4,6 @@
 //! Lifecycle: `Connecting` (answer sent, ICE/DTLS under way) → `Connected` → `Closed`. A peer
 //! that stays `Connecting` past `connect_timeout`, or whose connection fails, is reaped.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -73,7 +72,7 @@ pub struct Peer {
     /// Changes with every ICE restart (RFC 9725 §4.3).
     pub etag: String,
     /// Publisher: rtc track id of each inbound stream → our track.
-    pub inbound: HashMap<String, TrackId>,
+    pub inbound: rustc_hash::FxHashMap<String, TrackId>,
     /// Publisher: tracks in m-line order.
     pub published: Vec<TrackId>,
     /// Subscriber: down tracks; `SubscriberRef::slot` indexes this.

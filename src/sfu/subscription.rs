@@ -6,7 +6,6 @@
 //! flight at a time; changes made meanwhile are folded into the next offer once the answer is in.
 //! Publishers renegotiate the other way round: they offer (a screen share added), we answer.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -52,7 +51,7 @@ impl Engine {
             local_ufrag: String::new(),
             remote_ufrag: String::new(),
             etag: String::new(),
-            inbound: HashMap::new(),
+            inbound: rustc_hash::FxHashMap::default(),
             published: Vec::new(),
             down_tracks: Vec::new(),
             next_timeout: None,

@@ -171,66 +171,27 @@ fn is_transient(e: &io::Error) -> bool {
 
 #[cfg(target_os = "linux")]
 fn sendmmsg(socket: &UdpSocket, batch: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSlice;
     use std::os::fd::AsRawFd;
 
     debug_assert!(batch.len() <= SEND_BATCH);
-    // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut names: [libc::sockaddr_storage; SEND_BATCH] = unsafe { std::mem::zeroed() };
-    let mut iovecs: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
-    let mut headers: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
-    for (i, (destination, payload)) in batch.iter().enumerate() {
-        let name_len = write_sockaddr(&mut names[i], *destination);
-        iovecs[i] = libc::iovec {
-            iov_base: payload.as_ptr() as *mut libc::c_void,
-            iov_len: payload.len(),
-        };
-        headers[i].msg_hdr.msg_name = &mut names[i] as *mut _ as *mut libc::c_void;
-        headers[i].msg_hdr.msg_namelen = name_len;
-        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: headers[..len] point into names/iovecs/batch, all alive for the call.
-    let n = unsafe {
-        libc::sendmmsg(
-            socket.as_raw_fd(),
-            headers.as_mut_ptr(),
-            batch.len() as u32,
-            0,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn write_sockaddr(storage: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(v4) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
-            let sin = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr = libc::in_addr {
-                s_addr: u32::from_ne_bytes(v4.ip().octets()),
-            };
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
-        }
-        SocketAddr::V6(v6) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
-            let sin6 = unsafe { &mut *(storage as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr = libc::in6_addr {
-                s6_addr: v6.ip().octets(),
-            };
-            sin6.sin6_flowinfo = v6.flowinfo();
-            sin6.sin6_scope_id = v6.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-        }
-    }
+    let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|(_, p)| [IoSlice::new(p)]).collect();
+    let addresses: Vec<Option<SockaddrStorage>> = batch
+        .iter()
+        .map(|(destination, _)| Some(SockaddrStorage::from(*destination)))
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
+    let sent = nix::sys::socket::sendmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        &slices,
+        &addresses,
+        [],
+        MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
+    Ok(sent.count())
 }
 
 #[cfg(not(target_os = "linux"))]

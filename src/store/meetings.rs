@@ -245,7 +245,9 @@ impl Store {
         filter: &MeetingFilter,
     ) -> StoreResult<(Vec<(Meeting, String)>, i64)> {
         // Placeholders are numbered as conditions are added, so each query binds exactly the
-        // parameters it references (both backends insist on that).
+        // parameters it references (both backends insist on that). Not sqlx::QueryBuilder: over
+        // the Any driver it writes `?` placeholders, which PostgreSQL refuses. Only static SQL
+        // fragments are pushed; every value is bound.
         let email = email.trim().to_lowercase();
         let mut args: Vec<FilterArg> =
             vec![FilterArg::Text(user_id.to_owned()), FilterArg::Text(email)];

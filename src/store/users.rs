@@ -158,6 +158,9 @@ impl Store {
     /// Applies the fields that are `Some` (one UPDATE, so concurrent edits of different fields
     /// do not overwrite each other) and returns the user as stored.
     pub async fn update_user_profile(&self, id: &str, update: &ProfileUpdate) -> StoreResult<User> {
+        // Not sqlx::QueryBuilder: over the Any driver it writes `?` placeholders, which
+        // PostgreSQL refuses. The SQL is built from static column names only; every value is
+        // bound.
         let mut sets = vec!["updated_at = $2".to_owned()];
         let mut next = 3;
         let mut placeholder = |column: &str, sets: &mut Vec<String>| {
