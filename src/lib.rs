@@ -2,12 +2,16 @@
 //!
 //! Module map:
 //! - [`config`]: one typed `Config` (defaults < convene.toml < CONVENE_* env < flags).
-//! - [`app`]: wires everything; [`app::Server`] is what `main` and the tests start.
+//! - [`app`]: wires everything (the top layer); [`app::Server`] is what `main` and the tests start.
+//! - [`state`]: `AppState`, below `api`, `signaling` and `web`; [`http_error`]: the error
+//!   envelope at the HTTP edge; [`ratelimit`]: per-address and per-identity limits.
 //! - [`http_server`]: the accept loop with connection cap, header-read and idle timeouts.
-//! - [`sfu`]: the data plane: UDP socket, sans-I/O peer connections, rooms, forwarding.
+//! - [`sfu`]: the data plane: one engine per core (own thread, port, rooms), sans-I/O peer
+//!   connections, forwarding.
 //! - [`signaling`]: WHIP/WHEP resources, WebSocket signaling (`/ws`), join-token checks.
 //! - [`api`]: REST under /api/v1 (accounts, meetings, moderation, chat), health, metrics.
-//! - [`domain`]: rules that are not HTTP (tokens, passwords, roles and grants).
+//! - [`domain`]: rules that are not HTTP (tokens, passwords, roles and grants, the
+//!   `LiveMeetings` interface REST tells live meetings through).
 //! - [`store`]: sqlx repositories over SQLite (default) or PostgreSQL.
 //! - [`web`]: the browser meeting client (embedded static files) and the WHIP/WHEP demo page.
 //! - [`load`]: `convene load`, a WHIP/WHEP load generator (any server, not only ours).

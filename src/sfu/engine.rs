@@ -1,8 +1,9 @@
-//! The event loop that owns every peer's sans-I/O `rtc` state machine.
+//! One media engine: the event loop that owns the sans-I/O `rtc` state machine of every peer of
+//! the rooms placed on it.
 //!
-//! One task drives all peers: it feeds datagrams from the shared socket and timer expiries in,
-//! polls packets, events and timers out, and forwards RTP from publishers to subscribers in the
-//! same pass. Because one owner holds all state, the forwarding path takes no lock.
+//! It feeds datagrams from its socket and timer expiries in, polls packets, events and timers
+//! out, and forwards RTP from publishers to subscribers in the same pass (`forward.rs`). Because
+//! one owner holds all of it, the forwarding path takes no lock.
 //!
 //! A turn of the loop (see [`run`]): wait until anything is ready (socket readable, a command,
 //! the earliest peer timer or housekeeping, room to send a backlog) → a bounded batch of

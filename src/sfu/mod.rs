@@ -1,8 +1,9 @@
 //! DATA PLANE. Rooms, published tracks, subscribers and the RTP between them.
 //!
 //! Knows nothing of HTTP, JWT or SQL: callers speak to it through [`Sfu`], a cheap handle that
-//! sends commands to the one engine task owning every peer connection (see `engine.rs`). No peer
-//! state is shared across tasks, so nothing here needs a lock.
+//! routes commands to the media engine owning the room (one per core, each a thread with its
+//! own port; see `engine.rs` and `placement.rs`). No peer state is shared across engines, so
+//! nothing on the media path takes a lock.
 
 pub mod demux;
 mod engine;
