@@ -151,23 +151,44 @@ async fn muting_the_camera_leaves_the_screen_share_flowing() {
     let got = exchange(&alice, &bob, &tracks, &names, 30).await;
     assert!(got["cam"] >= 25 && got["scr"] >= 25, "{got:?}");
 
+    // The mute reaches the SFU a moment after the message: rounds are exchanged until it shows
+    // (a bounded number of times), then one more round must show it still.
     alice
         .ws
         .send(json!({"type": "mute", "source": "camera", "muted": true, "ref": "m"}));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    let got = exchange_until(&alice, &bob, &tracks, &names, |g| g["cam"] == 0).await;
     assert_eq!(got["cam"], 0, "the muted camera stops: {got:?}");
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert_eq!(got["cam"], 0, "the muted camera stays stopped: {got:?}");
     assert!(got["scr"] >= 25, "the screen share keeps flowing: {got:?}");
 
     alice
         .ws
         .send(json!({"type": "mute", "source": "camera", "muted": false, "ref": "u"}));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    let got = exchange_until(&alice, &bob, &tracks, &names, |g| g["cam"] >= 25).await;
     assert!(
         got["cam"] >= 25 && got["scr"] >= 25,
         "both flow after unmute: {got:?}"
     );
+}
+
+/// Exchanges rounds of 30 packets until `done` holds of what arrived, at most 10 times; returns
+/// the last round's counts.
+async fn exchange_until(
+    alice: &MediaClient,
+    bob: &MediaClient,
+    tracks: &HashMap<String, String>,
+    names: &[&str],
+    done: impl Fn(&HashMap<String, usize>) -> bool,
+) -> HashMap<String, usize> {
+    let mut got = exchange(alice, bob, tracks, names, 30).await;
+    for _ in 0..9 {
+        if done(&got) {
+            break;
+        }
+        got = exchange(alice, bob, tracks, names, 30).await;
+    }
+    got
 }
 
 #[tokio::test]

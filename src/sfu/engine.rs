@@ -363,8 +363,7 @@ impl Engine {
             down_tracks,
             next_timeout: None,
             dirty: false,
-            negotiating: false,
-            offer_pending: false,
+            negotiation: Default::default(),
             quality: Default::default(),
             dtls_input: false,
         };

@@ -44,6 +44,37 @@ pub enum PeerRole {
     RoomSubscriber,
 }
 
+/// Renegotiation of a room subscriber, where the server offers: at most one offer in flight;
+/// changes made meanwhile are offered together once its answer is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Negotiation {
+    /// Nothing to offer, nothing in flight.
+    #[default]
+    Stable,
+    /// Tracks changed: an offer goes out when the peer is next serviced.
+    OfferDue,
+    /// An offer awaits the client's answer; `again`: tracks changed since it went out.
+    AwaitingAnswer { again: bool },
+}
+
+impl Negotiation {
+    /// Tracks changed.
+    pub fn changed(self) -> Self {
+        match self {
+            Negotiation::AwaitingAnswer { .. } => Negotiation::AwaitingAnswer { again: true },
+            _ => Negotiation::OfferDue,
+        }
+    }
+
+    /// The client answered.
+    pub fn answered(self) -> Self {
+        match self {
+            Negotiation::AwaitingAnswer { again: true } => Negotiation::OfferDue,
+            _ => Negotiation::Stable,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerState {
     Connecting,
@@ -81,10 +112,8 @@ pub struct Peer {
     pub next_timeout: Option<Instant>,
     /// Queued in the engine's dirty list (input handled, output not yet polled).
     pub dirty: bool,
-    /// A server offer awaits the client's answer (room subscribers).
-    pub negotiating: bool,
-    /// Tracks changed while negotiating: offer again once the answer is in.
-    pub offer_pending: bool,
+    /// Where the server's offers to a room subscriber stand.
+    pub negotiation: Negotiation,
     pub quality: crate::sfu::quality::QualityTracker,
     /// A DTLS record arrived since the last service: look whether the client closed DTLS.
     pub dtls_input: bool,
@@ -251,6 +280,17 @@ pub fn sdp_attribute<'a>(sdp: &'a str, attribute: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changes_during_an_offer_are_offered_once_it_is_answered() {
+        let mut n = Negotiation::Stable.changed();
+        assert_eq!(n, Negotiation::OfferDue);
+        n = Negotiation::AwaitingAnswer { again: false };
+        assert_eq!(n.answered(), Negotiation::Stable);
+        n = n.changed().changed();
+        assert_eq!(n, Negotiation::AwaitingAnswer { again: true });
+        assert_eq!(n.answered(), Negotiation::OfferDue);
+    }
 
     #[test]
     fn reads_sdp_attributes() {

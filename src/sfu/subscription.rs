@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use super::engine::{resolve_payload_types, Engine};
 use super::error::SfuError;
-use super::peer::{sdp_attribute, Peer, PeerRole, PeerState};
+use super::peer::{sdp_attribute, Negotiation, Peer, PeerRole, PeerState};
 use super::room::Room;
 use super::rtcp;
 use super::subscriber::DownTrack;
@@ -56,8 +56,7 @@ impl Engine {
             down_tracks: Vec::new(),
             next_timeout: None,
             dirty: false,
-            negotiating: false,
-            offer_pending: false,
+            negotiation: Default::default(),
             quality: Default::default(),
             dtls_input: false,
         };
@@ -109,7 +108,9 @@ impl Engine {
             .peers
             .get_mut(&session)
             .ok_or(SfuError::SessionNotFound)?;
-        if peer.role != PeerRole::RoomSubscriber || !peer.negotiating {
+        if peer.role != PeerRole::RoomSubscriber
+            || !matches!(peer.negotiation, Negotiation::AwaitingAnswer { .. })
+        {
             return Err(SfuError::BadOffer(
                 "no offer of ours is waiting for an answer on this session".into(),
             ));
@@ -130,7 +131,7 @@ impl Engine {
             .map(|(i, _)| i)
             .collect();
         resolve_payload_types(peer);
-        peer.negotiating = false;
+        peer.negotiation = peer.negotiation.answered();
         let connected = peer.state == PeerState::Connected;
         // Newly bound video needs a keyframe to start decoding; before the connection is up,
         // `on_connected` asks for it instead.
@@ -422,7 +423,7 @@ impl Engine {
     /// held back while an offer is waiting for its answer.
     pub(super) fn send_offer(&mut self, session: PeerId, _now: Instant) {
         if let Some(peer) = self.peers.get_mut(&session) {
-            peer.offer_pending = true;
+            peer.negotiation = peer.negotiation.changed();
         }
         self.mark_dirty(session);
     }
@@ -432,10 +433,10 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&session) else {
             return;
         };
-        if !peer.offer_pending || peer.negotiating {
+        if peer.negotiation != Negotiation::OfferDue {
             return;
         }
-        peer.offer_pending = false;
+        peer.negotiation = Negotiation::Stable;
         match create_offer(peer, now) {
             Ok(sdp) => {
                 let _ = self.events.send(SfuEvent::Offer { session, sdp });
@@ -491,7 +492,7 @@ impl Engine {
 fn create_offer(peer: &mut Peer, now: Instant) -> Result<String, SfuError> {
     let offer = peer.pc.create_offer(None)?;
     peer.pc.set_local_description(now, offer)?;
-    peer.negotiating = true;
+    peer.negotiation = Negotiation::AwaitingAnswer { again: false };
     peer.pc
         .local_description()
         .map(|d| d.sdp)
