@@ -69,9 +69,14 @@ async fn ten_subscribers_get_every_packet() {
     assert_eq!(report["subscribers_connected"], 10, "{report:#}");
     assert_eq!(report["subscribers_failed"], 0, "{report:#}");
     assert!(report["packets_sent"].as_u64().unwrap() > 0, "{report:#}");
-    assert_eq!(
+    // Nothing lost: each subscriber got at least every packet sent in the window, plus at most
+    // what was in flight when it opened (a frame's burst).
+    let (sent, received) = (
+        report["packets_sent"].as_u64().unwrap(),
         report["packets_received"].as_u64().unwrap(),
-        10 * report["packets_sent"].as_u64().unwrap(),
+    );
+    assert!(
+        (10 * sent..=10 * (sent + 10)).contains(&received),
         "every subscriber got every packet: {report:#}"
     );
     assert_eq!(report["delivery_percent"], 100.0, "{report:#}");

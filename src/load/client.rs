@@ -45,6 +45,13 @@ pub struct ClientPeer {
     local: SocketAddr,
 }
 
+/// Where a sender's packets go: its negotiated payload type and its SSRC.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    payload_type: u8,
+    ssrc: u32,
+}
+
 /// What a peer's task reports while it runs.
 #[derive(Default)]
 pub struct PeerStatus {
@@ -170,6 +177,8 @@ impl ClientPeer {
         let mut frame = vec![0u8; frame_bytes];
         let mut frames = 0u32;
         let mut buf = vec![0u8; 2048];
+        // Resolved once the connection is up (the answer fixed them), not per packet.
+        let (mut video_target, mut audio_target) = (None, None);
         loop {
             self.flush().await;
             self.events(&status, None);
@@ -187,6 +196,9 @@ impl ClientPeer {
                     let _ = self.pc.handle_timeout(Instant::now());
                 }
                 _ = video_tick.tick(), if connected => {
+                    let Some(target) = self.cached_target(&mut video_target, video) else {
+                        continue;
+                    };
                     // A VP8 frame header byte: bit 0 clear on keyframes (RFC 6386 §9.1).
                     frame[0] = if frames.is_multiple_of(KEYFRAME_EVERY) { 0x10 } else { 0x11 };
                     frames += 1;
@@ -195,7 +207,7 @@ impl ClientPeer {
                     };
                     let last = payloads.len().saturating_sub(1);
                     for (i, payload) in payloads.into_iter().enumerate() {
-                        if self.write(video, video_seq, video_ts, i == last, payload) {
+                        if self.write(video, target, (video_seq, video_ts, i == last), payload) {
                             sent.fetch_add(1, Ordering::Relaxed);
                         }
                         video_seq = video_seq.wrapping_add(1);
@@ -203,8 +215,11 @@ impl ClientPeer {
                     video_ts = video_ts.wrapping_add(90_000 / FRAME_RATE);
                 }
                 _ = audio_tick.tick(), if connected => {
+                    let Some(target) = self.cached_target(&mut audio_target, audio) else {
+                        continue;
+                    };
                     let payload = Bytes::from(vec![0xFC; OPUS_BYTES]);
-                    if self.write(audio, audio_seq, audio_ts, true, payload) {
+                    if self.write(audio, target, (audio_seq, audio_ts, true), payload) {
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
                     audio_seq = audio_seq.wrapping_add(1);
@@ -253,9 +268,9 @@ impl ClientPeer {
                     .bytes
                     .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
                 counters.expected.fetch_add(grown, Ordering::Relaxed);
-                counters
-                    .jitter_us
-                    .store(stream.jitter_us(), Ordering::Relaxed);
+                // The subscriber's jitter is its worst stream's.
+                let jitter = streams.values().map(Stream::jitter_us).max().unwrap_or(0);
+                counters.jitter_us.store(jitter, Ordering::Relaxed);
             }
             let timeout = self.timeout();
             tokio::select! {
@@ -280,29 +295,41 @@ impl ClientPeer {
         self.close().await;
     }
 
+    /// The payload type the answer gave a sender's codec, and the sender's SSRC.
+    fn target(&mut self, sender: RTCRtpSenderId) -> Option<Target> {
+        let mut sender = self.pc.rtp_sender(sender)?;
+        let payload_type = sender
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.payload_type)?;
+        let ssrc = sender.track().ssrcs().last()?;
+        Some(Target { payload_type, ssrc })
+    }
+
+    fn cached_target(
+        &mut self,
+        slot: &mut Option<Target>,
+        sender: RTCRtpSenderId,
+    ) -> Option<Target> {
+        if slot.is_none() {
+            *slot = self.target(sender);
+        }
+        *slot
+    }
+
     fn write(
         &mut self,
         sender: RTCRtpSenderId,
-        sequence: u16,
-        timestamp: u32,
-        marker: bool,
+        target: Target,
+        (sequence, timestamp, marker): (u16, u32, bool),
         payload: Bytes,
     ) -> bool {
         let Some(mut sender) = self.pc.rtp_sender(sender) else {
             return false;
         };
-        let Some(payload_type) = sender
-            .get_parameters()
-            .rtp_parameters
-            .codecs
-            .first()
-            .map(|c| c.payload_type)
-        else {
-            return false;
-        };
-        let Some(ssrc) = sender.track().ssrcs().last() else {
-            return false;
-        };
+        let Target { payload_type, ssrc } = target;
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::Header {
                 version: 2,

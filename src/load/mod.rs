@@ -147,7 +147,7 @@ pub async fn run(options: LoadOptions) -> Result<Report, LoadError> {
     let rss_before = options.server_pid.and_then(procfs::rss_bytes);
 
     // Subscribers, paced; a refusal of the first one ends the run with its reason.
-    let (failures_tx, mut failures) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut failures = Vec::new();
     let mut subscribers = Vec::new();
     let pace = Duration::from_secs_f64(1.0 / options.join_rate.max(0.1));
     let joining_started = Instant::now();
@@ -185,14 +185,14 @@ pub async fn run(options: LoadOptions) -> Result<Report, LoadError> {
             Err(e) if i == 0 => return Err(e),
             Err(e) => {
                 status.failed.store(true, Ordering::Relaxed);
-                let _ = failures_tx.send(e.to_string());
+                failures.push(e.to_string());
                 continue;
             }
         };
         sessions.push(Session { location, token });
         if let Err(e) = peer.apply_answer(answer.clone()) {
             status.failed.store(true, Ordering::Relaxed);
-            let _ = failures_tx.send(e.to_string());
+            failures.push(e.to_string());
             continue;
         }
         let stopped = stopped.clone();
@@ -261,10 +261,6 @@ pub async fn run(options: LoadOptions) -> Result<Report, LoadError> {
         eprintln!();
     }
 
-    let mut failure_reasons = Vec::new();
-    while let Ok(reason) = failures.try_recv() {
-        failure_reasons.push(reason);
-    }
     let report = report::build(report::Inputs {
         options: &options,
         elapsed,
@@ -280,7 +276,12 @@ pub async fn run(options: LoadOptions) -> Result<Report, LoadError> {
                 jitter_us: s.counters.jitter_us.load(Ordering::Relaxed),
             })
             .collect(),
-        failures: failure_reasons,
+        packets_sent: sent_end
+            .iter()
+            .zip(&sent_start)
+            .map(|(end, start)| end.saturating_sub(*start))
+            .sum(),
+        failures,
         server_cpu_seconds: cpu_start.zip(cpu_end).map(|(a, b)| b - a),
         rss_before,
         rss_after,

@@ -56,10 +56,13 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
 const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct Engine {
-    /// This engine's place among the `engines` of the server (ids it mints carry it).
+    /// This engine's place among the server's engines (ids it mints carry it).
     pub(super) index: usize,
-    pub(super) engines: usize,
     pub(super) placement: Arc<Placement>,
+    /// This engine's series of the per-engine metrics, resolved once.
+    commands_handled: prometheus::IntCounter,
+    peers_held: prometheus::IntGauge,
+    rooms_held: prometheus::IntGauge,
     /// What this engine last added to the server-wide gauges: engines add up their deltas.
     reported: [i64; 4],
     pub(super) factory: PeerFactory,
@@ -111,8 +114,16 @@ impl Engine {
             .collect();
         Self {
             index,
-            engines: placement.engines(),
             placement,
+            commands_handled: metrics
+                .engine_commands
+                .with_label_values(&[&index.to_string()]),
+            peers_held: metrics
+                .engine_peers
+                .with_label_values(&[&index.to_string()]),
+            rooms_held: metrics
+                .engine_rooms
+                .with_label_values(&[&index.to_string()]),
             reported: [0; 4],
             factory: PeerFactory {
                 candidate_addrs,
@@ -148,10 +159,7 @@ impl Engine {
     // ---- commands -------------------------------------------------------------------------
 
     fn handle_command(&mut self, command: Command, now: Instant) {
-        self.metrics
-            .engine_commands
-            .with_label_values(&[&self.index.to_string()])
-            .inc();
+        self.commands_handled.inc();
         match command {
             Command::Offer {
                 room,
@@ -501,7 +509,7 @@ impl Engine {
                 .iter()
                 .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
                 .and_then(|e| u8::try_from(e.id).ok());
-            let id = TrackId::on_engine(self.next_track_id, self.index, self.engines);
+            let id = TrackId::on_engine(self.next_track_id, self.index, self.placement.engines());
             self.next_track_id += 1;
             debug!(session = %peer.id, %id, %mid, codec = %codec.mime_type, "track published");
             self.tracks.insert(
@@ -1307,15 +1315,8 @@ impl Engine {
             gauge.add(now - before);
         }
         self.reported = now;
-        let label = self.index.to_string();
-        self.metrics
-            .engine_peers
-            .with_label_values(&[&label])
-            .set(now[1]);
-        self.metrics
-            .engine_rooms
-            .with_label_values(&[&label])
-            .set(now[0]);
+        self.peers_held.set(now[1]);
+        self.rooms_held.set(now[0]);
         self.placement.report_peers(self.index, self.peers.len());
     }
 }

@@ -81,13 +81,6 @@ pub enum PeerState {
     Connected,
 }
 
-impl Peer {
-    /// A view-only (WHEP) session: it takes no participant's place in its room.
-    pub fn is_viewer(&self) -> bool {
-        matches!(self.role, PeerRole::Subscriber { .. })
-    }
-}
-
 pub struct Peer {
     pub id: PeerId,
     pub room: RoomId,
@@ -122,6 +115,11 @@ pub struct Peer {
 impl Peer {
     pub fn is_publisher(&self) -> bool {
         self.role == PeerRole::Publisher
+    }
+
+    /// A view-only (WHEP) session: it takes no participant's place in its room.
+    pub fn is_viewer(&self) -> bool {
+        matches!(self.role, PeerRole::Subscriber { .. })
     }
 
     /// Down track whose sender has this rtc track id (RTCP from the subscriber is tagged so).

@@ -1542,7 +1542,7 @@ impl Bucket {
     }
 
     /// Takes a token if one is left.
-    pub fn take(&mut self) -> bool {
+    pub fn take(&self) -> bool {
         self.0.check().is_ok()
     }
 }
@@ -1558,7 +1558,7 @@ mod tests {
 
     #[test]
     fn bucket_allows_a_burst_then_the_rate() {
-        let mut bucket = Bucket::new(3, 20.0);
+        let bucket = Bucket::new(3, 20.0);
         assert!((0..3).all(|_| bucket.take()));
         assert!(!bucket.take(), "the burst is spent");
         std::thread::sleep(Duration::from_millis(120));
