@@ -524,7 +524,11 @@ async fn me_can_be_read_and_edited() {
         edited["preferences"],
         json!({ "default_mic_muted": true, "default_camera_off": false })
     );
-    assert!(str_of(&edited, "updated_at") >= str_of(&me, "updated_at"));
+    // Compared as times: RFC 3339 text omits a zero fraction ("…:31Z" sorts after "…:31.4Z").
+    let time = |body: &Value| {
+        chrono::DateTime::parse_from_rfc3339(str_of(body, "updated_at")).expect("RFC 3339")
+    };
+    assert!(time(&edited) >= time(&me), "{edited} {me}");
 
     // Only what is sent changes; null clears the avatar.
     let (status, edited) = server
