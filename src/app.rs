@@ -57,24 +57,7 @@ impl Server {
         let access = keys.access_keys(config.access_token_ttl);
         let limits = RateLimits::from_config(&config);
         let metrics = Metrics::new();
-        let sfu_config = SfuConfig {
-            bind: SocketAddr::new(config.media_bind_ip, config.media_udp_port),
-            workers: config.media_workers(),
-            announced_ips: announced_ips(&config),
-            max_participants: config.max_participants,
-            max_viewers_per_room: config.max_viewers_per_room,
-            max_sessions_per_identity: config.max_sessions_per_identity,
-            max_peers: config.max_peers,
-            keyframe_request_interval: config.keyframe_request_interval,
-            connect_timeout: config.connect_timeout,
-            whep_publisher_wait: config.whep_publisher_wait,
-            ice_check_interval: config.ice_check_interval,
-            ice_disconnected_timeout: config.ice_disconnected_timeout,
-            ice_failed_timeout: config.ice_failed_timeout,
-            nack_cache_packets: config.nack_cache_packets.min(u16::MAX as usize / 2) as u16,
-            active_speaker_interval: config.active_speaker_interval,
-            max_addresses_per_peer: config.max_addresses_per_peer,
-        };
+        let sfu_config = sfu_config(&config);
         anyhow::ensure!(
             !sfu_config.announced_ips.is_empty(),
             "no address to announce: set public_ip"
@@ -85,12 +68,11 @@ impl Server {
             .await
             .with_context(|| format!("binding HTTP {}", config.http))?;
         let http_addr = listener.local_addr()?;
-        let signaling =
-            crate::signaling::Signaling::with_auto_end(crate::signaling::rooms::AutoEnd {
-                store: store.clone(),
-                sfu: sfu.clone(),
-                timeout: config.meeting_empty_timeout,
-            });
+        let signaling = crate::signaling::Signaling::new(crate::signaling::rooms::Services {
+            store: store.clone(),
+            sfu: sfu.clone(),
+            empty_timeout: config.meeting_empty_timeout,
+        });
         let live = Live {
             hub: crate::signaling::hub::Hub::default(),
             rooms: signaling,
@@ -107,7 +89,11 @@ impl Server {
             sfu: sfu.clone(),
             accepting: Arc::new(AtomicBool::new(true)),
         };
-        tokio::spawn(crate::signaling::hub::run(live.hub.clone(), sfu_events));
+        tokio::spawn(crate::signaling::hub::run(
+            live.hub.clone(),
+            live.rooms.clone(),
+            sfu_events,
+        ));
         reconcile_seats(&state, &live, "startup").await?;
         let pruning = tokio::spawn(maintain(
             state.limits.clone(),
@@ -285,6 +271,28 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("accept-patch"),
             HeaderName::from_static("accept-post"),
         ])
+}
+
+/// The media engines' part of the config.
+pub(crate) fn sfu_config(config: &Config) -> SfuConfig {
+    SfuConfig {
+        bind: SocketAddr::new(config.media_bind_ip, config.media_udp_port),
+        workers: config.media_workers(),
+        announced_ips: announced_ips(config),
+        max_participants: config.max_participants,
+        max_viewers_per_room: config.max_viewers_per_room,
+        max_sessions_per_identity: config.max_sessions_per_identity,
+        max_peers: config.max_peers,
+        keyframe_request_interval: config.keyframe_request_interval,
+        connect_timeout: config.connect_timeout,
+        whep_publisher_wait: config.whep_publisher_wait,
+        ice_check_interval: config.ice_check_interval,
+        ice_disconnected_timeout: config.ice_disconnected_timeout,
+        ice_failed_timeout: config.ice_failed_timeout,
+        nack_cache_packets: config.nack_cache_packets.min(u16::MAX as usize / 2) as u16,
+        active_speaker_interval: config.active_speaker_interval,
+        max_addresses_per_peer: config.max_addresses_per_peer,
+    }
 }
 
 /// Configured public addresses, else the address we bind to, else every IPv4 address of the

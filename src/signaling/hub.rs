@@ -1,5 +1,6 @@
-//! Routes the SFU's events to the signaling sessions they concern: offers and connection
-//! changes to the session's own listener, track and speaker changes to every listener of the room.
+//! Routes the SFU's events: offers and connection changes to the signaling session they
+//! concern, track and speaker changes to the meeting's room task (`signaling::room`), their one
+//! consumer.
 //!
 //! A std mutex guards the routing tables: held only to look up or change a route, never across
 //! an await (the senders are unbounded, so a send never waits).
@@ -9,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::ids::{PeerId, RoomId};
+use super::rooms::Signaling;
+use crate::ids::PeerId;
 use crate::sfu::SfuEvent;
 
 pub type EventSender = mpsc::UnboundedSender<SfuEvent>;
@@ -22,15 +24,6 @@ pub struct Hub {
 #[derive(Default)]
 struct Routes {
     sessions: HashMap<PeerId, EventSender>,
-    rooms: HashMap<RoomId, Vec<(u64, EventSender)>>,
-    next_listener: u64,
-}
-
-/// Removes a room listener when dropped.
-pub struct RoomListener {
-    hub: Hub,
-    room: RoomId,
-    id: u64,
 }
 
 impl Hub {
@@ -43,24 +36,8 @@ impl Hub {
         self.lock().sessions.remove(&session);
     }
 
-    /// Track events of `room` go to `sender` while the returned guard lives.
-    pub fn watch_room(&self, room: RoomId, sender: EventSender) -> RoomListener {
-        let mut routes = self.lock();
-        routes.next_listener += 1;
-        let id = routes.next_listener;
-        routes
-            .rooms
-            .entry(room.clone())
-            .or_default()
-            .push((id, sender));
-        RoomListener {
-            hub: self.clone(),
-            room,
-            id,
-        }
-    }
-
-    pub fn dispatch(&self, event: SfuEvent) {
+    /// Delivers a session's event; returns the room events, which are not the hub's.
+    pub fn dispatch(&self, event: SfuEvent) -> Option<SfuEvent> {
         let routes = self.lock();
         match &event {
             SfuEvent::Offer { session, .. }
@@ -70,14 +47,11 @@ impl Hub {
                 if let Some(sender) = routes.sessions.get(session) {
                     let _ = sender.send(event);
                 }
+                None
             }
-            SfuEvent::TrackPublished { room, .. }
-            | SfuEvent::TrackUnpublished { room, .. }
-            | SfuEvent::ActiveSpeakers { room, .. } => {
-                for (_, sender) in routes.rooms.get(room).into_iter().flatten() {
-                    let _ = sender.send(event.clone());
-                }
-            }
+            SfuEvent::TrackPublished { .. }
+            | SfuEvent::TrackUnpublished { .. }
+            | SfuEvent::ActiveSpeakers { .. } => Some(event),
         }
     }
 
@@ -89,22 +63,12 @@ impl Hub {
     }
 }
 
-impl Drop for RoomListener {
-    fn drop(&mut self) {
-        let mut routes = self.hub.lock();
-        if let Some(listeners) = routes.rooms.get_mut(&self.room) {
-            listeners.retain(|(id, _)| *id != self.id);
-            if listeners.is_empty() {
-                routes.rooms.remove(&self.room);
-            }
-        }
-    }
-}
-
 /// Delivers the engine's events until the engine stops.
-pub async fn run(hub: Hub, mut events: mpsc::UnboundedReceiver<SfuEvent>) {
+pub async fn run(hub: Hub, rooms: Signaling, mut events: mpsc::UnboundedReceiver<SfuEvent>) {
     while let Some(event) = events.recv().await {
-        hub.dispatch(event);
+        if let Some(room_event) = hub.dispatch(event) {
+            rooms.media_event(room_event);
+        }
     }
 }
 
@@ -113,19 +77,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_by_session_and_room() {
+    fn routes_sessions_and_hands_back_room_events() {
         let hub = Hub::default();
         let session = PeerId::new();
         let (session_tx, mut session_rx) = mpsc::unbounded_channel();
-        let (room_tx, mut room_rx) = mpsc::unbounded_channel();
         hub.watch_session(session, session_tx);
-        let listener = hub.watch_room(RoomId("r".into()), room_tx);
-        hub.dispatch(SfuEvent::Connected { session });
-        hub.dispatch(SfuEvent::Connected {
-            session: PeerId::new(),
-        });
-        hub.dispatch(SfuEvent::TrackUnpublished {
-            room: RoomId("r".into()),
+        assert!(hub.dispatch(SfuEvent::Connected { session }).is_none());
+        assert!(hub
+            .dispatch(SfuEvent::Connected {
+                session: PeerId::new(),
+            })
+            .is_none());
+        let room_event = hub.dispatch(SfuEvent::TrackUnpublished {
+            room: crate::ids::RoomId("r".into()),
             identity: crate::ids::ParticipantId("a".into()),
             session,
             track: crate::ids::TrackId(1),
@@ -136,22 +100,17 @@ mod tests {
         ));
         assert!(
             session_rx.try_recv().is_err(),
-            "other sessions' events are not delivered"
+            "other sessions' events and room events are not delivered to a session"
         );
         assert!(matches!(
-            room_rx.try_recv(),
-            Ok(SfuEvent::TrackUnpublished { .. })
+            room_event,
+            Some(SfuEvent::TrackUnpublished { .. })
         ));
-        drop(listener);
-        hub.dispatch(SfuEvent::TrackUnpublished {
-            room: RoomId("r".into()),
-            identity: crate::ids::ParticipantId("a".into()),
-            session,
-            track: crate::ids::TrackId(2),
-        });
+        hub.forget_session(session);
+        hub.dispatch(SfuEvent::Connected { session });
         assert!(
-            room_rx.try_recv().is_err(),
-            "a dropped listener gets nothing"
+            session_rx.try_recv().is_err(),
+            "a forgotten session gets nothing"
         );
     }
 }

@@ -3,14 +3,16 @@
 //!
 //! - [`whip`]: WHIP/WHEP resources.
 //! - [`ws`]: one task per WebSocket (auth, limits, parsing); [`session`]: one task per
-//!   participant (media negotiation, mute, chat, moderation); [`rooms`]: who is in each
-//!   meeting now, how REST moderation reaches live sockets, and the end of meetings left empty;
-//!   [`protocol`]: the wire format.
-//! - [`hub`]: routes SFU events to sessions.
+//!   participant (its media connections, chat, moderation requests); [`room`]: one task per
+//!   live meeting, the owner of its members, their tracks and mute/hand state, its waiting
+//!   sockets and the end of the meeting once empty; [`rooms`]: the directory of room tasks,
+//!   how sessions and REST moderation reach them; [`protocol`]: the wire format.
+//! - [`hub`]: routes SFU events to sessions, and room events to the room tasks.
 
 pub mod auth;
 pub mod hub;
 pub mod protocol;
+pub mod room;
 pub mod rooms;
 pub mod sdpfrag;
 pub mod sdpscan;

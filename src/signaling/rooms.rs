@@ -1,38 +1,29 @@
-//! Who is in each meeting right now, as signaling sees it: one [`Member`] per participant
-//! session (its public view and the channel to its session task) and the sockets waiting in the
-//! waiting room. Broadcasting goes through here, so every member sees room changes in one order.
+//! The directory of live meetings: which meetings have a room task now ([`super::room`]), and
+//! the one way to reach it. Sessions, waiting sockets, REST moderation and the SFU's room
+//! events all go through [`Signaling`], which opens a meeting's task on its first member,
+//! waiting socket or countdown; the task lets itself go when it has none of them.
 //!
-//! Also the entry points by which REST and WebSocket moderation reach live sessions
-//! ([`Signaling::kicked`], [`Signaling::meeting_ended`], ...): the database and the SFU are
-//! changed by `domain::moderation` first; these only tell the sockets.
-//!
-//! The one thing the registry decides itself is the end of an empty meeting: when the last
-//! member of a meeting leaves, a countdown of `meeting_empty_timeout` starts; a member joining
-//! cancels it; when it runs out the meeting is ended as the host's end does
-//! (`domain::moderation::close_meeting`, then [`Signaling::meeting_ended`]). Only socket
-//! presence counts: participants who joined over REST and never connected are not members.
-//!
-//! A std mutex guards the tables: held only to read or change them, to queue messages on
-//! unbounded channels and to spawn or abort countdown tasks, never across an await.
+//! A std mutex guards the directory: held only to find, open or close a room and to queue a
+//! command on its unbounded channel, never across an await. Commands are queued under it, so a
+//! room that closes (under the same lock, once its queue is empty) never loses one: a command
+//! for a closed room opens a new one or finds nobody to tell.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
-use tokio::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{ParticipantView, ServerMessage, Source, WaitingView};
+use super::room::{self, Closed, Command, Room, Snapshot};
 use super::session::Input;
-use crate::domain::meetings::Status;
-use crate::domain::moderation::{self, ModerationError};
 use crate::domain::roles::Role;
-use crate::sfu::{MediaKind, Sfu};
+use crate::sfu::{MediaKind, Sfu, SfuEvent};
 use crate::store::chat::Message;
 use crate::store::meetings::Meeting;
 use crate::store::participants::Participant;
-use crate::store::{now_ms, Store};
+use crate::store::{Store, StoreError};
 
 /// A message serialized once for every socket it goes to.
 pub type Frame = Arc<str>;
@@ -51,57 +42,38 @@ pub enum WaitEvent {
     Shutdown,
 }
 
-#[derive(Clone, Default)]
-pub struct Signaling {
-    inner: Arc<Mutex<Registry>>,
-    /// What ending an empty meeting needs; `None` (the default) never ends one.
-    auto_end: Option<Arc<AutoEnd>>,
-}
-
-/// How empty meetings are ended: after `timeout` with no member, through the store and the SFU.
-pub struct AutoEnd {
+/// What room tasks use beyond their own state.
+pub struct Services {
     pub store: Store,
     pub sfu: Sfu,
-    /// `meeting_empty_timeout`; zero disables.
-    pub timeout: Duration,
+    /// `meeting_empty_timeout`: how long a live meeting stays up with nobody connected; zero
+    /// never ends one.
+    pub empty_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct Signaling {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    directory: Mutex<Directory>,
+    services: Arc<Services>,
+    /// Set when the server stops: nobody registers, sessions ending start no countdown.
+    stopping: AtomicBool,
+    next_waiter: AtomicU64,
 }
 
 #[derive(Default)]
-struct Registry {
-    rooms: HashMap<String, Room>,
-    next_waiter: u64,
-    /// Running countdowns to ending a meeting, by meeting id. Apart from `rooms`, which forgets
-    /// a room as soon as it is empty.
-    countdowns: HashMap<String, Countdown>,
-    next_countdown: u64,
-    /// Set when the server stops: sessions ending then start no countdown.
-    stopping: bool,
+struct Directory {
+    rooms: HashMap<String, Entry>,
+    next_room: u64,
 }
 
-#[derive(Default)]
-struct Room {
-    /// By participant id: UUIDv7, so in join order.
-    members: BTreeMap<String, Member>,
-    waiting: HashMap<String, Waiter>,
-    /// The meeting was ended: its members leaving start no countdown.
-    ended: bool,
-}
-
-/// A countdown task; `id` tells it from a later countdown of the same meeting.
-struct Countdown {
+struct Entry {
+    /// Tells this task from a later one of the same meeting.
     id: u64,
-    task: AbortHandle,
-}
-
-struct Member {
-    view: ParticipantView,
-    session: mpsc::UnboundedSender<Input>,
-}
-
-struct Waiter {
-    id: u64,
-    view: WaitingView,
-    events: mpsc::UnboundedSender<WaitEvent>,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 /// Removes a waiting socket's registration when dropped.
@@ -114,151 +86,154 @@ pub struct WaitingGuard {
 
 impl Drop for WaitingGuard {
     fn drop(&mut self) {
-        let mut registry = self.signaling.lock();
-        if let Some(room) = registry.rooms.get_mut(&self.meeting_id) {
-            if room
-                .waiting
-                .get(&self.participant_id)
-                .is_some_and(|w| w.id == self.id)
-            {
-                room.waiting.remove(&self.participant_id);
-            }
-        }
-        registry.prune(&self.meeting_id);
-    }
-}
-
-impl Registry {
-    fn prune(&mut self, meeting_id: &str) {
-        if self
-            .rooms
-            .get(meeting_id)
-            .is_some_and(|r| r.members.is_empty() && r.waiting.is_empty())
-        {
-            self.rooms.remove(meeting_id);
-        }
-    }
-
-    /// A member joined: the meeting is not empty, its countdown (if any) stops.
-    fn cancel_countdown(&mut self, meeting_id: &str) {
-        if let Some(countdown) = self.countdowns.remove(meeting_id) {
-            countdown.task.abort();
-            tracing::debug!(meeting = %meeting_id, "empty-meeting countdown cancelled");
-        }
-    }
-
-    /// Whether countdown `id` still runs for a meeting that still has no member.
-    fn countdown_current(&self, meeting_id: &str, id: u64) -> bool {
-        self.countdowns.get(meeting_id).is_some_and(|c| c.id == id)
-            && self
-                .rooms
-                .get(meeting_id)
-                .is_none_or(|r| r.members.is_empty())
-    }
-
-    fn forget_countdown(&mut self, meeting_id: &str, id: u64) {
-        if self.countdowns.get(meeting_id).is_some_and(|c| c.id == id) {
-            self.countdowns.remove(meeting_id);
-        }
-    }
-}
-
-impl Room {
-    fn broadcast(&self, frame: &Frame, except: Option<&str>) {
-        for (id, member) in &self.members {
-            if Some(id.as_str()) != except {
-                let _ = member.session.send(Input::Deliver(frame.clone()));
-            }
-        }
-    }
-
-    fn to_moderators(&self, frame: &Frame) {
-        for member in self.members.values() {
-            if Role::parse(&member.view.role).is_some_and(Role::is_moderator) {
-                let _ = member.session.send(Input::Deliver(frame.clone()));
-            }
-        }
+        self.signaling.tell(
+            &self.meeting_id,
+            Command::Unwait {
+                participant_id: std::mem::take(&mut self.participant_id),
+                id: self.id,
+            },
+        );
     }
 }
 
 impl Signaling {
-    /// A registry that ends meetings left empty (see [`AutoEnd`]).
-    pub fn with_auto_end(auto_end: AutoEnd) -> Self {
+    pub fn new(services: Services) -> Self {
         Self {
-            inner: Arc::default(),
-            auto_end: Some(Arc::new(auto_end)),
+            inner: Arc::new(Inner {
+                directory: Mutex::default(),
+                services: Arc::new(services),
+                stopping: AtomicBool::new(false),
+                next_waiter: AtomicU64::new(0),
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        // A panic while holding the lock cannot leave the tables half-updated in a harmful way.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Directory> {
+        // A panic while holding the lock cannot leave the map half-updated in a harmful way.
         self.inner
+            .directory
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    // ---- members ----------------------------------------------------------------------------
+    pub(super) fn stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Queues `command` for the meeting's room; with `open`, opens the room if it has none.
+    /// Returns whether a room took it.
+    fn send(&self, meeting_id: &str, command: Command, open: bool) -> bool {
+        let mut directory = self.lock();
+        let command = match directory.rooms.get(meeting_id) {
+            Some(entry) => match entry.commands.send(command) {
+                Ok(()) => return true,
+                // The task is gone without closing its entry (it panicked): a new one serves.
+                Err(mpsc::error::SendError(command)) => {
+                    tracing::error!(meeting = %meeting_id, "room task died; opening a new one");
+                    directory.rooms.remove(meeting_id);
+                    command
+                }
+            },
+            None => command,
+        };
+        if !open {
+            return false;
+        }
+        // Commands come from tasks; outside a runtime there is nothing to run a room on.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        directory.next_room += 1;
+        let id = directory.next_room;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let _ = commands.send(command);
+        directory
+            .rooms
+            .insert(meeting_id.to_owned(), Entry { id, commands });
+        let room = Room::new(
+            meeting_id.to_owned(),
+            id,
+            self.clone(),
+            self.inner.services.clone(),
+        );
+        runtime.spawn(room::run(room, receiver));
+        true
+    }
+
+    /// Tells the meeting's room, if it has one (else nobody is there to tell).
+    fn tell(&self, meeting_id: &str, command: Command) {
+        self.send(meeting_id, command, false);
+    }
+
+    /// Asks the meeting's room; `None` when it has no room (or the room did not answer).
+    async fn ask<T>(
+        &self,
+        meeting_id: &str,
+        open: bool,
+        command: impl FnOnce(room::Reply<T>) -> Command,
+    ) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        if !self.send(meeting_id, command(reply), open) {
+            return None;
+        }
+        answer.await.ok()
+    }
+
+    /// Called by room `id` when it is idle: closes it unless a command is queued for it.
+    pub(super) fn retire(
+        &self,
+        meeting_id: &str,
+        id: u64,
+        commands: &mpsc::UnboundedReceiver<Command>,
+    ) -> bool {
+        let mut directory = self.lock();
+        if !commands.is_empty() {
+            return false;
+        }
+        if directory.rooms.get(meeting_id).is_some_and(|e| e.id == id) {
+            directory.rooms.remove(meeting_id);
+        }
+        true
+    }
+
+    /// Meetings with a room task now.
+    pub fn open_rooms(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
+    // ---- sessions ---------------------------------------------------------------------------
 
     /// The session holding `identity` in the meeting, if any: its participant id and channel.
-    pub(crate) fn session_of_identity(
+    pub(crate) async fn session_of_identity(
         &self,
         meeting_id: &str,
         identity: &str,
     ) -> Option<(String, mpsc::UnboundedSender<Input>)> {
-        let registry = self.lock();
-        let room = registry.rooms.get(meeting_id)?;
-        room.members
-            .iter()
-            .find(|(_, m)| m.view.identity == identity)
-            .map(|(id, m)| (id.clone(), m.session.clone()))
+        let identity = identity.to_owned();
+        self.ask(meeting_id, false, |reply| Command::Lookup {
+            identity,
+            reply,
+        })
+        .await
+        .flatten()
     }
 
     /// Adds a member and tells the others (`participant_joined`). Returns everyone else, for
-    /// the newcomer's `joined`. Done under one lock, so a change is either in that list or
-    /// reaches the newcomer as a message.
-    pub(crate) fn register(
+    /// the newcomer's `joined`: a change is either in that list or reaches the newcomer as a
+    /// message, since the room serves one command at a time.
+    pub(crate) async fn register(
         &self,
         meeting_id: &str,
         view: ParticipantView,
         session: mpsc::UnboundedSender<Input>,
-    ) -> Vec<ParticipantView> {
-        let mut registry = self.lock();
-        registry.cancel_countdown(meeting_id);
-        let room = registry.rooms.entry(meeting_id.to_owned()).or_default();
-        // Joins replace an identity's session before registering; two joins racing past that
-        // check meet here, where the later one wins.
-        let stale: Vec<String> = room
-            .members
-            .iter()
-            .filter(|(_, m)| m.view.identity == view.identity)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in stale {
-            if let Some(member) = room.members.remove(&id) {
-                let (reply, _) = tokio::sync::oneshot::channel();
-                let _ = member.session.send(Input::Replaced { reply });
-                room.broadcast(
-                    &frame(&ServerMessage::ParticipantLeft {
-                        participant_id: id,
-                        reason: "replaced".to_owned(),
-                    }),
-                    None,
-                );
-            }
-        }
-        let others: Vec<ParticipantView> = room
-            .members
-            .iter()
-            .filter(|(id, _)| **id != view.participant_id)
-            .map(|(_, m)| m.view.clone())
-            .collect();
-        let joined = frame(&ServerMessage::ParticipantJoined {
-            participant: view.clone(),
-        });
-        room.broadcast(&joined, Some(&view.participant_id));
-        room.members
-            .insert(view.participant_id.clone(), Member { view, session });
-        others
+    ) -> Result<Vec<ParticipantView>, Closed> {
+        self.ask(meeting_id, true, |reply| Command::Register {
+            view,
+            session,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(Closed))
     }
 
     /// Removes the member if `session` is still its session, and with a `reason` tells the
@@ -268,113 +243,129 @@ impl Signaling {
         meeting_id: &str,
         participant_id: &str,
         session: &mpsc::UnboundedSender<Input>,
-        reason: Option<&str>,
+        reason: Option<&'static str>,
     ) {
-        let mut registry = self.lock();
-        let Some(room) = registry.rooms.get_mut(meeting_id) else {
-            return;
-        };
-        let ours = room
-            .members
-            .get(participant_id)
-            .is_some_and(|m| m.session.same_channel(session));
-        if !ours {
-            return;
-        }
-        room.members.remove(participant_id);
-        if let Some(reason) = reason {
-            room.broadcast(
-                &frame(&ServerMessage::ParticipantLeft {
-                    participant_id: participant_id.to_owned(),
-                    reason: reason.to_owned(),
-                }),
-                None,
-            );
-        }
-        if room.members.is_empty() && !room.ended {
-            self.start_countdown(&mut registry, meeting_id);
-        }
-        registry.prune(meeting_id);
+        self.tell(
+            meeting_id,
+            Command::Unregister {
+                participant_id: participant_id.to_owned(),
+                session: session.clone(),
+                reason,
+            },
+        );
     }
 
-    /// A member's current view and everyone else's.
-    pub(crate) fn snapshot(
+    /// A member's current view, everyone else's, and the waiting sockets.
+    pub(crate) async fn snapshot(
         &self,
         meeting_id: &str,
         participant_id: &str,
-    ) -> Option<(ParticipantView, Vec<ParticipantView>)> {
-        let registry = self.lock();
-        let room = registry.rooms.get(meeting_id)?;
-        let me = room.members.get(participant_id)?.view.clone();
-        let others = room
-            .members
-            .iter()
-            .filter(|(id, _)| id.as_str() != participant_id)
-            .map(|(_, m)| m.view.clone())
-            .collect();
-        Some((me, others))
+    ) -> Option<Snapshot> {
+        let participant_id = participant_id.to_owned();
+        self.ask(meeting_id, false, |reply| Command::Snapshot {
+            participant_id,
+            reply,
+        })
+        .await
+        .flatten()
     }
 
-    /// Changes a member's view with `change`, and sends every member the messages it returns.
-    pub(crate) fn update<T>(
+    /// The sources the member's next offer sends, by client track id.
+    pub(crate) fn sources(
         &self,
         meeting_id: &str,
         participant_id: &str,
-        change: impl FnOnce(&mut ParticipantView) -> (T, Vec<ServerMessage>),
-    ) -> Option<T> {
-        let mut registry = self.lock();
-        let room = registry.rooms.get_mut(meeting_id)?;
-        let member = room.members.get_mut(participant_id)?;
-        let (result, messages) = change(&mut member.view);
-        for message in messages {
-            room.broadcast(&frame(&message), None);
-        }
-        Some(result)
+        sources: HashMap<String, Source>,
+    ) {
+        self.tell(
+            meeting_id,
+            Command::Sources {
+                participant_id: participant_id.to_owned(),
+                sources,
+            },
+        );
+    }
+
+    /// The member's publisher connection, once the SFU answered its first offer.
+    pub(crate) fn publisher(
+        &self,
+        meeting_id: &str,
+        participant_id: &str,
+        publisher: crate::ids::PeerId,
+    ) {
+        self.tell(
+            meeting_id,
+            Command::Publisher {
+                participant_id: participant_id.to_owned(),
+                publisher,
+            },
+        );
+    }
+
+    /// The participant muted or unmuted one of their own sources: stored, shown, applied.
+    pub(crate) async fn set_muted(
+        &self,
+        meeting_id: &str,
+        participant_id: &str,
+        source: Source,
+        muted: bool,
+    ) -> Result<(), StoreError> {
+        let participant_id = participant_id.to_owned();
+        self.ask(meeting_id, false, |reply| Command::SetMuted {
+            participant_id,
+            source,
+            muted,
+            reply,
+        })
+        .await
+        .unwrap_or(Ok(()))
+    }
+
+    pub(crate) fn set_hand(&self, meeting_id: &str, participant_id: &str, raised: bool) {
+        self.tell(
+            meeting_id,
+            Command::SetHand {
+                participant_id: participant_id.to_owned(),
+                raised,
+            },
+        );
     }
 
     /// Sends `message` to every member, or every member but `except`.
     pub fn broadcast(&self, meeting_id: &str, message: &ServerMessage, except: Option<&str>) {
-        let registry = self.lock();
-        if let Some(room) = registry.rooms.get(meeting_id) {
-            room.broadcast(&frame(message), except);
-        }
+        self.tell(
+            meeting_id,
+            Command::Broadcast {
+                frame: frame(message),
+                except: except.map(str::to_owned),
+            },
+        );
     }
 
-    /// The participant id of the member with `identity`.
-    pub(crate) fn participant_of_identity(
-        &self,
-        meeting_id: &str,
-        identity: &str,
-    ) -> Option<String> {
-        self.session_of_identity(meeting_id, identity)
-            .map(|(id, _)| id)
-    }
-
-    /// Participants connected to signaling in the meeting now.
-    pub fn member_count(&self, meeting_id: &str) -> usize {
-        self.lock()
-            .rooms
-            .get(meeting_id)
-            .map_or(0, |r| r.members.len())
+    /// One of the SFU's room events (tracks, speakers), for the meeting's room if it has one.
+    pub fn media_event(&self, event: SfuEvent) {
+        let meeting_id = match &event {
+            SfuEvent::TrackPublished { room, .. }
+            | SfuEvent::TrackUnpublished { room, .. }
+            | SfuEvent::ActiveSpeakers { room, .. } => room.0.clone(),
+            _ => return,
+        };
+        self.tell(&meeting_id, Command::Media(event));
     }
 
     // ---- the waiting room -------------------------------------------------------------------
 
     /// Registers a waiting socket for the participant row (replacing an earlier socket of the
-    /// same row).
+    /// same row) until the guard drops.
     pub(crate) fn wait(
         &self,
         meeting_id: &str,
         view: WaitingView,
         events: mpsc::UnboundedSender<WaitEvent>,
     ) -> WaitingGuard {
-        let mut registry = self.lock();
-        registry.next_waiter += 1;
-        let id = registry.next_waiter;
-        let room = registry.rooms.entry(meeting_id.to_owned()).or_default();
+        let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed) + 1;
         let participant_id = view.participant_id.clone();
-        room.waiting
-            .insert(participant_id.clone(), Waiter { id, view, events });
+        self.send(meeting_id, Command::Wait { id, view, events }, true);
         WaitingGuard {
             signaling: self.clone(),
             meeting_id: meeting_id.to_owned(),
@@ -385,25 +376,14 @@ impl Signaling {
 
     /// Someone entered the waiting room (a join answered 202): the moderators are told.
     pub fn announce_waiting(&self, meeting_id: &str, participant: &Participant) {
-        let registry = self.lock();
-        if let Some(room) = registry.rooms.get(meeting_id) {
-            room.to_moderators(&frame(&ServerMessage::Waiting {
-                participant: WaitingView {
-                    participant_id: participant.id.clone(),
-                    display_name: participant.display_name.clone(),
-                    user_id: participant.user_id.clone(),
-                },
-            }));
-        }
-    }
-
-    /// Waiting sockets of the meeting, as moderators see them.
-    pub fn waiting_sockets(&self, meeting_id: &str) -> Vec<WaitingView> {
-        self.lock()
-            .rooms
-            .get(meeting_id)
-            .map(|r| r.waiting.values().map(|w| w.view.clone()).collect())
-            .unwrap_or_default()
+        self.tell(
+            meeting_id,
+            Command::AnnounceWaiting(WaitingView {
+                participant_id: participant.id.clone(),
+                display_name: participant.display_name.clone(),
+                user_id: participant.user_id.clone(),
+            }),
+        );
     }
 
     // ---- what moderation (REST or WebSocket) tells live sessions ------------------------------
@@ -411,21 +391,14 @@ impl Signaling {
     /// A participant was removed (and maybe banned): their session ends, their waiting socket
     /// is told.
     pub fn kicked(&self, meeting_id: &str, target: &Participant, banned: bool, by: Option<String>) {
-        let registry = self.lock();
-        let Some(room) = registry.rooms.get(meeting_id) else {
-            return;
-        };
-        for member in room.members.values() {
-            if member.view.identity == target.identity {
-                let _ = member.session.send(Input::Kicked {
-                    banned,
-                    by: by.clone(),
-                });
-            }
-        }
-        if let Some(waiter) = room.waiting.get(&target.id) {
-            let _ = waiter.events.send(WaitEvent::Kicked { banned });
-        }
+        self.tell(
+            meeting_id,
+            Command::Kicked {
+                target: Box::new(target.clone()),
+                banned,
+                by,
+            },
+        );
     }
 
     /// A moderator muted every source of `kind` of the participant (the SFU already stopped
@@ -437,115 +410,50 @@ impl Signaling {
         kind: MediaKind,
         by: Option<String>,
     ) {
-        let sources: Vec<Source> = Source::ALL
-            .into_iter()
-            .filter(|s| super::session::media_kind(s.kind()) == kind)
-            .collect();
-        self.update(meeting_id, participant_id, |view| {
-            let mut messages = Vec::new();
-            for source in sources {
-                if !view.muted.contains(&source) {
-                    view.muted.push(source);
-                }
-                messages.push(ServerMessage::MediaState {
-                    participant_id: view.participant_id.clone(),
-                    source,
-                    muted: true,
-                    by: by.clone(),
-                });
-            }
-            view.muted.sort();
-            for track in &mut view.tracks {
-                track.muted = view.muted.contains(&track.source);
-            }
-            ((), messages)
-        });
+        self.tell(
+            meeting_id,
+            Command::Muted {
+                participant_id: participant_id.to_owned(),
+                kind,
+                by,
+            },
+        );
     }
 
     /// A participant's role changed: everyone sees `participant_updated`; their session takes
     /// the new permissions.
     pub fn role_changed(&self, meeting_id: &str, participant_id: &str, role: Role) {
-        let session = self.update(meeting_id, participant_id, |view| {
-            view.role = role.as_str().to_owned();
-            (
-                (),
-                vec![ServerMessage::ParticipantUpdated {
-                    participant: view.clone(),
-                }],
-            )
-        });
-        if session.is_some() {
-            let registry = self.lock();
-            if let Some(member) = registry
-                .rooms
-                .get(meeting_id)
-                .and_then(|r| r.members.get(participant_id))
-            {
-                let _ = member.session.send(Input::RoleChanged { role });
-            }
-        }
+        self.tell(
+            meeting_id,
+            Command::RoleChanged {
+                participant_id: participant_id.to_owned(),
+                role,
+            },
+        );
     }
 
     /// A waiting participant was admitted or denied: their socket is told, and the moderators.
     pub fn waiting_resolved(&self, meeting_id: &str, participant_id: &str, admitted: bool) {
-        let registry = self.lock();
-        let Some(room) = registry.rooms.get(meeting_id) else {
-            return;
-        };
-        if let Some(waiter) = room.waiting.get(participant_id) {
-            let _ = waiter.events.send(if admitted {
-                WaitEvent::Admitted
-            } else {
-                WaitEvent::Denied
-            });
-        }
-        let message = if admitted {
-            ServerMessage::Admitted {
+        self.tell(
+            meeting_id,
+            Command::WaitingResolved {
                 participant_id: participant_id.to_owned(),
-                join_token: None,
-                role: None,
-            }
-        } else {
-            ServerMessage::Denied {
-                participant_id: participant_id.to_owned(),
-            }
-        };
-        room.to_moderators(&frame(&message));
+                admitted,
+            },
+        );
     }
 
     /// The meeting ended for everyone: every session is told and closed.
     pub fn meeting_ended(&self, meeting_id: &str, by: Option<String>) {
-        let mut registry = self.lock();
-        registry.cancel_countdown(meeting_id);
-        let Some(room) = registry.rooms.get_mut(meeting_id) else {
-            return;
-        };
-        room.ended = true;
-        for member in room.members.values() {
-            let _ = member.session.send(Input::MeetingEnded { by: by.clone() });
-        }
-        for waiter in room.waiting.values() {
-            let _ = waiter.events.send(WaitEvent::MeetingEnded);
-        }
+        self.tell(meeting_id, Command::MeetingEnded { by });
     }
 
     /// The meeting's details or settings changed: everyone sees `meeting_updated`.
     pub fn meeting_updated(&self, meeting: &Meeting) {
-        let registry = self.lock();
-        let Some(room) = registry.rooms.get(&meeting.id) else {
-            return;
-        };
-        room.broadcast(
-            &frame(&ServerMessage::MeetingUpdated {
-                meeting: meeting.into(),
-            }),
-            None,
+        self.tell(
+            &meeting.id,
+            Command::MeetingUpdated(Box::new(meeting.clone())),
         );
-        for member in room.members.values() {
-            let _ = member.session.send(Input::MeetingChanged {
-                meeting: Box::new(meeting.clone()),
-            });
-        }
     }
 
     /// A chat message was stored (REST or socket): everyone sees `chat_message`.
@@ -557,143 +465,18 @@ impl Signaling {
         );
     }
 
-    /// The server is stopping: every socket is closed (1001).
-    pub fn shutdown(&self) {
-        let mut registry = self.lock();
-        registry.stopping = true;
-        for (_, countdown) in registry.countdowns.drain() {
-            countdown.task.abort();
-        }
-        for room in registry.rooms.values() {
-            for member in room.members.values() {
-                let _ = member.session.send(Input::Shutdown);
-            }
-            for waiter in room.waiting.values() {
-                let _ = waiter.events.send(WaitEvent::Shutdown);
-            }
-        }
-    }
-}
-
-// ---- ending empty meetings ---------------------------------------------------------------------
-
-impl Signaling {
     /// A live meeting has nobody connected (after a restart): its countdown starts, unless a
     /// member joined meanwhile.
     pub fn meeting_is_empty(&self, meeting_id: &str) {
-        let mut registry = self.lock();
-        let has_members = registry
-            .rooms
-            .get(meeting_id)
-            .is_some_and(|r| !r.members.is_empty());
-        if !has_members && !registry.countdowns.contains_key(meeting_id) {
-            self.start_countdown(&mut registry, meeting_id);
-        }
+        self.send(meeting_id, Command::Empty, true);
     }
 
-    /// Starts (or restarts) the countdown of a meeting whose last member just left.
-    fn start_countdown(&self, registry: &mut Registry, meeting_id: &str) {
-        let Some(auto_end) = &self.auto_end else {
-            return;
-        };
-        if auto_end.timeout.is_zero() || registry.stopping {
-            return;
-        }
-        // Members leave from their session tasks; outside a runtime there is nothing to run on.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        registry.next_countdown += 1;
-        let id = registry.next_countdown;
-        let deadline = Instant::now() + auto_end.timeout;
-        let count_down = self
-            .clone()
-            .count_down(meeting_id.to_owned(), id, now_ms(), deadline);
-        let task = runtime.spawn(count_down);
-        let countdown = Countdown {
-            id,
-            task: task.abort_handle(),
-        };
-        if let Some(earlier) = registry.countdowns.insert(meeting_id.to_owned(), countdown) {
-            earlier.task.abort();
-        }
-        tracing::debug!(meeting = %meeting_id, timeout = ?auto_end.timeout, "meeting empty; countdown started");
-    }
-
-    /// Waits out the countdown, then ends the meeting if it is still live and nobody joined.
-    /// A seat taken over REST since `since_ms` (a participant who has not connected yet) gets a
-    /// full timeout from its join before the meeting ends.
-    ///
-    /// Aborted by a join while it waits or reads; once it claimed the meeting (its last check,
-    /// under the lock) it runs to the end.
-    async fn count_down(
-        self,
-        meeting_id: String,
-        id: u64,
-        mut since_ms: i64,
-        mut deadline: Instant,
-    ) {
-        let Some(auto_end) = self.auto_end.clone() else {
-            return;
-        };
-        loop {
-            tokio::time::sleep_until(deadline).await;
-            if !self.lock().countdown_current(&meeting_id, id) {
-                return;
-            }
-            let meeting = match auto_end.store.meeting(&meeting_id).await {
-                Ok(meeting) => meeting,
-                Err(e) => {
-                    tracing::warn!(meeting = %meeting_id, error = %e, "empty meeting not ended: reading it failed");
-                    self.lock().forget_countdown(&meeting_id, id);
-                    return;
-                }
-            };
-            if meeting.status != Status::Live.as_str() {
-                self.lock().forget_countdown(&meeting_id, id);
-                return;
-            }
-            let seats = match auto_end
-                .store
-                .meeting_participants(&meeting_id, Some("joined"))
-                .await
-            {
-                Ok(seats) => seats,
-                Err(e) => {
-                    tracing::warn!(meeting = %meeting_id, error = %e, "empty meeting not ended: reading its seats failed");
-                    self.lock().forget_countdown(&meeting_id, id);
-                    return;
-                }
-            };
-            let latest_join = seats.iter().filter_map(|p| p.joined_at).max();
-            if let Some(joined_at) = latest_join.filter(|at| *at > since_ms) {
-                let waited =
-                    Duration::from_millis(u64::try_from(now_ms() - joined_at).unwrap_or(0));
-                deadline = Instant::now() + auto_end.timeout.saturating_sub(waited);
-                since_ms = joined_at;
-                tracing::debug!(meeting = %meeting_id, "joined over REST during the countdown; waiting for its socket");
-                continue;
-            }
-            break;
-        }
-        {
-            let mut registry = self.lock();
-            if !registry.countdown_current(&meeting_id, id) {
-                return;
-            }
-            registry.forget_countdown(&meeting_id, id);
-        }
-        match moderation::close_meeting(&auto_end.store, &auto_end.sfu, &meeting_id, "ended").await
-        {
-            Ok(()) => {
-                tracing::info!(meeting = %meeting_id, timeout = ?auto_end.timeout, "empty meeting ended");
-                self.meeting_ended(&meeting_id, None);
-            }
-            // Ended meanwhile by its host.
-            Err(ModerationError::MeetingClosed) => {}
-            Err(e) => {
-                tracing::warn!(meeting = %meeting_id, error = %e, "empty meeting not ended")
-            }
+    /// The server is stopping: every socket is closed (1001), no countdown runs.
+    pub fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        let directory = self.lock();
+        for entry in directory.rooms.values() {
+            let _ = entry.commands.send(Command::Shutdown);
         }
     }
 }

@@ -1,6 +1,8 @@
 //! One participant's signaling session: `join → live → ended`. A task per session owns its media
-//! connections (a publisher the client offers on, a subscriber the server offers on), its
-//! published tracks and what they carry, and talks to at most one socket at a time.
+//! connections (a publisher the client offers on, a subscriber the server offers on) and what
+//! the client declared it publishes, and talks to at most one socket at a time. What the room
+//! sees of the participant (their view, tracks, mute and hand state) is the room task's
+//! (`signaling::room`); the session asks it for changes.
 //!
 //! The session outlives its socket: when the socket drops, the media stays up for the resume
 //! grace period, and a new socket of the same participant that joins with `resume` takes the
@@ -8,20 +10,18 @@
 //! identity without resuming replaces the session instead (the old socket is closed with
 //! `replaced`).
 //!
-//! Must never: hold the registry lock across an await, or let a client message panic.
+//! Must never: let a client message panic.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::hub::RoomListener;
 use super::protocol::{
     close, ChatView, ClientMessage, Joined, Kind, ModerateAction, Moderation, ParticipantView,
-    Permissions, ServerMessage, Source, SpeakerView, Target, TrackView, WaitingView,
-    PROTOCOL_VERSION,
+    Permissions, ServerMessage, Source, Target, WaitingView, PROTOCOL_VERSION,
 };
 use super::rooms::{frame, Frame};
 use super::sdpscan::sending_tracks;
@@ -32,10 +32,9 @@ use crate::domain::token::{Grants, JoinClaims};
 use crate::http_error::ApiError;
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::sfu::quality::Quality;
-use crate::sfu::{FragmentCandidate, IceFragment, Intent, MediaKind, SfuEvent, TrackInfo};
+use crate::sfu::{FragmentCandidate, IceFragment, Intent, MediaKind, SfuEvent};
 use crate::store::chat::{Message, NewMessage};
 use crate::store::meetings::Meeting;
-use crate::store::moderation::MuteFlag;
 use crate::store::{now_ms, StoreError};
 
 /// Times a session re-creates a subscriber connection that closed under it.
@@ -133,7 +132,7 @@ pub(crate) fn media_kind(kind: Kind) -> MediaKind {
     }
 }
 
-fn kind_of(kind: MediaKind) -> Kind {
+pub(crate) fn kind_of(kind: MediaKind) -> Kind {
     match kind {
         MediaKind::Audio => Kind::Audio,
         MediaKind::Video => Kind::Video,
@@ -240,6 +239,7 @@ pub(crate) async fn join(
         .live
         .rooms
         .session_of_identity(&meeting.id, &seat.identity)
+        .await
     {
         if resume && held == seat.id {
             let (reply, attached) = oneshot::channel();
@@ -308,7 +308,6 @@ async fn start(
     let identity = seat.identity.clone();
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let (sfu_tx, sfu_events) = mpsc::unbounded_channel();
-    let room_listener = state.live.hub.watch_room(room.clone(), sfu_tx.clone());
     let role = if seat.user_id.as_deref() == Some(meeting.host_id.as_str()) {
         Role::Host
     } else {
@@ -373,19 +372,27 @@ async fn start(
         pending_offer: None,
         subscriber_resets: 0,
         declared: HashMap::new(),
-        tracks: HashMap::new(),
         chat: Bucket::per_minute(state.config.ws_chat_per_minute),
         last_typing: None,
         quality: (None, None),
         announced_quality: None,
         sfu_tx,
-        _room_listener: room_listener,
         ended: false,
     };
-    let others = state
+    let registered = state
         .live
         .rooms
-        .register(&session.meeting.id, view.clone(), inputs_tx.clone());
+        .register(&session.meeting.id, view.clone(), inputs_tx.clone())
+        .await;
+    let Ok(others) = registered else {
+        // Ended (or the server stops) while this join was on its way.
+        session.end(Ending::Refused).await;
+        return Err(JoinFailure::new(
+            "meeting_ended",
+            "the meeting has ended",
+            close::MEETING_ENDED,
+        ));
+    };
     info!(meeting = %session.meeting.id, participant = %session.participant_id, identity = %session.identity, "participant joined signaling");
     let chat = session.recent_chat().await;
     let joined = session.joined(view, others, waiting, false, chat);
@@ -435,6 +442,8 @@ enum Ending {
         by: Option<String>,
     },
     Shutdown,
+    /// The room refused the registration: nothing was announced.
+    Refused,
 }
 
 struct Session {
@@ -449,7 +458,7 @@ struct Session {
     /// What the participant may do: the join token's grants, recomputed from the role and the
     /// meeting settings when either changes.
     grants: Grants,
-    /// The session's own channel: its identity in the registry.
+    /// The session's own channel: its identity in its room.
     me: mpsc::UnboundedSender<Input>,
     socket: Option<SocketHandle>,
     /// Set while no socket is attached: the session ends then.
@@ -460,16 +469,12 @@ struct Session {
     subscriber_resets: u32,
     /// Client track id → declared source (`publish`).
     declared: HashMap<String, Source>,
-    /// This participant's published tracks and what they carry.
-    tracks: HashMap<TrackId, (Source, Kind)>,
     chat: Bucket,
     last_typing: Option<(Instant, bool)>,
     /// Last quality of the publisher and the subscriber connection.
     quality: (Option<Quality>, Option<Quality>),
     announced_quality: Option<Quality>,
     sfu_tx: mpsc::UnboundedSender<SfuEvent>,
-    /// Keeps the room's track and speaker events coming.
-    _room_listener: RoomListener,
     ended: bool,
 }
 
@@ -567,10 +572,7 @@ impl Session {
                     ));
                 }
             }
-            Input::Attach { socket, reply } => {
-                let chat = self.recent_chat().await;
-                self.attach(socket, reply, chat)
-            }
+            Input::Attach { socket, reply } => self.attach(socket, reply).await,
             Input::Detached { socket } => {
                 if self.socket.as_ref().map(|s| s.id) == Some(socket) {
                     info!(participant = %self.participant_id, "socket dropped; holding the session");
@@ -732,6 +734,7 @@ impl Session {
                 "your token does not grant publish",
             ));
         }
+        let mut sources = HashMap::new();
         for track in sending_tracks(&sdp) {
             if let Some(declared) = track.track_id.as_deref().and_then(|t| self.declared.get(t)) {
                 if declared.kind() != track.kind {
@@ -753,9 +756,17 @@ impl Session {
                     format!("you may not publish {}", source.as_str()),
                 ));
             }
+            if let Some(track_id) = track.track_id {
+                sources.insert(track_id, source);
+            }
         }
         // A new publication is a new use of the seat: the meeting must still hold it.
         self.still_seated().await?;
+        // Before the offer: the SFU announces the tracks as it answers.
+        self.state
+            .live
+            .rooms
+            .sources(&self.meeting.id, &self.participant_id, sources);
         let answer = match self.publisher {
             Some(session) => self.state.sfu.renegotiate(session, sdp).await?,
             None => {
@@ -773,6 +784,12 @@ impl Session {
                     .live
                     .hub
                     .watch_session(negotiated.session, self.sfu_tx.clone());
+                // The room holds this connection's track events until it knows it is ours.
+                self.state.live.rooms.publisher(
+                    &self.meeting.id,
+                    &self.participant_id,
+                    negotiated.session,
+                );
                 self.publisher = Some(negotiated.session);
                 negotiated.answer
             }
@@ -887,96 +904,19 @@ impl Session {
     }
 
     async fn set_muted(&mut self, source: Source, muted: bool) -> Outcome {
-        let participant_id = self.participant_id.clone();
-        let changed = self
-            .state
+        self.state
             .live
             .rooms
-            .update(&self.meeting.id, &participant_id, |view| {
-                let before = view.muted.contains(&source);
-                if muted && !before {
-                    view.muted.push(source);
-                    view.muted.sort();
-                } else if !muted {
-                    view.muted.retain(|s| *s != source);
-                }
-                for track in &mut view.tracks {
-                    track.muted = view.muted.contains(&track.source);
-                }
-                let changed = before != muted;
-                let messages = if changed {
-                    vec![ServerMessage::MediaState {
-                        participant_id: participant_id.clone(),
-                        source,
-                        muted,
-                        by: None,
-                    }]
-                } else {
-                    Vec::new()
-                };
-                (changed, messages)
-            })
-            .unwrap_or(false);
-        let flag = match source {
-            Source::Microphone => Some(MuteFlag::Microphone),
-            Source::Camera => Some(MuteFlag::Camera),
-            _ => None,
-        };
-        if let (true, Some(flag)) = (changed, flag) {
-            let store = &self.state.store;
-            if muted {
-                store
-                    .mute_participant(&self.meeting.id, &self.participant_id, flag)
-                    .await?;
-            } else {
-                store
-                    .unmute_participant(&self.meeting.id, &self.participant_id, flag)
-                    .await?;
-            }
-        }
-        self.apply_mute(source.kind()).await;
+            .set_muted(&self.meeting.id, &self.participant_id, source, muted)
+            .await?;
         Ok(())
-    }
-
-    /// Tells the SFU, track by track, which of this participant's `kind` tracks to forward:
-    /// each follows the mute state of the source it carries (camera and screen are separate).
-    async fn apply_mute(&mut self, kind: Kind) {
-        let muted = self
-            .state
-            .live
-            .rooms
-            .snapshot(&self.meeting.id, &self.participant_id)
-            .map(|(me, _)| me.muted)
-            .unwrap_or_default();
-        let tracks: Vec<(TrackId, bool)> = self
-            .tracks
-            .iter()
-            .filter(|(_, (_, k))| *k == kind)
-            .map(|(id, (source, _))| (*id, muted.contains(source)))
-            .collect();
-        for (track, muted) in tracks {
-            if let Err(e) = self.state.sfu.set_track_muted(track, muted).await {
-                warn!(participant = %self.participant_id, %track, error = %e, "mute not applied to media");
-            }
-        }
     }
 
     fn set_hand(&mut self, raised: bool) -> Outcome {
         self.state
             .live
             .rooms
-            .update(&self.meeting.id, &self.participant_id, |view| {
-                if view.hand_raised == raised {
-                    return ((), Vec::new());
-                }
-                view.hand_raised = raised;
-                (
-                    (),
-                    vec![ServerMessage::ParticipantUpdated {
-                        participant: view.clone(),
-                    }],
-                )
-            });
+            .set_hand(&self.meeting.id, &self.participant_id, raised);
         Ok(())
     }
 
@@ -1112,98 +1052,12 @@ impl Session {
                 self.pending_offer = Some(PendingOffer { sdp, reset: false });
                 self.send_pending_offer();
             }
-            SfuEvent::TrackPublished {
-                identity,
-                session,
-                track,
-                ..
-            } if identity.0 == self.identity && Some(session) == self.publisher => {
-                self.track_published(track).await
-            }
-            SfuEvent::TrackUnpublished {
-                identity,
-                session,
-                track,
-                ..
-            } if identity.0 == self.identity && Some(session) == self.publisher => {
-                self.track_unpublished(track).await
-            }
-            SfuEvent::ActiveSpeakers { speakers, .. } => {
-                let speakers = speakers
-                    .into_iter()
-                    .filter_map(|s| {
-                        let participant_id = self
-                            .state
-                            .live
-                            .rooms
-                            .participant_of_identity(&self.meeting.id, &s.identity.0)?;
-                        Some(SpeakerView {
-                            participant_id,
-                            level: s.level,
-                        })
-                    })
-                    .collect();
-                self.send(&ServerMessage::ActiveSpeakers { speakers });
-            }
             SfuEvent::ConnectionQuality {
                 session, quality, ..
             } => self.quality_changed(session, quality),
             SfuEvent::Closed { session, reason } => self.connection_closed(session, &reason).await,
             _ => {}
         }
-    }
-
-    async fn track_published(&mut self, track: TrackInfo) {
-        let kind = kind_of(track.kind);
-        let source = self.source_of(Some(&track.publisher_track_id), kind);
-        self.tracks.insert(track.id, (source, kind));
-        let participant_id = self.participant_id.clone();
-        self.state
-            .live
-            .rooms
-            .update(&self.meeting.id, &participant_id, |view| {
-                let view_track = TrackView {
-                    track_id: track.id.to_string(),
-                    source,
-                    kind,
-                    muted: view.muted.contains(&source),
-                    publisher_track_id: track.publisher_track_id.clone(),
-                    mime_type: track.mime_type.clone(),
-                };
-                view.tracks.push(view_track.clone());
-                (
-                    (),
-                    vec![ServerMessage::TrackPublished {
-                        participant_id: participant_id.clone(),
-                        track: view_track,
-                    }],
-                )
-            });
-        debug!(participant = %self.participant_id, track = %track.id, source = source.as_str(), "track published");
-        // A new track starts forwarding; it must follow the participant's mute state.
-        self.apply_mute(kind).await;
-    }
-
-    async fn track_unpublished(&mut self, track: TrackId) {
-        let Some((_, kind)) = self.tracks.remove(&track) else {
-            return;
-        };
-        let participant_id = self.participant_id.clone();
-        let track_id = track.to_string();
-        self.state
-            .live
-            .rooms
-            .update(&self.meeting.id, &participant_id, |view| {
-                view.tracks.retain(|t| t.track_id != track_id);
-                (
-                    (),
-                    vec![ServerMessage::TrackUnpublished {
-                        participant_id: participant_id.clone(),
-                        track_id: track_id.clone(),
-                    }],
-                )
-            });
-        self.apply_mute(kind).await;
     }
 
     /// A connection's quality band changed: the participant's quality is the worse of its two
@@ -1327,7 +1181,6 @@ impl Session {
         }))
     }
 
-    /// A socket of this participant takes the session over.
     /// The latest messages for `joined`, oldest first; empty when chat is off or unreadable.
     async fn recent_chat(&self) -> Vec<ChatView> {
         if !self.meeting.settings.chat {
@@ -1350,18 +1203,20 @@ impl Session {
         }
     }
 
-    fn attach(
+    /// A socket of this participant takes the session over.
+    async fn attach(
         &mut self,
         socket: SocketHandle,
         reply: oneshot::Sender<Result<(), SocketHandle>>,
-        chat: Vec<ChatView>,
     ) {
+        let chat = self.recent_chat().await;
         let snapshot = self
             .state
             .live
             .rooms
-            .snapshot(&self.meeting.id, &self.participant_id);
-        let Some((me, others)) = snapshot.filter(|_| !self.ended) else {
+            .snapshot(&self.meeting.id, &self.participant_id)
+            .await;
+        let Some(snapshot) = snapshot.filter(|_| !self.ended) else {
             let _ = reply.send(Err(socket));
             return;
         };
@@ -1372,12 +1227,10 @@ impl Session {
             });
         }
         self.grace_until = None;
-        let waiting = self.role.is_moderator().then(|| {
-            // Moderators resuming see the waiting sockets known here; the full list is in
-            // GET /meetings/{id}/waiting.
-            self.state.live.rooms.waiting_sockets(&self.meeting.id)
-        });
-        let joined = self.joined(me, others, waiting, true, chat);
+        // Moderators resuming see the waiting sockets known here; the full list is in
+        // GET /meetings/{id}/waiting.
+        let waiting = self.role.is_moderator().then_some(snapshot.waiting);
+        let joined = self.joined(snapshot.me, snapshot.others, waiting, true, chat);
         let _ = socket.outbound.try_send(Outbound::Frame(frame(&joined)));
         self.send_pending_offer_on(&socket);
         self.socket = Some(socket);
@@ -1473,6 +1326,7 @@ impl Session {
                 false,
             ),
             Ending::Shutdown => (None, close::GOING_AWAY, "server shutting down", None, true),
+            Ending::Refused => (None, close::MEETING_ENDED, "meeting ended", None, false),
         };
         for session in [self.publisher.take(), self.subscriber.take()]
             .into_iter()

@@ -1,0 +1,850 @@
+//! One live meeting, owned by one task: its members (their public view, their published tracks
+//! and what each carries, their mute and hand state), the sockets in its waiting room and the
+//! countdown to ending it once it is empty. The task is the only consumer of the meeting's SFU
+//! events (tracks published and unpublished, active speakers): it translates them once and
+//! broadcasts them, so every member sees room changes in one order.
+//!
+//! Sessions and moderation reach it only through [`Command`]s sent by [`super::Signaling`],
+//! which opens the task on a meeting's first member, waiting socket or countdown and lets it go
+//! when it has none of them.
+//!
+//! Writes to the store the changes it decides (a participant's own mute, the end of an empty
+//! meeting). Moderation done over REST or by a moderator's socket writes the store and acts on
+//! the media first (`domain::moderation`), then tells this task, which only updates the views.
+//!
+//! Must never: panic on a command, or wait on a member (their channels are unbounded).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::protocol::{
+    Kind, ParticipantView, ServerMessage, Source, SpeakerView, TrackView, WaitingView,
+};
+use super::rooms::{frame, Frame, Services, Signaling, WaitEvent};
+use super::session::{kind_of, media_kind, Input};
+use crate::domain::meetings::Status;
+use crate::domain::moderation::{self, ModerationError};
+use crate::domain::roles::Role;
+use crate::ids::{PeerId, TrackId};
+use crate::sfu::{MediaKind, SfuEvent};
+use crate::store::meetings::Meeting;
+use crate::store::moderation::MuteFlag;
+use crate::store::participants::Participant;
+use crate::store::{now_ms, StoreError};
+
+pub(crate) type Reply<T> = oneshot::Sender<T>;
+
+/// The meeting has ended, or the server is stopping: nobody joins it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed;
+
+/// What a participant's session sees of the room when it (re)attaches a socket.
+pub(crate) struct Snapshot {
+    pub me: ParticipantView,
+    pub others: Vec<ParticipantView>,
+    /// The waiting sockets, for moderators.
+    pub waiting: Vec<WaitingView>,
+}
+
+/// What the room task is told.
+pub(crate) enum Command {
+    /// A session joins: the others are told (`participant_joined`); a session of the same
+    /// identity still registered is replaced. The reply lists everyone else, for `joined`.
+    Register {
+        view: ParticipantView,
+        session: mpsc::UnboundedSender<Input>,
+        reply: Reply<Result<Vec<ParticipantView>, Closed>>,
+    },
+    /// A session ends; with a `reason` the others see `participant_left`. Only if `session` is
+    /// still the member's session.
+    Unregister {
+        participant_id: String,
+        session: mpsc::UnboundedSender<Input>,
+        reason: Option<&'static str>,
+    },
+    /// The session holding `identity`: its participant id and channel.
+    Lookup {
+        identity: String,
+        reply: Reply<Option<(String, mpsc::UnboundedSender<Input>)>>,
+    },
+    Snapshot {
+        participant_id: String,
+        reply: Reply<Option<Snapshot>>,
+    },
+    /// The member's next offer sends these client tracks as these sources: the tracks it
+    /// publishes are announced with them. Sent before the offer goes to the SFU, which
+    /// publishes the tracks as it answers.
+    Sources {
+        participant_id: String,
+        sources: HashMap<String, Source>,
+    },
+    /// The member's publisher connection is `publisher`. Sent once the SFU answered the first
+    /// offer; the events of the tracks it published meanwhile wait for this.
+    Publisher {
+        participant_id: String,
+        publisher: PeerId,
+    },
+    /// The participant muted or unmuted one of their sources.
+    SetMuted {
+        participant_id: String,
+        source: Source,
+        muted: bool,
+        reply: Reply<Result<(), StoreError>>,
+    },
+    SetHand {
+        participant_id: String,
+        raised: bool,
+    },
+    /// A message for every member, or every member but `except`.
+    Broadcast {
+        frame: Frame,
+        except: Option<String>,
+    },
+    /// A moderator muted every source of `kind` of the participant (store and media done).
+    Muted {
+        participant_id: String,
+        kind: MediaKind,
+        by: Option<String>,
+    },
+    /// A participant was removed (store and media done): their session ends, their waiting
+    /// socket is told.
+    Kicked {
+        target: Box<Participant>,
+        banned: bool,
+        by: Option<String>,
+    },
+    RoleChanged {
+        participant_id: String,
+        role: Role,
+    },
+    /// A waiting-room socket; `id` tells it from a later socket of the same seat.
+    Wait {
+        id: u64,
+        view: WaitingView,
+        events: mpsc::UnboundedSender<WaitEvent>,
+    },
+    Unwait {
+        participant_id: String,
+        id: u64,
+    },
+    /// Someone entered the waiting room: the moderators are told.
+    AnnounceWaiting(WaitingView),
+    WaitingResolved {
+        participant_id: String,
+        admitted: bool,
+    },
+    MeetingEnded {
+        by: Option<String>,
+    },
+    MeetingUpdated(Box<Meeting>),
+    /// The meeting is live with nobody connected (after a restart): its countdown starts
+    /// unless someone is here.
+    Empty,
+    Shutdown,
+    /// One of the room's SFU events.
+    Media(SfuEvent),
+}
+
+struct Member {
+    view: ParticipantView,
+    session: mpsc::UnboundedSender<Input>,
+    /// The connection whose tracks are this member's; tracks of an earlier one are not.
+    publisher: Option<PeerId>,
+    /// Client track id → source, as the member's latest offer said.
+    sources: HashMap<String, Source>,
+    /// The member's published tracks and what each carries.
+    tracks: HashMap<TrackId, (Source, Kind)>,
+    /// Track events of the member's identity from a connection not (yet) known as its
+    /// publisher, oldest first: replayed if `Publisher` names it, else dropped.
+    early: Vec<SfuEvent>,
+}
+
+/// Track events held per member until their connection is known (a few per offer).
+const MAX_EARLY_EVENTS: usize = 64;
+
+struct Waiter {
+    id: u64,
+    view: WaitingView,
+    events: mpsc::UnboundedSender<WaitEvent>,
+}
+
+/// The countdown to ending the meeting, running while nobody is connected.
+struct Countdown {
+    deadline: Instant,
+    /// Seats taken over REST after this (participants who have not connected yet) get a full
+    /// timeout from their join.
+    since_ms: i64,
+}
+
+pub(super) struct Room {
+    meeting_id: String,
+    /// This task's entry in the directory.
+    id: u64,
+    signaling: Signaling,
+    services: Arc<Services>,
+    /// By participant id: UUIDv7, so in join order.
+    members: BTreeMap<String, Member>,
+    /// Identity → participant id of its member.
+    by_identity: HashMap<String, String>,
+    waiting: HashMap<String, Waiter>,
+    /// The meeting was ended: nobody registers, its members leaving start no countdown.
+    ended: bool,
+    countdown: Option<Countdown>,
+}
+
+/// Serves the room's commands until it is idle and the directory let it go.
+pub(super) async fn run(mut room: Room, mut commands: mpsc::UnboundedReceiver<Command>) {
+    loop {
+        let deadline = room.countdown.as_ref().map(|c| c.deadline);
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => room.on_command(command).await,
+                None => return,
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => room.countdown_due().await,
+        }
+        if room.idle() && room.signaling.retire(&room.meeting_id, room.id, &commands) {
+            tracing::debug!(meeting = %room.meeting_id, "room closed");
+            return;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Room {
+    pub(super) fn new(
+        meeting_id: String,
+        id: u64,
+        signaling: Signaling,
+        services: Arc<Services>,
+    ) -> Self {
+        Self {
+            meeting_id,
+            id,
+            signaling,
+            services,
+            members: BTreeMap::new(),
+            by_identity: HashMap::new(),
+            waiting: HashMap::new(),
+            ended: false,
+            countdown: None,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.members.is_empty() && self.waiting.is_empty() && self.countdown.is_none()
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Register {
+                view,
+                session,
+                reply,
+            } => {
+                let _ = reply.send(self.register(view, session));
+            }
+            Command::Unregister {
+                participant_id,
+                session,
+                reason,
+            } => self.unregister(&participant_id, &session, reason),
+            Command::Lookup { identity, reply } => {
+                let found = self.by_identity.get(&identity).and_then(|id| {
+                    let member = self.members.get(id)?;
+                    Some((id.clone(), member.session.clone()))
+                });
+                let _ = reply.send(found);
+            }
+            Command::Snapshot {
+                participant_id,
+                reply,
+            } => {
+                let _ = reply.send(self.snapshot(&participant_id));
+            }
+            Command::Sources {
+                participant_id,
+                sources,
+            } => {
+                if let Some(member) = self.members.get_mut(&participant_id) {
+                    member.sources = sources;
+                }
+            }
+            Command::Publisher {
+                participant_id,
+                publisher,
+            } => self.publisher(&participant_id, publisher).await,
+            Command::SetMuted {
+                participant_id,
+                source,
+                muted,
+                reply,
+            } => {
+                let _ = reply.send(self.set_muted(&participant_id, source, muted).await);
+            }
+            Command::SetHand {
+                participant_id,
+                raised,
+            } => self.set_hand(&participant_id, raised),
+            Command::Broadcast { frame, except } => self.broadcast(&frame, except.as_deref()),
+            Command::Muted {
+                participant_id,
+                kind,
+                by,
+            } => self.muted_by_moderator(&participant_id, kind, by),
+            Command::Kicked { target, banned, by } => {
+                for member in self.members.values() {
+                    if member.view.identity == target.identity {
+                        let _ = member.session.send(Input::Kicked {
+                            banned,
+                            by: by.clone(),
+                        });
+                    }
+                }
+                if let Some(waiter) = self.waiting.get(&target.id) {
+                    let _ = waiter.events.send(WaitEvent::Kicked { banned });
+                }
+            }
+            Command::RoleChanged {
+                participant_id,
+                role,
+            } => self.role_changed(&participant_id, role),
+            Command::Wait { id, view, events } => {
+                let participant_id = view.participant_id.clone();
+                self.waiting
+                    .insert(participant_id, Waiter { id, view, events });
+            }
+            Command::Unwait { participant_id, id } => {
+                if self
+                    .waiting
+                    .get(&participant_id)
+                    .is_some_and(|w| w.id == id)
+                {
+                    self.waiting.remove(&participant_id);
+                }
+            }
+            Command::AnnounceWaiting(participant) => {
+                self.to_moderators(&frame(&ServerMessage::Waiting { participant }));
+            }
+            Command::WaitingResolved {
+                participant_id,
+                admitted,
+            } => self.waiting_resolved(participant_id, admitted),
+            Command::MeetingEnded { by } => self.meeting_ended(by),
+            Command::MeetingUpdated(meeting) => {
+                self.broadcast(
+                    &frame(&ServerMessage::MeetingUpdated {
+                        meeting: meeting.as_ref().into(),
+                    }),
+                    None,
+                );
+                for member in self.members.values() {
+                    let _ = member.session.send(Input::MeetingChanged {
+                        meeting: meeting.clone(),
+                    });
+                }
+            }
+            Command::Empty => {
+                if self.members.is_empty() && self.countdown.is_none() && !self.ended {
+                    self.start_countdown();
+                }
+            }
+            Command::Shutdown => {
+                self.countdown = None;
+                for member in self.members.values() {
+                    let _ = member.session.send(Input::Shutdown);
+                }
+                for waiter in self.waiting.values() {
+                    let _ = waiter.events.send(WaitEvent::Shutdown);
+                }
+            }
+            Command::Media(event) => self.on_media(event).await,
+        }
+    }
+
+    // ---- members ----------------------------------------------------------------------------
+
+    fn register(
+        &mut self,
+        view: ParticipantView,
+        session: mpsc::UnboundedSender<Input>,
+    ) -> Result<Vec<ParticipantView>, Closed> {
+        if self.ended || self.signaling.stopping() {
+            return Err(Closed);
+        }
+        if self.countdown.take().is_some() {
+            tracing::debug!(meeting = %self.meeting_id, "empty-meeting countdown cancelled");
+        }
+        // Joins replace an identity's session before registering; two joins racing past that
+        // check meet here, where the later one wins.
+        if let Some(stale) = self.by_identity.remove(&view.identity) {
+            if let Some(member) = self.members.remove(&stale) {
+                let (reply, _) = oneshot::channel();
+                let _ = member.session.send(Input::Replaced { reply });
+                self.broadcast(
+                    &frame(&ServerMessage::ParticipantLeft {
+                        participant_id: stale,
+                        reason: "replaced".to_owned(),
+                    }),
+                    None,
+                );
+            }
+        }
+        let others = self
+            .members
+            .iter()
+            .filter(|(id, _)| **id != view.participant_id)
+            .map(|(_, m)| m.view.clone())
+            .collect();
+        let joined = frame(&ServerMessage::ParticipantJoined {
+            participant: view.clone(),
+        });
+        self.broadcast(&joined, Some(&view.participant_id));
+        self.by_identity
+            .insert(view.identity.clone(), view.participant_id.clone());
+        self.members.insert(
+            view.participant_id.clone(),
+            Member {
+                view,
+                session,
+                publisher: None,
+                sources: HashMap::new(),
+                tracks: HashMap::new(),
+                early: Vec::new(),
+            },
+        );
+        Ok(others)
+    }
+
+    fn unregister(
+        &mut self,
+        participant_id: &str,
+        session: &mpsc::UnboundedSender<Input>,
+        reason: Option<&str>,
+    ) {
+        let ours = self
+            .members
+            .get(participant_id)
+            .is_some_and(|m| m.session.same_channel(session));
+        if !ours {
+            return;
+        }
+        if let Some(member) = self.members.remove(participant_id) {
+            if self
+                .by_identity
+                .get(&member.view.identity)
+                .map(String::as_str)
+                == Some(participant_id)
+            {
+                self.by_identity.remove(&member.view.identity);
+            }
+        }
+        if let Some(reason) = reason {
+            self.broadcast(
+                &frame(&ServerMessage::ParticipantLeft {
+                    participant_id: participant_id.to_owned(),
+                    reason: reason.to_owned(),
+                }),
+                None,
+            );
+        }
+        if self.members.is_empty() && !self.ended {
+            self.start_countdown();
+        }
+    }
+
+    fn snapshot(&self, participant_id: &str) -> Option<Snapshot> {
+        let me = self.members.get(participant_id)?.view.clone();
+        let others = self
+            .members
+            .iter()
+            .filter(|(id, _)| id.as_str() != participant_id)
+            .map(|(_, m)| m.view.clone())
+            .collect();
+        let waiting = self.waiting.values().map(|w| w.view.clone()).collect();
+        Some(Snapshot {
+            me,
+            others,
+            waiting,
+        })
+    }
+
+    fn broadcast(&self, frame: &Frame, except: Option<&str>) {
+        for (id, member) in &self.members {
+            if Some(id.as_str()) != except {
+                let _ = member.session.send(Input::Deliver(frame.clone()));
+            }
+        }
+    }
+
+    fn to_moderators(&self, frame: &Frame) {
+        for member in self.members.values() {
+            if Role::parse(&member.view.role).is_some_and(Role::is_moderator) {
+                let _ = member.session.send(Input::Deliver(frame.clone()));
+            }
+        }
+    }
+
+    // ---- media state -------------------------------------------------------------------------
+
+    /// The store first (a failed write changes nothing), then the views, then the media: each
+    /// of the member's tracks carrying `source` follows it (camera and screen are separate).
+    async fn set_muted(
+        &mut self,
+        participant_id: &str,
+        source: Source,
+        muted: bool,
+    ) -> Result<(), StoreError> {
+        let Some(member) = self.members.get(participant_id) else {
+            return Ok(());
+        };
+        if member.view.muted.contains(&source) == muted {
+            return Ok(());
+        }
+        let flag = match source {
+            Source::Microphone => Some(MuteFlag::Microphone),
+            Source::Camera => Some(MuteFlag::Camera),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            let store = &self.services.store;
+            if muted {
+                store
+                    .mute_participant(&self.meeting_id, participant_id, flag)
+                    .await?;
+            } else {
+                store
+                    .unmute_participant(&self.meeting_id, participant_id, flag)
+                    .await?;
+            }
+        }
+        let Some(member) = self.members.get_mut(participant_id) else {
+            return Ok(());
+        };
+        let view = &mut member.view;
+        if muted {
+            view.muted.push(source);
+            view.muted.sort();
+        } else {
+            view.muted.retain(|s| *s != source);
+        }
+        for track in &mut view.tracks {
+            track.muted = view.muted.contains(&track.source);
+        }
+        let tracks: Vec<TrackId> = member
+            .tracks
+            .iter()
+            .filter(|(_, (s, _))| *s == source)
+            .map(|(id, _)| *id)
+            .collect();
+        self.broadcast(
+            &frame(&ServerMessage::MediaState {
+                participant_id: participant_id.to_owned(),
+                source,
+                muted,
+                by: None,
+            }),
+            None,
+        );
+        for track in tracks {
+            self.apply_mute(participant_id, track, muted).await;
+        }
+        Ok(())
+    }
+
+    async fn apply_mute(&self, participant_id: &str, track: TrackId, muted: bool) {
+        if let Err(e) = self.services.sfu.set_track_muted(track, muted).await {
+            tracing::warn!(participant = %participant_id, %track, error = %e, "mute not applied to media");
+        }
+    }
+
+    fn muted_by_moderator(&mut self, participant_id: &str, kind: MediaKind, by: Option<String>) {
+        let Some(member) = self.members.get_mut(participant_id) else {
+            return;
+        };
+        let view = &mut member.view;
+        let mut messages = Vec::new();
+        for source in Source::ALL
+            .into_iter()
+            .filter(|s| media_kind(s.kind()) == kind)
+        {
+            if !view.muted.contains(&source) {
+                view.muted.push(source);
+            }
+            messages.push(ServerMessage::MediaState {
+                participant_id: view.participant_id.clone(),
+                source,
+                muted: true,
+                by: by.clone(),
+            });
+        }
+        view.muted.sort();
+        for track in &mut view.tracks {
+            track.muted = view.muted.contains(&track.source);
+        }
+        for message in messages {
+            self.broadcast(&frame(&message), None);
+        }
+    }
+
+    fn set_hand(&mut self, participant_id: &str, raised: bool) {
+        let Some(member) = self.members.get_mut(participant_id) else {
+            return;
+        };
+        if member.view.hand_raised == raised {
+            return;
+        }
+        member.view.hand_raised = raised;
+        let message = ServerMessage::ParticipantUpdated {
+            participant: member.view.clone(),
+        };
+        self.broadcast(&frame(&message), None);
+    }
+
+    fn role_changed(&mut self, participant_id: &str, role: Role) {
+        let Some(member) = self.members.get_mut(participant_id) else {
+            return;
+        };
+        member.view.role = role.as_str().to_owned();
+        let _ = member.session.send(Input::RoleChanged { role });
+        let message = ServerMessage::ParticipantUpdated {
+            participant: member.view.clone(),
+        };
+        self.broadcast(&frame(&message), None);
+    }
+
+    // ---- the SFU's events ----------------------------------------------------------------------
+
+    async fn on_media(&mut self, event: SfuEvent) {
+        match event {
+            SfuEvent::TrackPublished {
+                ref identity,
+                session,
+                ..
+            }
+            | SfuEvent::TrackUnpublished {
+                ref identity,
+                session,
+                ..
+            } => {
+                let Some(participant_id) = self.by_identity.get(&identity.0).cloned() else {
+                    return;
+                };
+                let Some(member) = self.members.get_mut(&participant_id) else {
+                    return;
+                };
+                // A track the member has is theirs whichever connection ends it (its id is the
+                // SFU's, unique); a new one is theirs only from their publisher.
+                let known = match &event {
+                    SfuEvent::TrackUnpublished { track, .. } => member.tracks.contains_key(track),
+                    _ => false,
+                };
+                if member.publisher != Some(session) && !known {
+                    if member.early.len() >= MAX_EARLY_EVENTS {
+                        member.early.remove(0);
+                    }
+                    member.early.push(event);
+                    return;
+                }
+                self.track_event(&participant_id, event).await;
+            }
+            SfuEvent::ActiveSpeakers { speakers, .. } => {
+                let speakers = speakers
+                    .into_iter()
+                    .filter_map(|s| {
+                        Some(SpeakerView {
+                            participant_id: self.by_identity.get(&s.identity.0)?.clone(),
+                            level: s.level,
+                        })
+                    })
+                    .collect();
+                self.broadcast(&frame(&ServerMessage::ActiveSpeakers { speakers }), None);
+            }
+            // Session events go to their sessions, not here.
+            _ => {}
+        }
+    }
+
+    async fn publisher(&mut self, participant_id: &str, publisher: PeerId) {
+        let Some(member) = self.members.get_mut(participant_id) else {
+            return;
+        };
+        member.publisher = Some(publisher);
+        let early = std::mem::take(&mut member.early);
+        for event in early {
+            let ours = match &event {
+                SfuEvent::TrackPublished { session, .. }
+                | SfuEvent::TrackUnpublished { session, .. } => *session == publisher,
+                _ => false,
+            };
+            if ours {
+                self.track_event(participant_id, event).await;
+            }
+        }
+    }
+
+    /// A track event of the member's current publisher connection.
+    async fn track_event(&mut self, participant_id: &str, event: SfuEvent) {
+        let Some(member) = self.members.get_mut(participant_id) else {
+            return;
+        };
+        match event {
+            SfuEvent::TrackPublished { track, .. } => {
+                let kind = kind_of(track.kind);
+                let source = member
+                    .sources
+                    .get(&track.publisher_track_id)
+                    .copied()
+                    .filter(|s| s.kind() == kind)
+                    .unwrap_or(Source::default_for(kind));
+                member.tracks.insert(track.id, (source, kind));
+                let muted = member.view.muted.contains(&source);
+                let view_track = TrackView {
+                    track_id: track.id.to_string(),
+                    source,
+                    kind,
+                    muted,
+                    publisher_track_id: track.publisher_track_id,
+                    mime_type: track.mime_type,
+                };
+                member.view.tracks.push(view_track.clone());
+                self.broadcast(
+                    &frame(&ServerMessage::TrackPublished {
+                        participant_id: participant_id.to_owned(),
+                        track: view_track,
+                    }),
+                    None,
+                );
+                tracing::debug!(participant = %participant_id, track = %track.id, source = source.as_str(), "track published");
+                // A new track starts forwarding; it follows the participant's mute state.
+                self.apply_mute(participant_id, track.id, muted).await;
+            }
+            SfuEvent::TrackUnpublished { track, .. } => {
+                if member.tracks.remove(&track).is_none() {
+                    return;
+                }
+                let track_id = track.to_string();
+                member.view.tracks.retain(|t| t.track_id != track_id);
+                self.broadcast(
+                    &frame(&ServerMessage::TrackUnpublished {
+                        participant_id: participant_id.to_owned(),
+                        track_id,
+                    }),
+                    None,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    // ---- the waiting room and the end ----------------------------------------------------------
+
+    fn waiting_resolved(&mut self, participant_id: String, admitted: bool) {
+        if let Some(waiter) = self.waiting.get(&participant_id) {
+            let _ = waiter.events.send(if admitted {
+                WaitEvent::Admitted
+            } else {
+                WaitEvent::Denied
+            });
+        }
+        let message = if admitted {
+            ServerMessage::Admitted {
+                participant_id,
+                join_token: None,
+                role: None,
+            }
+        } else {
+            ServerMessage::Denied { participant_id }
+        };
+        self.to_moderators(&frame(&message));
+    }
+
+    fn meeting_ended(&mut self, by: Option<String>) {
+        self.ended = true;
+        self.countdown = None;
+        for member in self.members.values() {
+            let _ = member.session.send(Input::MeetingEnded { by: by.clone() });
+        }
+        for waiter in self.waiting.values() {
+            let _ = waiter.events.send(WaitEvent::MeetingEnded);
+        }
+    }
+
+    fn start_countdown(&mut self) {
+        let timeout = self.services.empty_timeout;
+        if timeout.is_zero() || self.signaling.stopping() {
+            return;
+        }
+        self.countdown = Some(Countdown {
+            deadline: Instant::now() + timeout,
+            since_ms: now_ms(),
+        });
+        tracing::debug!(meeting = %self.meeting_id, ?timeout, "meeting empty; countdown started");
+    }
+
+    /// The countdown ran out: the meeting ends if it is still live and nobody took a seat
+    /// meanwhile. Joins wait in the queue until this is decided; one that arrives after the
+    /// end is refused.
+    async fn countdown_due(&mut self) {
+        let Some(countdown) = self.countdown.take() else {
+            return;
+        };
+        let store = &self.services.store;
+        let meeting = match store.meeting(&self.meeting_id).await {
+            Ok(meeting) => meeting,
+            Err(e) => {
+                tracing::warn!(meeting = %self.meeting_id, error = %e, "empty meeting not ended: reading it failed");
+                return;
+            }
+        };
+        if meeting.status != Status::Live.as_str() {
+            return;
+        }
+        let seats = match store
+            .meeting_participants(&self.meeting_id, Some("joined"))
+            .await
+        {
+            Ok(seats) => seats,
+            Err(e) => {
+                tracing::warn!(meeting = %self.meeting_id, error = %e, "empty meeting not ended: reading its seats failed");
+                return;
+            }
+        };
+        let latest_join = seats.iter().filter_map(|p| p.joined_at).max();
+        if let Some(joined_at) = latest_join.filter(|at| *at > countdown.since_ms) {
+            let waited = Duration::from_millis(u64::try_from(now_ms() - joined_at).unwrap_or(0));
+            self.countdown = Some(Countdown {
+                deadline: Instant::now() + self.services.empty_timeout.saturating_sub(waited),
+                since_ms: joined_at,
+            });
+            tracing::debug!(meeting = %self.meeting_id, "joined over REST during the countdown; waiting for its socket");
+            return;
+        }
+        let sfu = &self.services.sfu;
+        match moderation::close_meeting(store, sfu, &self.meeting_id, "ended").await {
+            Ok(()) => {
+                tracing::info!(meeting = %self.meeting_id, timeout = ?self.services.empty_timeout, "empty meeting ended");
+                self.meeting_ended(None);
+            }
+            // Ended meanwhile by its host.
+            Err(ModerationError::MeetingClosed) => {}
+            Err(e) => {
+                tracing::warn!(meeting = %self.meeting_id, error = %e, "empty meeting not ended")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "room_tests.rs"]
+mod tests;
