@@ -44,7 +44,7 @@ fn stun_like() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// SDP-shaped text: lines of the kinds our scanners look at, with random values.
+/// SDP-shaped text: lines of the kinds we read, with random values.
 fn sdp_like() -> impl Strategy<Value = String> {
     let line = prop_oneof![
         "m=(audio|video|application) [0-9]{1,5} [A-Z/]{0,20}( [0-9]{1,3}){0,4}",
@@ -58,7 +58,13 @@ fn sdp_like() -> impl Strategy<Value = String> {
         "a=candidate:[ -~]{0,80}",
         "[ -~]{0,40}",
     ];
-    prop::collection::vec(line, 0..30).prop_map(|lines| lines.join("\r\n"))
+    // Behind a valid session header, so the parser reaches the lines.
+    prop::collection::vec(line, 0..30).prop_map(|lines| {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n{}",
+            lines.join("\r\n")
+        )
+    })
 }
 
 proptest! {
@@ -79,13 +85,17 @@ proptest! {
 
     #[test]
     fn sdp_scanners_take_anything(text in prop_oneof![sdp_like(), "\\PC{0,300}"]) {
-        let _ = convene::sfu::sdp::check_offer(&text);
-        for codec in convene::sfu::sdp::offered_codecs(&text).into_iter().filter_map(|(_, c)| c) {
-            prop_assert!(codec.mime_type.starts_with("audio/") || codec.mime_type.starts_with("video/"));
+        if let Ok(sdp) = convene::sfu::sdp::Sdp::parse(&text) {
+            let _ = sdp.check_offer();
+            for codec in sdp.offered_codecs().into_iter().filter_map(|(_, c)| c) {
+                prop_assert!(codec.mime_type.starts_with("audio/") || codec.mime_type.starts_with("video/"));
+            }
+            let _ = sdp.sending_tracks();
+            let _ = sdp.answer_fragment();
+            let _ = sdp.restarted("u", "p", &convene::sfu::IceFragment::default());
         }
-        let _ = convene::signaling::sdpscan::sending_tracks(&text);
-        if let Ok(fragment) = convene::signaling::sdpfrag::parse(&text) {
-            prop_assert!(fragment.candidates.len() <= convene::signaling::sdpfrag::MAX_CANDIDATES);
+        if let Ok(fragment) = convene::sfu::sdp::parse_fragment(&text) {
+            prop_assert!(fragment.candidates.len() <= convene::sfu::sdp::MAX_FRAGMENT_CANDIDATES);
         }
     }
 

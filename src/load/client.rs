@@ -422,16 +422,11 @@ fn codec_of(kind: RtpCodecKind) -> RTCRtpCodec {
     }
 }
 
-/// Payload type → clock rate, from the `a=rtpmap` lines of an SDP.
+/// Payload type → clock rate, from the `a=rtpmap` lines of an SDP (none if it does not parse).
 fn clock_rates(sdp: &str) -> HashMap<u8, u32> {
-    sdp.lines()
-        .filter_map(|l| l.trim_end().strip_prefix("a=rtpmap:"))
-        .filter_map(|rest| {
-            let (pt, codec) = rest.split_once(' ')?;
-            let rate = codec.split('/').nth(1)?;
-            Some((pt.parse().ok()?, rate.parse().ok()?))
-        })
-        .collect()
+    crate::sfu::sdp::Sdp::parse(sdp)
+        .map(|sdp| sdp.clock_rates())
+        .unwrap_or_default()
 }
 
 /// The local address the kernel routes to `server` from.
@@ -454,7 +449,7 @@ mod tests {
 
     #[test]
     fn clock_rates_come_from_rtpmap_lines() {
-        let sdp = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
         let rates = clock_rates(sdp);
         assert_eq!(rates.get(&111), Some(&48_000));
         assert_eq!(rates.get(&96), Some(&90_000));

@@ -33,10 +33,11 @@ use tracing::{debug, info, warn};
 
 use super::demux::Demux;
 use super::error::SfuError;
-use super::peer::{sdp_attribute, LegDirection, Peer, PeerFactory, PeerRole, PeerState};
+use super::peer::{LegDirection, Peer, PeerFactory, PeerRole, PeerState};
 use super::placement::Placement;
 use super::room::Room;
 use super::rtcp;
+use super::sdp::Sdp;
 use super::subscriber::DownTrack;
 use super::track::{KeyframeThrottle, PublishedTrack, SubscriberRef};
 use super::udp::MediaSocket;
@@ -293,20 +294,16 @@ impl Engine {
             &identity,
             matches!(intent, Intent::Subscribe { .. }),
         )?;
-        if !offer_sdp
-            .lines()
-            .any(|l| l.starts_with("m=audio") || l.starts_with("m=video"))
-        {
+        let parsed = Sdp::parse(&offer_sdp)?;
+        if !parsed.has_media() {
             return Err(SfuError::BadOffer(
                 "the offer has no audio or video section".into(),
             ));
         }
-        super::sdp::check_offer(&offer_sdp)?;
+        parsed.check_offer()?;
+        let remote_ufrag = parsed.attribute("ice-ufrag").unwrap_or_default().to_owned();
         let offer = RTCSessionDescription::offer(offer_sdp)
             .map_err(|e| SfuError::BadOffer(e.to_string()))?;
-        let remote_ufrag = sdp_attribute(&offer.sdp, "ice-ufrag")
-            .unwrap_or_default()
-            .to_owned();
 
         // A viewer watches the publisher it names, else the room's most recent one; with none
         // there yet it waits for one (see `viewer.rs`).
@@ -329,7 +326,7 @@ impl Engine {
         let mut pc = self.factory.new_peer_connection(now, direction)?;
         let down_tracks = match &watch {
             Some((_, Some(publisher))) => self.add_down_tracks(&mut pc, id, *publisher)?,
-            Some((_, None)) => super::viewer::placeholder_down_tracks(&mut pc, id, &offer.sdp)?,
+            Some((_, None)) => super::viewer::placeholder_down_tracks(&mut pc, id, &parsed)?,
             None => Vec::new(),
         };
         pc.set_remote_description(now, offer)
@@ -344,9 +341,10 @@ impl Engine {
             .local_description()
             .map(|d| d.sdp)
             .ok_or_else(|| SfuError::Internal("no local description after answering".into()))?;
-        let local_ufrag = sdp_attribute(&answer_sdp, "ice-ufrag")
-            .ok_or_else(super::sdp::nothing_accepted)?
-            .to_owned();
+        let (local_ufrag, local_pwd) = super::sdp::local_credentials(&answer_sdp);
+        if local_ufrag.is_empty() {
+            return Err(super::sdp::nothing_accepted());
+        }
 
         let mut peer = Peer {
             id,
@@ -408,8 +406,7 @@ impl Engine {
             answer: answer_sdp,
             etag: peer.etag.clone(),
         };
-        let local_pwd = sdp_attribute(&negotiated.answer, "ice-pwd").unwrap_or_default();
-        self.demux.bind_ufrag(&peer.local_ufrag, local_pwd, id);
+        self.demux.bind_ufrag(&peer.local_ufrag, &local_pwd, id);
         let room = self
             .rooms
             .entry(room_id.clone())
@@ -751,7 +748,7 @@ impl Engine {
             .remote_description()
             .map(|d| d.sdp.clone())
             .ok_or(SfuError::SessionNotFound)?;
-        let restarted_offer = restart_offer(&current, &ufrag, &pwd, &fragment);
+        let restarted_offer = Sdp::parse(&current)?.restarted(&ufrag, &pwd, &fragment);
         let offer = RTCSessionDescription::offer(restarted_offer)
             .map_err(|e| SfuError::BadFragment(e.to_string()))?;
         peer.pc
@@ -764,17 +761,16 @@ impl Engine {
             .local_description()
             .map(|d| d.sdp)
             .unwrap_or_default();
-        let new_ufrag = sdp_attribute(&answer_sdp, "ice-ufrag")
-            .unwrap_or_default()
-            .to_owned();
-        let new_pwd = sdp_attribute(&answer_sdp, "ice-pwd").unwrap_or_default();
+        let (new_ufrag, new_pwd) = super::sdp::local_credentials(&answer_sdp);
         self.demux.unbind_ufrag(&peer.local_ufrag);
-        self.demux.bind_ufrag(&new_ufrag, new_pwd, session);
+        self.demux.bind_ufrag(&new_ufrag, &new_pwd, session);
         peer.local_ufrag = new_ufrag;
         peer.remote_ufrag = ufrag;
         peer.etag = etag_for(&peer.local_ufrag);
         let outcome = PatchOutcome::Restarted {
-            fragment: answer_fragment(&answer_sdp),
+            fragment: Sdp::parse(&answer_sdp)
+                .map(|answer| answer.answer_fragment())
+                .unwrap_or_default(),
             etag: peer.etag.clone(),
         };
         info!(session = %session, "ice restarted");
@@ -1506,107 +1502,4 @@ pub(super) fn resolve_payload_types(peer: &mut Peer) {
 
 fn etag_for(local_ufrag: &str) -> String {
     format!("\"{local_ufrag}\"")
-}
-
-/// The current remote offer with new ICE credentials and the fragment's candidates, so
-/// set_remote_description sees an ICE restart (JSEP: changed ufrag/pwd in a new offer).
-fn restart_offer(current: &str, ufrag: &str, pwd: &str, fragment: &IceFragment) -> String {
-    let mut out = String::with_capacity(current.len());
-    for line in current.lines() {
-        let line = line.trim_end();
-        if line.starts_with("a=ice-ufrag:") {
-            out.push_str("a=ice-ufrag:");
-            out.push_str(ufrag);
-        } else if line.starts_with("a=ice-pwd:") {
-            out.push_str("a=ice-pwd:");
-            out.push_str(pwd);
-        } else if line.starts_with("a=candidate:") || line == "a=end-of-candidates" {
-            continue;
-        } else {
-            out.push_str(line);
-        }
-        out.push_str("\r\n");
-        if let Some(mid) = line.strip_prefix("a=mid:") {
-            for candidate in fragment
-                .candidates
-                .iter()
-                .filter(|c| c.mid.as_deref().is_none_or(|m| m == mid))
-            {
-                out.push_str("a=");
-                out.push_str(&candidate.candidate);
-                out.push_str("\r\n");
-            }
-        }
-    }
-    out
-}
-
-/// RFC 8840 answer fragment: our new credentials, then the first media section's candidates.
-fn answer_fragment(answer_sdp: &str) -> String {
-    let mut out = String::new();
-    for attribute in ["ice-lite", "ice-options"] {
-        if let Some(line) = answer_sdp
-            .lines()
-            .find(|l| l.starts_with(&format!("a={attribute}")))
-        {
-            out.push_str(line.trim_end());
-            out.push_str("\r\n");
-        }
-    }
-    for attribute in ["ice-ufrag", "ice-pwd"] {
-        if let Some(value) = sdp_attribute(answer_sdp, attribute) {
-            out.push_str(&format!("a={attribute}:{value}\r\n"));
-        }
-    }
-    let mut in_first_media = false;
-    for line in answer_sdp.lines().map(str::trim_end) {
-        if line.starts_with("m=") {
-            if in_first_media {
-                break;
-            }
-            in_first_media = true;
-            out.push_str(line);
-            out.push_str("\r\n");
-        } else if in_first_media
-            && (line.starts_with("a=mid:")
-                || line.starts_with("a=candidate:")
-                || line == "a=end-of-candidates")
-        {
-            out.push_str(line);
-            out.push_str("\r\n");
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sfu::FragmentCandidate;
-
-    #[test]
-    fn restart_offer_swaps_credentials_and_candidates() {
-        let current = "v=0\r\na=ice-ufrag:old\r\na=ice-pwd:oldpwd\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=candidate:1 1 udp 1 10.0.0.1 5000 typ host\r\na=end-of-candidates\r\n";
-        let fragment = IceFragment {
-            ufrag: Some("new".into()),
-            pwd: Some("newpwd".into()),
-            candidates: vec![FragmentCandidate {
-                mid: Some("0".into()),
-                mline_index: Some(0),
-                candidate: "candidate:2 1 udp 1 10.0.0.2 6000 typ host".into(),
-            }],
-        };
-        let offer = restart_offer(current, "new", "newpwd", &fragment);
-        assert!(offer.contains("a=ice-ufrag:new\r\n") && offer.contains("a=ice-pwd:newpwd\r\n"));
-        assert!(!offer.contains("10.0.0.1") && offer.contains("10.0.0.2 6000"));
-    }
-
-    #[test]
-    fn answer_fragment_carries_credentials_and_first_section_candidates() {
-        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:u\r\na=ice-pwd:p\r\na=mid:0\r\na=candidate:1 1 udp 1 127.0.0.1 50000 typ host\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n";
-        let fragment = answer_fragment(answer);
-        assert!(fragment.starts_with("a=ice-ufrag:u\r\na=ice-pwd:p\r\nm=audio"));
-        assert!(fragment.contains("a=mid:0\r\na=candidate:1 1 udp 1 127.0.0.1 50000 typ host\r\n"));
-        assert!(!fragment.contains("a=mid:1"));
-    }
 }

@@ -29,7 +29,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::SfuError;
-pub use peer::sdp_attribute;
 
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::metrics::Metrics;

@@ -265,16 +265,6 @@ impl PeerFactory {
     }
 }
 
-/// The value of the first `a=<attribute>:` line of an SDP.
-pub fn sdp_attribute<'a>(sdp: &'a str, attribute: &str) -> Option<&'a str> {
-    sdp.lines().find_map(|line| {
-        line.trim_end()
-            .strip_prefix("a=")
-            .and_then(|rest| rest.strip_prefix(attribute))
-            .and_then(|rest| rest.strip_prefix(':'))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,14 +278,6 @@ mod tests {
         n = n.changed().changed();
         assert_eq!(n, Negotiation::AwaitingAnswer { again: true });
         assert_eq!(n.answered(), Negotiation::OfferDue);
-    }
-
-    #[test]
-    fn reads_sdp_attributes() {
-        let sdp = "v=0\r\na=ice-ufrag:abcd\r\na=ice-pwd:secret\r\n";
-        assert_eq!(sdp_attribute(sdp, "ice-ufrag"), Some("abcd"));
-        assert_eq!(sdp_attribute(sdp, "ice-pwd"), Some("secret"));
-        assert_eq!(sdp_attribute(sdp, "mid"), None);
     }
 
     #[test]

@@ -14,9 +14,10 @@ use tracing::{debug, info};
 
 use super::engine::{resolve_payload_types, Engine};
 use super::error::SfuError;
-use super::peer::{sdp_attribute, Negotiation, Peer, PeerRole, PeerState};
+use super::peer::{Negotiation, Peer, PeerRole, PeerState};
 use super::room::Room;
 use super::rtcp;
+use super::sdp::{local_credentials, Sdp};
 use super::subscriber::DownTrack;
 use super::track::{PublishedTrack, SubscriberRef};
 use super::{MediaKind, Negotiated, SfuEvent, TrackInfo};
@@ -74,12 +75,10 @@ impl Engine {
             self.attach(&mut peer, source)?;
         }
         let offer = create_offer(&mut peer, now)?;
-        peer.local_ufrag = sdp_attribute(&offer, "ice-ufrag")
-            .unwrap_or_default()
-            .to_owned();
+        let (local_ufrag, local_pwd) = local_credentials(&offer);
+        peer.local_ufrag = local_ufrag;
         peer.etag = format!("\"{}\"", peer.local_ufrag);
-        let local_pwd = sdp_attribute(&offer, "ice-pwd").unwrap_or_default();
-        self.demux.bind_ufrag(&peer.local_ufrag, local_pwd, id);
+        self.demux.bind_ufrag(&peer.local_ufrag, &local_pwd, id);
         let room = self
             .rooms
             .entry(room_id.clone())
@@ -115,11 +114,12 @@ impl Engine {
                 "no offer of ours is waiting for an answer on this session".into(),
             ));
         }
-        let answer =
-            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadOffer(e.to_string()))?;
-        peer.remote_ufrag = sdp_attribute(&answer.sdp, "ice-ufrag")
+        peer.remote_ufrag = Sdp::parse(&sdp)?
+            .attribute("ice-ufrag")
             .unwrap_or_default()
             .to_owned();
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadOffer(e.to_string()))?;
         peer.pc
             .set_remote_description(now, answer)
             .map_err(|e| SfuError::BadOffer(e.to_string()))?;
@@ -251,7 +251,11 @@ impl Engine {
                 "only a publishing session takes offers".into(),
             ));
         }
-        super::sdp::check_offer(&offer)?;
+        let remote_ufrag = {
+            let parsed = Sdp::parse(&offer)?;
+            parsed.check_offer()?;
+            parsed.attribute("ice-ufrag").unwrap_or_default().to_owned()
+        };
         let offer =
             RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadOffer(e.to_string()))?;
         peer.pc
@@ -271,22 +275,13 @@ impl Engine {
             .unwrap_or_default();
         // An offer with new ICE credentials restarted ICE: our ufrag changed with it, and STUN
         // for the new one must reach this peer.
-        let ufrag = sdp_attribute(&answer_sdp, "ice-ufrag")
-            .unwrap_or_default()
-            .to_owned();
+        let (ufrag, pwd) = local_credentials(&answer_sdp);
         if !ufrag.is_empty() && ufrag != peer.local_ufrag {
-            let pwd = sdp_attribute(&answer_sdp, "ice-pwd").unwrap_or_default();
             self.demux.unbind_ufrag(&peer.local_ufrag);
-            self.demux.bind_ufrag(&ufrag, pwd, peer.id);
+            self.demux.bind_ufrag(&ufrag, &pwd, peer.id);
             peer.etag = format!("\"{ufrag}\"");
             peer.local_ufrag = ufrag;
-            if let Some(remote) = peer
-                .pc
-                .remote_description()
-                .and_then(|d| sdp_attribute(&d.sdp, "ice-ufrag").map(str::to_owned))
-            {
-                peer.remote_ufrag = remote;
-            }
+            peer.remote_ufrag = remote_ufrag;
             info!(session = %peer.id, "ice restarted by a new offer");
         }
         // Sections the publisher no longer sends end their tracks.

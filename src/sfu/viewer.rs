@@ -36,13 +36,10 @@ pub const NO_SOURCE: TrackId = TrackId(0);
 pub(super) fn placeholder_down_tracks(
     pc: &mut RTCPeerConnection,
     viewer: PeerId,
-    offer_sdp: &str,
+    offer: &super::sdp::Sdp,
 ) -> Result<Vec<DownTrack>, SfuError> {
     let mut down_tracks = Vec::new();
-    for (index, (kind, codec)) in super::sdp::offered_codecs(offer_sdp)
-        .into_iter()
-        .enumerate()
-    {
+    for (index, (kind, codec)) in offer.offered_codecs().into_iter().enumerate() {
         let Some(codec) = codec else {
             continue;
         };

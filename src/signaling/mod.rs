@@ -14,8 +14,6 @@ pub mod hub;
 pub mod protocol;
 pub mod room;
 pub mod rooms;
-pub mod sdpfrag;
-pub mod sdpscan;
 pub mod session;
 pub mod sockets;
 pub mod whip;

@@ -24,7 +24,6 @@ use super::protocol::{
     Permissions, ServerMessage, Source, Target, WaitingView, PROTOCOL_VERSION,
 };
 use super::rooms::{frame, Frame};
-use super::sdpscan::sending_tracks;
 use super::Context;
 use crate::domain::moderation::{self as rules, ModerationError};
 use crate::domain::roles::{grants_for, Action, GrantSettings, Role};
@@ -32,6 +31,7 @@ use crate::domain::token::{Grants, JoinClaims};
 use crate::http_error::ApiError;
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::sfu::quality::Quality;
+use crate::sfu::sdp::Sdp;
 use crate::sfu::{FragmentCandidate, IceFragment, Intent, MediaKind, SfuEvent};
 use crate::store::chat::{Message, NewMessage};
 use crate::store::meetings::Meeting;
@@ -735,21 +735,22 @@ impl Session {
             ));
         }
         let mut sources = HashMap::new();
-        for track in sending_tracks(&sdp) {
+        for track in Sdp::parse(&sdp)?.sending_tracks() {
+            let kind = kind_of(track.kind);
             if let Some(declared) = track.track_id.as_deref().and_then(|t| self.declared.get(t)) {
-                if declared.kind() != track.kind {
+                if declared.kind() != kind {
                     return Err(Refusal::new(
                         "bad_publish",
                         format!(
                             "track {} is {:?} but was declared as {}",
                             track.track_id.as_deref().unwrap_or(""),
-                            track.kind,
+                            kind,
                             declared.as_str()
                         ),
                     ));
                 }
             }
-            let source = self.source_of(track.track_id.as_deref(), track.kind);
+            let source = self.source_of(track.track_id.as_deref(), kind);
             if !self.may_publish(source) {
                 return Err(Refusal::new(
                     "forbidden_source",

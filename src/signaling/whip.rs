@@ -15,7 +15,6 @@ use axum::routing::post;
 use axum::Router;
 
 use super::auth::{authorize, Need};
-use super::sdpfrag;
 use crate::config::IceServer;
 use crate::domain::admission;
 use crate::http_error::ApiError;
@@ -172,7 +171,7 @@ async fn patch(
     let claims = authorize(&state.keys, &headers, &room, Need::Session)?;
     let session = parse_session(&session)?;
     require_content_type(&headers, SDPFRAG)?;
-    let fragment = sdpfrag::parse(&text_body(body)?)
+    let fragment = crate::sfu::sdp::parse_fragment(&text_body(body)?)
         .map_err(|m| ApiError::bad_request("bad_ice_fragment", m))?;
     let if_match = headers
         .get(header::IF_MATCH)
