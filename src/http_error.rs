@@ -141,8 +141,10 @@ impl From<crate::sfu::SfuError> for ApiError {
             E::TooManySessions { .. } => Self::conflict("too_many_sessions", message),
             E::PublisherNotFound => Self::not_found("publisher_not_found", message),
             E::TrackNotFound => Self::not_found("track_not_found", message),
-            E::EtagMismatch => Self::new(StatusCode::PRECONDITION_FAILED, "etag_mismatch", message),
-            E::EtagRequired => Self::new(
+            E::StaleGeneration => {
+                Self::new(StatusCode::PRECONDITION_FAILED, "etag_mismatch", message)
+            }
+            E::GenerationRequired => Self::new(
                 StatusCode::PRECONDITION_REQUIRED,
                 "if_match_required",
                 message,

@@ -41,7 +41,7 @@ use super::sdp::Sdp;
 use super::subscriber::DownTrack;
 use super::track::{KeyframeThrottle, PublishedTrack, SubscriberRef};
 use super::udp::MediaSocket;
-use super::{Command, IceFragment, Intent, Negotiated, PatchOutcome, SfuConfig};
+use super::{Command, Generation, IceFragment, Intent, Negotiated, PatchOutcome, SfuConfig};
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::metrics::Metrics;
 
@@ -177,13 +177,13 @@ impl Engine {
                 room,
                 session,
                 requester,
-                if_match,
+                replaces,
                 fragment,
                 reply,
             } => {
                 let result = self
                     .owned_session(&room, session, &requester, false)
-                    .and_then(|()| self.patch(session, if_match, fragment, now));
+                    .and_then(|()| self.patch(session, replaces, fragment, now));
                 let _ = reply.send(result);
             }
             Command::Close {
@@ -361,7 +361,6 @@ impl Engine {
             pc,
             state: PeerState::Connecting,
             created_at: now,
-            etag: etag_for(&local_ufrag),
             local_ufrag,
             remote_ufrag,
             inbound: FxHashMap::default(),
@@ -404,7 +403,7 @@ impl Engine {
         let negotiated = Negotiated {
             session: id,
             answer: answer_sdp,
-            etag: peer.etag.clone(),
+            ice_generation: peer.local_ufrag.clone(),
         };
         self.demux.bind_ufrag(&peer.local_ufrag, &local_pwd, id);
         let room = self
@@ -703,7 +702,7 @@ impl Engine {
     fn patch(
         &mut self,
         session: PeerId,
-        if_match: Option<String>,
+        replaces: Option<Generation>,
         fragment: IceFragment,
         now: Instant,
     ) -> Result<PatchOutcome, SfuError> {
@@ -711,9 +710,9 @@ impl Engine {
             .peers
             .get_mut(&session)
             .ok_or(SfuError::SessionNotFound)?;
-        if let Some(tag) = &if_match {
-            if tag != "*" && tag != &peer.etag {
-                return Err(SfuError::EtagMismatch);
+        if let Some(Generation::Is(generation)) = &replaces {
+            if generation != &peer.local_ufrag {
+                return Err(SfuError::StaleGeneration);
             }
         }
         let restart = fragment
@@ -735,8 +734,8 @@ impl Engine {
             self.mark_dirty(session);
             return Ok(PatchOutcome::Trickled);
         }
-        if if_match.is_none() {
-            return Err(SfuError::EtagRequired);
+        if replaces.is_none() {
+            return Err(SfuError::GenerationRequired);
         }
         let (Some(ufrag), Some(pwd)) = (fragment.ufrag.clone(), fragment.pwd.clone()) else {
             return Err(SfuError::BadFragment(
@@ -766,12 +765,11 @@ impl Engine {
         self.demux.bind_ufrag(&new_ufrag, &new_pwd, session);
         peer.local_ufrag = new_ufrag;
         peer.remote_ufrag = ufrag;
-        peer.etag = etag_for(&peer.local_ufrag);
         let outcome = PatchOutcome::Restarted {
             fragment: Sdp::parse(&answer_sdp)
                 .map(|answer| answer.answer_fragment())
                 .unwrap_or_default(),
-            etag: peer.etag.clone(),
+            ice_generation: peer.local_ufrag.clone(),
         };
         info!(session = %session, "ice restarted");
         self.mark_dirty(session);
@@ -1498,8 +1496,4 @@ pub(super) fn resolve_payload_types(peer: &mut Peer) {
             .or_else(|| codecs.iter().find(same_mime))
             .map(|c| c.payload_type);
     }
-}
-
-fn etag_for(local_ufrag: &str) -> String {
-    format!("\"{local_ufrag}\"")
 }

@@ -22,10 +22,10 @@ pub enum SfuError {
     TrackNotFound,
     #[error("no publisher to watch in this room")]
     PublisherNotFound,
-    #[error("the session's entity tag does not match If-Match")]
-    EtagMismatch,
-    #[error("an ICE restart needs an If-Match header naming the current entity tag")]
-    EtagRequired,
+    #[error("the session's ICE generation is not the one named (If-Match)")]
+    StaleGeneration,
+    #[error("an ICE restart must name the ICE generation it replaces (If-Match)")]
+    GenerationRequired,
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("internal media error: {0}")]

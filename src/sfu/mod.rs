@@ -120,7 +120,18 @@ pub enum SfuEvent {
 pub struct Negotiated {
     pub session: PeerId,
     pub answer: String,
-    pub etag: String,
+    /// The session's ICE generation: our ICE ufrag, which changes with every restart.
+    pub ice_generation: String,
+}
+
+/// Which ICE generation an ICE restart expects to replace (a conditional restart, so two
+/// clients racing to restart one session cannot both win).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Generation {
+    /// Whatever the session's current generation is.
+    Any,
+    /// Only this one; another is `SfuError::StaleGeneration`.
+    Is(String),
 }
 
 /// Trickled ICE (RFC 8840 `application/trickle-ice-sdpfrag`), parsed.
@@ -143,8 +154,11 @@ pub struct FragmentCandidate {
 pub enum PatchOutcome {
     /// Candidates were added.
     Trickled,
-    /// ICE restarted: the answer fragment to return, and the new entity tag.
-    Restarted { fragment: String, etag: String },
+    /// ICE restarted: the answer fragment to return, and the new ICE generation.
+    Restarted {
+        fragment: String,
+        ice_generation: String,
+    },
 }
 
 /// Limits and timings the engine enforces.
@@ -188,7 +202,7 @@ pub(crate) enum Command {
         room: RoomId,
         session: PeerId,
         requester: Requester,
-        if_match: Option<String>,
+        replaces: Option<Generation>,
         fragment: IceFragment,
         reply: oneshot::Sender<Result<PatchOutcome, SfuError>>,
     },
@@ -428,13 +442,14 @@ impl Sfu {
         .await
     }
 
-    /// Trickles candidates into, or restarts ICE of, `requester`'s own session.
+    /// Trickles candidates into, or restarts ICE of, `requester`'s own session. Every change
+    /// checks `replaces` when given; a restart needs it.
     pub async fn patch(
         &self,
         room: RoomId,
         session: PeerId,
         requester: Requester,
-        if_match: Option<String>,
+        replaces: Option<Generation>,
         fragment: IceFragment,
     ) -> Result<PatchOutcome, SfuError> {
         self.call(Route::Session(session), no_session, |reply| {
@@ -442,7 +457,7 @@ impl Sfu {
                 room,
                 session,
                 requester,
-                if_match,
+                replaces,
                 fragment,
                 reply,
             }

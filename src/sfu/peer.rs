@@ -89,12 +89,11 @@ pub struct Peer {
     pub pc: RTCPeerConnection,
     pub state: PeerState,
     pub created_at: Instant,
-    /// Our ICE ufrag: incoming STUN names the peer with it.
+    /// Our ICE ufrag: incoming STUN names the peer with it. It is the session's ICE
+    /// generation (WHIP/WHEP show it as the resource's ETag).
     pub local_ufrag: String,
     /// The remote ufrag; a PATCH with another one is an ICE restart.
     pub remote_ufrag: String,
-    /// Changes with every ICE restart (RFC 9725 §4.3).
-    pub etag: String,
     /// Publisher: rtc track id of each inbound stream → our track.
     pub inbound: rustc_hash::FxHashMap<String, TrackId>,
     /// Publisher: tracks in m-line order.

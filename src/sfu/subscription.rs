@@ -51,7 +51,6 @@ impl Engine {
             created_at: now,
             local_ufrag: String::new(),
             remote_ufrag: String::new(),
-            etag: String::new(),
             inbound: rustc_hash::FxHashMap::default(),
             published: Vec::new(),
             down_tracks: Vec::new(),
@@ -77,7 +76,6 @@ impl Engine {
         let offer = create_offer(&mut peer, now)?;
         let (local_ufrag, local_pwd) = local_credentials(&offer);
         peer.local_ufrag = local_ufrag;
-        peer.etag = format!("\"{}\"", peer.local_ufrag);
         self.demux.bind_ufrag(&peer.local_ufrag, &local_pwd, id);
         let room = self
             .rooms
@@ -88,7 +86,7 @@ impl Engine {
         let negotiated = Negotiated {
             session: id,
             answer: offer,
-            etag: peer.etag.clone(),
+            ice_generation: peer.local_ufrag.clone(),
         };
         self.peers.insert(id, peer);
         self.mark_dirty(id);
@@ -279,7 +277,6 @@ impl Engine {
         if !ufrag.is_empty() && ufrag != peer.local_ufrag {
             self.demux.unbind_ufrag(&peer.local_ufrag);
             self.demux.bind_ufrag(&ufrag, &pwd, peer.id);
-            peer.etag = format!("\"{ufrag}\"");
             peer.local_ufrag = ufrag;
             peer.remote_ufrag = remote_ufrag;
             info!(session = %peer.id, "ice restarted by a new offer");

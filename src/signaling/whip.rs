@@ -19,7 +19,7 @@ use crate::config::IceServer;
 use crate::domain::admission;
 use crate::http_error::ApiError;
 use crate::ids::{ParticipantId, PeerId, RoomId};
-use crate::sfu::{Intent, PatchOutcome, Requester};
+use crate::sfu::{Generation, Intent, PatchOutcome, Requester};
 use crate::state::AppState;
 
 const SDP: &str = "application/sdp";
@@ -154,7 +154,10 @@ async fn create(
         header::LOCATION,
         header_value(&format!("/{}/{}/{}", kind.path(), room, negotiated.session))?,
     );
-    headers.insert(header::ETAG, header_value(&negotiated.etag)?);
+    headers.insert(
+        header::ETAG,
+        header_value(&etag(&negotiated.ice_generation))?,
+    );
     headers.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
     for link in ice_server_links(&state.config.ice_servers) {
         headers.append(header::LINK, header_value(&link)?);
@@ -173,33 +176,54 @@ async fn patch(
     require_content_type(&headers, SDPFRAG)?;
     let fragment = crate::sfu::sdp::parse_fragment(&text_body(body)?)
         .map_err(|m| ApiError::bad_request("bad_ice_fragment", m))?;
-    let if_match = headers
+    let replaces = headers
         .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(|v| generation_of(v.to_str().unwrap_or_default()))
+        .transpose()?;
     match state
         .sfu
         .patch(
             RoomId(room),
             session,
             Requester::owner(ParticipantId(claims.sub)),
-            if_match,
+            replaces,
             fragment,
         )
         .await?
     {
         PatchOutcome::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
-        PatchOutcome::Restarted { fragment, etag } => {
+        PatchOutcome::Restarted {
+            fragment,
+            ice_generation,
+        } => {
             let mut response = (StatusCode::OK, fragment).into_response();
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
             response
                 .headers_mut()
-                .insert(header::ETAG, header_value(&etag)?);
+                .insert(header::ETAG, header_value(&etag(&ice_generation))?);
             Ok(response)
         }
     }
+}
+
+/// A session's entity tag (RFC 9725 §4.3): its ICE generation, which every restart changes.
+fn etag(ice_generation: &str) -> String {
+    format!("\"{ice_generation}\"")
+}
+
+/// The ICE generation an `If-Match` names: `*` is any, a strong tag its quoted value. A weak
+/// or malformed tag names none of ours: the precondition fails (412).
+fn generation_of(if_match: &str) -> Result<Generation, ApiError> {
+    let tag = if_match.trim();
+    if tag == "*" {
+        return Ok(Generation::Any);
+    }
+    tag.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .map(|generation| Generation::Is(generation.to_owned()))
+        .ok_or_else(|| crate::sfu::SfuError::StaleGeneration.into())
 }
 
 async fn delete(
