@@ -35,7 +35,7 @@ use super::demux::Demux;
 use super::error::SfuError;
 use super::peer::{LegDirection, Peer, PeerFactory, PeerRole, PeerState};
 use super::placement::Placement;
-use super::room::Room;
+use super::room::Rooms;
 use super::rtcp;
 use super::sdp::Sdp;
 use super::subscriber::DownTrack;
@@ -77,11 +77,8 @@ pub struct Engine {
     pub(super) viewer_wait: Duration,
     pub(super) metrics: Metrics,
     pub(super) demux: Demux,
-    /// FxHash: looked up per forwarded packet, keyed by ids the server made.
-    pub(super) peers: FxHashMap<PeerId, Peer>,
-    pub(super) rooms: HashMap<RoomId, Room>,
-    /// The forwarding table: every published track, with its subscribers.
-    pub(super) tracks: FxHashMap<TrackId, PublishedTrack>,
+    /// The rooms placed here, each owning its peers and tracks.
+    pub(super) rooms: Rooms,
     pub(super) next_track_id: u64,
     /// (deadline, peer); stale entries are skipped by comparing with `Peer::next_timeout`.
     pub(super) timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
@@ -142,9 +139,7 @@ impl Engine {
             viewer_wait: config.whep_publisher_wait,
             metrics,
             demux: Demux::new(config.max_addresses_per_peer),
-            peers: FxHashMap::default(),
-            rooms: HashMap::new(),
-            tracks: FxHashMap::default(),
+            rooms: Rooms::default(),
             next_track_id: 1,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
@@ -170,7 +165,7 @@ impl Engine {
                 reply,
             } => {
                 let result = self.accept_offer(room.clone(), identity, intent, offer, now);
-                self.placement.settle(&room, self.rooms.contains_key(&room));
+                self.placement.settle(&room, self.rooms.contains(&room));
                 let _ = reply.send(result);
             }
             Command::Patch {
@@ -209,11 +204,16 @@ impl Engine {
                 reply,
             } => {
                 let sessions: Vec<PeerId> = self
-                    .peers
-                    .values()
-                    .filter(|p| p.room == room && p.identity == identity)
-                    .map(|p| p.id)
-                    .collect();
+                    .rooms
+                    .get(&room)
+                    .map(|r| {
+                        r.peers
+                            .values()
+                            .filter(|p| p.identity == identity)
+                            .map(|p| p.id)
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 for session in &sessions {
                     self.remove_peer(*session, "removed by a moderator", now);
                 }
@@ -223,7 +223,7 @@ impl Engine {
                 let sessions: Vec<PeerId> = self
                     .rooms
                     .get(&room)
-                    .map(|r| r.peers.clone())
+                    .map(|r| r.peers.keys().copied().collect())
                     .unwrap_or_default();
                 for session in &sessions {
                     self.remove_peer(*session, "the meeting ended", now);
@@ -260,7 +260,7 @@ impl Engine {
                 reply,
             } => {
                 let result = self.subscribe_room(room.clone(), identity, now);
-                self.placement.settle(&room, self.rooms.contains_key(&room));
+                self.placement.settle(&room, self.rooms.contains(&room));
                 let _ = reply.send(result);
             }
             Command::Answer {
@@ -393,7 +393,7 @@ impl Engine {
                     ));
                 }
                 for (slot, down) in peer.down_tracks.iter().enumerate() {
-                    if let Some(track) = self.tracks.get_mut(&down.source) {
+                    if let Some(track) = self.rooms.track_mut(down.source) {
                         track.subscribers.push(SubscriberRef { peer: id, slot });
                     }
                 }
@@ -406,16 +406,8 @@ impl Engine {
             ice_generation: peer.local_ufrag.clone(),
         };
         self.demux.bind_ufrag(&peer.local_ufrag, &local_pwd, id);
-        let room = self
-            .rooms
-            .entry(room_id.clone())
-            .or_insert_with(|| Room::new(room_id.clone()));
-        room.peers.push(id);
-        if peer.is_publisher() {
-            room.publishers.push((id, identity.clone()));
-        }
         info!(room = %room_id, participant = %identity, session = %id, role = ?peer.role, "peer created");
-        self.peers.insert(id, peer);
+        self.rooms.insert_peer(peer);
         self.mark_dirty(id);
         self.announce_tracks(id, &new_tracks, now);
         self.update_gauges();
@@ -431,13 +423,13 @@ impl Engine {
         publisher: PeerId,
     ) -> Result<Vec<DownTrack>, SfuError> {
         let publisher_peer = self
-            .peers
-            .get(&publisher)
+            .rooms
+            .peer(publisher)
             .ok_or(SfuError::PublisherNotFound)?;
         let stream_id = publisher_peer.identity.0.clone();
         let mut down_tracks = Vec::new();
         for track_id in &publisher_peer.published {
-            let Some(track) = self.tracks.get(track_id) else {
+            let Some(track) = self.rooms.track(*track_id) else {
                 continue;
             };
             let ssrc = rand::random::<u32>();
@@ -482,8 +474,8 @@ impl Engine {
                 continue;
             };
             let known = peer.published.iter().any(|id| {
-                self.tracks
-                    .get(id)
+                self.rooms
+                    .track(*id)
                     .is_some_and(|t| t.receiver == Some(receiver_id))
             });
             if known {
@@ -508,8 +500,8 @@ impl Engine {
             let id = TrackId::on_engine(self.next_track_id, self.index, self.placement.engines());
             self.next_track_id += 1;
             debug!(session = %peer.id, %id, %mid, codec = %codec.mime_type, "track published");
-            self.tracks.insert(
-                id,
+            self.rooms.insert_track(
+                &peer.room,
                 PublishedTrack {
                     id,
                     publisher: peer.id,
@@ -549,10 +541,7 @@ impl Engine {
             });
         }
         let held = self.rooms.get(room).map_or(0, |r| {
-            r.peers
-                .iter()
-                .filter(|p| self.peers.get(p).is_some_and(|p| &p.identity == identity))
-                .count()
+            r.peers.values().filter(|p| &p.identity == identity).count()
         });
         if held >= self.max_sessions_per_identity {
             return Err(SfuError::TooManySessions {
@@ -560,12 +549,10 @@ impl Engine {
             });
         }
         if viewer {
-            let viewers = self.rooms.get(room).map_or(0, |r| {
-                r.peers
-                    .iter()
-                    .filter(|p| self.peers.get(p).is_some_and(Peer::is_viewer))
-                    .count()
-            });
+            let viewers = self
+                .rooms
+                .get(room)
+                .map_or(0, |r| r.peers.values().filter(|p| p.is_viewer()).count());
             if viewers >= self.max_viewers {
                 return Err(SfuError::ViewersFull {
                     max: self.max_viewers,
@@ -589,8 +576,7 @@ impl Engine {
         };
         let mut identities: Vec<&ParticipantId> = room
             .peers
-            .iter()
-            .filter_map(|p| self.peers.get(p))
+            .values()
             .filter(|p| !p.is_viewer())
             .map(|p| &p.identity)
             .collect();
@@ -606,8 +592,8 @@ impl Engine {
         now: Instant,
     ) -> Result<(), SfuError> {
         let track = self
-            .tracks
-            .get_mut(&track_id)
+            .rooms
+            .track_mut(track_id)
             .ok_or(SfuError::TrackNotFound)?;
         if track.muted == muted {
             return Ok(());
@@ -624,11 +610,14 @@ impl Engine {
     /// The packets of `track_id` dropped on purpose (a mute) leave no gap at its subscribers:
     /// their next packet continues the sequence they saw.
     fn resync_down_tracks(&mut self, track_id: TrackId) {
-        let Some(track) = self.tracks.get(&track_id) else {
+        let Some(room) = self.rooms.of_track_mut(track_id) else {
+            return;
+        };
+        let Some(track) = room.tracks.get(&track_id) else {
             return;
         };
         for subscriber in &track.subscribers {
-            if let Some(down) = self
+            if let Some(down) = room
                 .peers
                 .get_mut(&subscriber.peer)
                 .and_then(|p| p.down_tracks.get_mut(subscriber.slot))
@@ -647,14 +636,14 @@ impl Engine {
         now: Instant,
     ) -> usize {
         let track_ids: Vec<TrackId> = self
-            .peers
-            .values()
+            .rooms
+            .peers()
             .filter(|p| &p.room == room && &p.identity == identity && p.is_publisher())
             .flat_map(|p| p.published.iter().copied())
             .collect();
         let mut changed = Vec::new();
         for track_id in track_ids {
-            let Some(track) = self.tracks.get_mut(&track_id) else {
+            let Some(track) = self.rooms.track_mut(track_id) else {
                 continue;
             };
             if track.is_video() != (kind == super::MediaKind::Video) {
@@ -688,8 +677,8 @@ impl Engine {
         moderator_may: bool,
     ) -> Result<(), SfuError> {
         let peer = self
-            .peers
-            .get(&session)
+            .rooms
+            .peer(session)
             .filter(|p| &p.room == room)
             .ok_or(SfuError::SessionNotFound)?;
         if peer.identity == requester.identity || (moderator_may && requester.moderator) {
@@ -707,8 +696,8 @@ impl Engine {
         now: Instant,
     ) -> Result<PatchOutcome, SfuError> {
         let peer = self
-            .peers
-            .get_mut(&session)
+            .rooms
+            .peer_mut(session)
             .ok_or(SfuError::SessionNotFound)?;
         if let Some(Generation::Is(generation)) = &replaces {
             if generation != &peer.local_ufrag {
@@ -795,7 +784,7 @@ impl Engine {
                 return;
             }
         };
-        let Some(peer) = self.peers.get_mut(&peer_id) else {
+        let Some(peer) = self.rooms.peer_mut(peer_id) else {
             return;
         };
         // After the handshake DTLS is rare (alerts, such as a client's close_notify), so the
@@ -825,7 +814,7 @@ impl Engine {
                 break;
             }
             self.timers.pop();
-            let Some(peer) = self.peers.get_mut(&peer_id) else {
+            let Some(peer) = self.rooms.peer_mut(peer_id) else {
                 continue;
             };
             if peer.next_timeout != Some(deadline) {
@@ -854,8 +843,8 @@ impl Engine {
             self.sample_quality(now);
         }
         let stale: Vec<PeerId> = self
-            .peers
-            .values()
+            .rooms
+            .peers()
             .filter(|p| {
                 p.state == PeerState::Connecting
                     && now.duration_since(p.created_at) > self.connect_timeout
@@ -867,8 +856,8 @@ impl Engine {
             self.remove_peer(peer_id, "ice/dtls did not complete in time", now);
         }
         let due: Vec<TrackId> = self
-            .tracks
-            .values()
+            .rooms
+            .tracks()
             .filter(|t| {
                 t.keyframes
                     .pending_due(self.keyframe_interval)
@@ -888,8 +877,8 @@ impl Engine {
     fn sample_quality(&mut self, now: Instant) {
         use rtc::statistics::StatsSelector;
         for peer in self
-            .peers
-            .values_mut()
+            .rooms
+            .peers_mut()
             .filter(|p| p.state == PeerState::Connected)
         {
             let report = peer.pc.get_stats(now, StatsSelector::None);
@@ -910,11 +899,11 @@ impl Engine {
     fn rank_speakers(&mut self, now: Instant) {
         let mut heard: HashMap<RoomId, Vec<(ParticipantId, f32)>> = HashMap::new();
         for track in self
-            .tracks
-            .values()
+            .rooms
+            .tracks()
             .filter(|t| t.audio_level_extension.is_some() && !t.muted)
         {
-            let Some(peer) = self.peers.get(&track.publisher) else {
+            let Some(peer) = self.rooms.peer(track.publisher) else {
                 continue;
             };
             heard
@@ -935,7 +924,7 @@ impl Engine {
     }
 
     pub(super) fn mark_dirty(&mut self, peer_id: PeerId) {
-        if let Some(peer) = self.peers.get_mut(&peer_id) {
+        if let Some(peer) = self.rooms.peer_mut(peer_id) {
             if !peer.dirty {
                 peer.dirty = true;
                 self.dirty.push(peer_id);
@@ -956,7 +945,7 @@ impl Engine {
         let mut connected = false;
         let mut opened_tracks = Vec::new();
         {
-            let Some(peer) = self.peers.get_mut(&peer_id) else {
+            let Some(peer) = self.rooms.peer_mut(peer_id) else {
                 return;
             };
             peer.dirty = false;
@@ -1022,7 +1011,7 @@ impl Engine {
         self.inbound = inbound;
 
         self.offer_if_pending(peer_id, now);
-        let Some(peer) = self.peers.get_mut(&peer_id) else {
+        let Some(peer) = self.rooms.peer_mut(peer_id) else {
             return;
         };
         while let Some(out) = peer.pc.poll_write() {
@@ -1049,15 +1038,19 @@ impl Engine {
         ssrc: u32,
         now: Instant,
     ) {
-        let Some(peer) = self.peers.get_mut(&peer_id) else {
+        let Some(room) = self.rooms.of_peer_mut(peer_id) else {
+            return;
+        };
+        let Some(peer) = room.peers.get_mut(&peer_id) else {
             return;
         };
         let track_id = match peer.inbound.get(&rtc_track_id) {
             Some(id) => *id,
             None => {
                 // The track id differs from the one seen at negotiation: map it by receiver.
+                let tracks = &room.tracks;
                 let Some(id) = peer.published.iter().copied().find(|id| {
-                    self.tracks
+                    tracks
                         .get(id)
                         .is_some_and(|t| t.receiver == Some(receiver_id))
                 }) else {
@@ -1067,7 +1060,7 @@ impl Engine {
                 id
             }
         };
-        let Some(track) = self.tracks.get_mut(&track_id) else {
+        let Some(track) = self.rooms.track_mut(track_id) else {
             return;
         };
         let first = track.media_ssrc.is_none();
@@ -1079,7 +1072,7 @@ impl Engine {
 
     /// A subscriber is ready: ask each of its video sources for a keyframe so it can decode now.
     fn on_connected(&mut self, peer_id: PeerId, now: Instant) {
-        let Some(peer) = self.peers.get(&peer_id) else {
+        let Some(peer) = self.rooms.peer(peer_id) else {
             return;
         };
         info!(session = %peer_id, room = %peer.room, "peer connected");
@@ -1108,8 +1101,8 @@ impl Engine {
         now: Instant,
     ) {
         let Some(track_id) = self
-            .peers
-            .get(&publisher)
+            .rooms
+            .peer(publisher)
             .and_then(|p| p.inbound.get(rtc_track_id))
             .copied()
         else {
@@ -1119,7 +1112,7 @@ impl Engine {
                 .inc();
             return;
         };
-        let Some(track) = self.tracks.get_mut(&track_id) else {
+        let Some(track) = self.rooms.track_mut(track_id) else {
             return;
         };
         self.metrics.rtp_packets_in.inc();
@@ -1144,7 +1137,11 @@ impl Engine {
         if first_packet && track.is_video() && !track.subscribers.is_empty() {
             self.request_keyframe(track_id, now);
         }
-        let Some(track) = self.tracks.get(&track_id) else {
+        // The publisher's room holds the track and every subscriber of it.
+        let Some(room) = self.rooms.of_peer_mut(publisher) else {
+            return;
+        };
+        let Some(track) = room.tracks.get(&track_id) else {
             return;
         };
         if track.muted {
@@ -1154,7 +1151,7 @@ impl Engine {
             track,
             &packet,
             now,
-            &mut self.peers,
+            &mut room.peers,
             &mut self.dirty,
             &self.metrics,
         );
@@ -1192,7 +1189,7 @@ impl Engine {
                 "received",
             ])
             .inc();
-        let Some(peer) = self.peers.get(&peer_id) else {
+        let Some(peer) = self.rooms.peer(peer_id) else {
             return;
         };
         let Some(slot) = peer.down_track_slot(rtc_track_id) else {
@@ -1205,7 +1202,7 @@ impl Engine {
     /// Sends PLI (or FIR) for `track_id` to its publisher, at most once per interval; requests
     /// in between are deferred, not dropped (see `KeyframeThrottle`).
     pub(super) fn request_keyframe(&mut self, track_id: TrackId, now: Instant) {
-        let Some(track) = self.tracks.get_mut(&track_id) else {
+        let Some(track) = self.rooms.track_mut(track_id) else {
             return;
         };
         if !track.is_video() {
@@ -1221,7 +1218,7 @@ impl Engine {
         let kind = track.keyframe_request_kind();
         let sequence = track.keyframes.next_fir_sequence();
         let publisher = track.publisher;
-        let Some(peer) = self.peers.get_mut(&publisher) else {
+        let Some(peer) = self.rooms.peer_mut(publisher) else {
             return;
         };
         let Some(mut receiver) = peer.pc.rtp_receiver(receiver) else {
@@ -1249,7 +1246,7 @@ impl Engine {
     /// Closes a peer and releases everything it held. A publisher's subscribers get RTCP BYE on
     /// its tracks; a subscriber left with no source is closed too, so its tracks end.
     pub(super) fn remove_peer(&mut self, peer_id: PeerId, reason: &str, now: Instant) {
-        let Some(mut peer) = self.peers.remove(&peer_id) else {
+        let Some(mut peer) = self.rooms.remove_peer(peer_id) else {
             return;
         };
         info!(session = %peer_id, room = %peer.room, participant = %peer.identity, reason, "peer removed");
@@ -1259,7 +1256,7 @@ impl Engine {
             viewers.extend(self.unpublish(&peer, track_id, now));
         }
         for down in &peer.down_tracks {
-            if let Some(track) = self.tracks.get_mut(&down.source) {
+            if let Some(track) = self.rooms.track_mut(down.source) {
                 track.subscribers.retain(|s| s.peer != peer_id);
             }
         }
@@ -1268,13 +1265,9 @@ impl Engine {
         while let Some(out) = peer.pc.poll_write() {
             self.outbox.push((out.transport.peer_addr, out.message));
         }
-        if let Some(room) = self.rooms.get_mut(&peer.room) {
-            room.remove(peer_id);
-            if room.is_empty() {
-                info!(room = %room.id, "room released");
-                self.rooms.remove(&peer.room);
-                self.placement.released(&peer.room);
-            }
+        if self.rooms.close_if_empty(&peer.room) {
+            info!(room = %peer.room, "room released");
+            self.placement.released(&peer.room);
         }
         let _ = self.events.send(super::SfuEvent::Closed {
             session: peer_id,
@@ -1285,18 +1278,18 @@ impl Engine {
     }
 
     fn close_all(&mut self, now: Instant) {
-        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        let ids: Vec<PeerId> = self.rooms.peers().map(|p| p.id).collect();
         for id in ids {
             self.remove_peer(id, "server shutting down", now);
         }
     }
 
     pub(super) fn update_gauges(&mut self) {
-        let subscribers: usize = self.tracks.values().map(|t| t.subscribers.len()).sum();
+        let subscribers: usize = self.rooms.tracks().map(|t| t.subscribers.len()).sum();
         let now = [
-            self.rooms.len() as i64,
-            self.peers.len() as i64,
-            self.tracks.len() as i64,
+            self.rooms.room_count() as i64,
+            self.rooms.peer_count() as i64,
+            self.rooms.track_count() as i64,
             subscribers as i64,
         ];
         let gauges = [
@@ -1311,7 +1304,8 @@ impl Engine {
         self.reported = now;
         self.peers_held.set(now[1]);
         self.rooms_held.set(now[0]);
-        self.placement.report_peers(self.index, self.peers.len());
+        self.placement
+            .report_peers(self.index, self.rooms.peer_count());
     }
 }
 

@@ -15,7 +15,6 @@ use tracing::{debug, info};
 use super::engine::{resolve_payload_types, Engine};
 use super::error::SfuError;
 use super::peer::{Negotiation, Peer, PeerRole, PeerState};
-use super::room::Room;
 use super::rtcp;
 use super::sdp::{local_credentials, Sdp};
 use super::subscriber::DownTrack;
@@ -61,15 +60,20 @@ impl Engine {
             dtls_input: false,
         };
         let sources: Vec<TrackId> = self
-            .tracks
-            .values()
-            .filter(|t| {
-                self.peers
-                    .get(&t.publisher)
-                    .is_some_and(|p| p.room == room_id && p.identity != identity)
+            .rooms
+            .get(&room_id)
+            .map(|room| {
+                room.tracks
+                    .values()
+                    .filter(|t| {
+                        room.peers
+                            .get(&t.publisher)
+                            .is_some_and(|p| p.identity != identity)
+                    })
+                    .map(|t| t.id)
+                    .collect()
             })
-            .map(|t| t.id)
-            .collect();
+            .unwrap_or_default();
         for source in sources {
             self.attach(&mut peer, source)?;
         }
@@ -77,18 +81,13 @@ impl Engine {
         let (local_ufrag, local_pwd) = local_credentials(&offer);
         peer.local_ufrag = local_ufrag;
         self.demux.bind_ufrag(&peer.local_ufrag, &local_pwd, id);
-        let room = self
-            .rooms
-            .entry(room_id.clone())
-            .or_insert_with(|| Room::new(room_id.clone()));
-        room.peers.push(id);
         info!(room = %room_id, participant = %identity, session = %id, tracks = peer.down_tracks.len(), "room subscriber created");
         let negotiated = Negotiated {
             session: id,
             answer: offer,
             ice_generation: peer.local_ufrag.clone(),
         };
-        self.peers.insert(id, peer);
+        self.rooms.insert_peer(peer);
         self.mark_dirty(id);
         self.update_gauges();
         Ok(negotiated)
@@ -102,8 +101,8 @@ impl Engine {
         now: Instant,
     ) -> Result<(), SfuError> {
         let peer = self
-            .peers
-            .get_mut(&session)
+            .rooms
+            .peer_mut(session)
             .ok_or(SfuError::SessionNotFound)?;
         if peer.role != PeerRole::RoomSubscriber
             || !matches!(peer.negotiation, Negotiation::AwaitingAnswer { .. })
@@ -155,14 +154,14 @@ impl Engine {
         subscribed: bool,
         now: Instant,
     ) -> Result<(), SfuError> {
-        let peer = self.peers.get(&session).ok_or(SfuError::SessionNotFound)?;
+        let peer = self.rooms.peer(session).ok_or(SfuError::SessionNotFound)?;
         if peer.role != PeerRole::RoomSubscriber {
             return Err(SfuError::SessionNotFound);
         }
-        let source = self.tracks.get(&track).ok_or(SfuError::TrackNotFound)?;
+        let source = self.rooms.track(track).ok_or(SfuError::TrackNotFound)?;
         let publisher = self
-            .peers
-            .get(&source.publisher)
+            .rooms
+            .peer(source.publisher)
             .ok_or(SfuError::TrackNotFound)?;
         if publisher.room != peer.room || publisher.identity == peer.identity {
             return Err(SfuError::TrackNotFound);
@@ -174,23 +173,23 @@ impl Engine {
         match (subscribed, active) {
             (true, None) => {
                 let mut sub = self
-                    .peers
-                    .remove(&session)
+                    .rooms
+                    .take_peer(session)
                     .ok_or(SfuError::SessionNotFound)?;
                 let attached = self.attach(&mut sub, track);
-                self.peers.insert(session, sub);
+                self.rooms.put_back(sub);
                 attached?;
                 self.send_offer(session, now);
             }
             (false, Some(slot)) => {
-                if let Some(source) = self.tracks.get_mut(&track) {
+                if let Some(source) = self.rooms.track_mut(track) {
                     source
                         .subscribers
                         .retain(|s| !(s.peer == session && s.slot == slot));
                 }
                 let sub = self
-                    .peers
-                    .get_mut(&session)
+                    .rooms
+                    .peer_mut(session)
                     .ok_or(SfuError::SessionNotFound)?;
                 let down = &mut sub.down_tracks[slot];
                 down.payload_type = None;
@@ -218,19 +217,19 @@ impl Engine {
         now: Instant,
     ) -> Result<String, SfuError> {
         let mut peer = self
-            .peers
-            .remove(&session)
+            .rooms
+            .take_peer(session)
             .ok_or(SfuError::SessionNotFound)?;
         let result = self.renegotiate_removed_publisher(&mut peer, offer, now);
         let added = match result {
             Ok((answer, added)) => {
-                self.peers.insert(session, peer);
+                self.rooms.put_back(peer);
                 self.mark_dirty(session);
                 self.announce_tracks(session, &added, now);
                 Ok(answer)
             }
             Err(e) => {
-                self.peers.insert(session, peer);
+                self.rooms.put_back(peer);
                 Err(e)
             }
         };
@@ -301,8 +300,8 @@ impl Engine {
             .iter()
             .copied()
             .filter(|id| {
-                self.tracks
-                    .get(id)
+                self.rooms
+                    .track(*id)
                     .is_some_and(|t| t.receiver.is_none_or(|r| !receiving.contains(&r)))
             })
             .collect();
@@ -320,12 +319,12 @@ impl Engine {
     /// Tells signaling about new tracks and adds them to every room subscriber of the room
     /// except the publisher's own.
     pub(super) fn announce_tracks(&mut self, publisher: PeerId, tracks: &[TrackId], now: Instant) {
-        let Some(peer) = self.peers.get(&publisher) else {
+        let Some(peer) = self.rooms.peer(publisher) else {
             return;
         };
         let (room, identity) = (peer.room.clone(), peer.identity.clone());
         for track_id in tracks {
-            if let Some(info) = self.tracks.get(track_id).map(track_info) {
+            if let Some(info) = self.rooms.track(*track_id).map(track_info) {
                 let _ = self.events.send(SfuEvent::TrackPublished {
                     room: room.clone(),
                     identity: identity.clone(),
@@ -335,15 +334,18 @@ impl Engine {
             }
         }
         let subscribers: Vec<PeerId> = self
-            .peers
-            .values()
-            .filter(|p| {
-                p.role == PeerRole::RoomSubscriber && p.room == room && p.identity != identity
+            .rooms
+            .get(&room)
+            .map(|r| {
+                r.peers
+                    .values()
+                    .filter(|p| p.role == PeerRole::RoomSubscriber && p.identity != identity)
+                    .map(|p| p.id)
+                    .collect()
             })
-            .map(|p| p.id)
-            .collect();
+            .unwrap_or_default();
         for session in subscribers {
-            let Some(mut sub) = self.peers.remove(&session) else {
+            let Some(mut sub) = self.rooms.take_peer(session) else {
                 continue;
             };
             for track_id in tracks {
@@ -351,22 +353,26 @@ impl Engine {
                     debug!(%session, %track_id, error = %e, "track not added to subscriber");
                 }
             }
-            self.peers.insert(session, sub);
+            self.rooms.put_back(sub);
             self.send_offer(session, now);
         }
         self.attach_waiting_viewers(&room, now);
     }
 
-    /// Adds a sender for `source` to a room subscriber (not yet in `self.peers`, or taken out).
+    /// Adds a sender for `source` to a room subscriber (not yet in its room, or taken out).
     fn attach(&mut self, sub: &mut Peer, source: TrackId) -> Result<(), SfuError> {
-        let Some(track) = self.tracks.get_mut(&source) else {
+        let Some(room) = self.rooms.of_track_mut(source) else {
             return Ok(());
         };
-        let stream_id = self
-            .peers
-            .get(&track.publisher)
+        let stream_id = room
+            .tracks
+            .get(&source)
+            .and_then(|t| room.peers.get(&t.publisher))
             .map(|p| p.identity.0.clone())
             .unwrap_or_default();
+        let Some(track) = room.tracks.get_mut(&source) else {
+            return Ok(());
+        };
         let ssrc = rand::random::<u32>();
         // The client sees `track.id` as the remote track's id and the publisher's identity as its
         // stream id: how it maps a media track to a participant and a published track.
@@ -414,7 +420,7 @@ impl Engine {
     /// peer, so every change of one command or datagram batch goes out in a single offer, and
     /// held back while an offer is waiting for its answer.
     pub(super) fn send_offer(&mut self, session: PeerId, _now: Instant) {
-        if let Some(peer) = self.peers.get_mut(&session) {
+        if let Some(peer) = self.rooms.peer_mut(session) {
             peer.negotiation = peer.negotiation.changed();
         }
         self.mark_dirty(session);
@@ -422,7 +428,7 @@ impl Engine {
 
     /// Called while servicing a peer: makes the pending offer if nothing is in flight.
     pub(super) fn offer_if_pending(&mut self, session: PeerId, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&session) else {
+        let Some(peer) = self.rooms.peer_mut(session) else {
             return;
         };
         if peer.negotiation != Negotiation::OfferDue {
@@ -446,7 +452,7 @@ impl Engine {
         track_id: TrackId,
         now: Instant,
     ) -> Vec<PeerId> {
-        let Some(track) = self.tracks.remove(&track_id) else {
+        let Some(track) = self.rooms.remove_track(track_id) else {
             return Vec::new();
         };
         let _ = self.events.send(SfuEvent::TrackUnpublished {
@@ -457,7 +463,7 @@ impl Engine {
         });
         let mut viewers = Vec::new();
         for subscriber in track.subscribers {
-            let Some(sub) = self.peers.get_mut(&subscriber.peer) else {
+            let Some(sub) = self.rooms.peer_mut(subscriber.peer) else {
                 continue;
             };
             if sub.role != PeerRole::RoomSubscriber {

@@ -71,18 +71,18 @@ impl Engine {
         viewers.dedup();
         let mut rooms: Vec<RoomId> = Vec::new();
         for viewer in viewers {
-            let Some(peer) = self.peers.get(&viewer) else {
+            let Some(peer) = self.rooms.peer(viewer) else {
                 continue;
             };
             let live = peer
                 .down_tracks
                 .iter()
-                .any(|d| self.tracks.contains_key(&d.source));
+                .any(|d| self.rooms.track(d.source).is_some());
             if live {
                 continue;
             }
             let room = peer.room.clone();
-            if let Some(peer) = self.peers.get_mut(&viewer) {
+            if let Some(peer) = self.rooms.peer_mut(viewer) {
                 if let PeerRole::Subscriber {
                     publisher,
                     waiting_since,
@@ -110,17 +110,17 @@ impl Engine {
         };
         let bindings: Vec<(PeerId, PeerId)> = room
             .peers
-            .iter()
-            .filter_map(|id| {
+            .values()
+            .filter_map(|peer| {
                 let PeerRole::Subscriber {
                     publisher: None,
                     wanted,
                     ..
-                } = &self.peers.get(id)?.role
+                } = &peer.role
                 else {
                     return None;
                 };
-                Some((*id, room.choose_publisher(wanted.as_ref())?))
+                Some((peer.id, room.choose_publisher(wanted.as_ref())?))
             })
             .collect();
         for (viewer, publisher) in bindings {
@@ -130,16 +130,16 @@ impl Engine {
 
     /// Each of the viewer's tracks takes `publisher`'s track of the same kind and codec.
     fn bind_viewer(&mut self, viewer: PeerId, publisher: PeerId, now: Instant) {
-        let Some(source) = self.peers.get(&publisher) else {
+        let Some(source) = self.rooms.peer(publisher) else {
             return;
         };
         let mut offered: Vec<(TrackId, bool, String)> = source
             .published
             .iter()
-            .filter_map(|id| self.tracks.get(id))
+            .filter_map(|id| self.rooms.track(*id))
             .map(|t| (t.id, t.is_video(), t.codec.mime_type.to_ascii_lowercase()))
             .collect();
-        let Some(peer) = self.peers.get_mut(&viewer) else {
+        let Some(peer) = self.rooms.peer_mut(viewer) else {
             return;
         };
         let mut bound: Vec<(TrackId, usize)> = Vec::new();
@@ -186,7 +186,7 @@ impl Engine {
         let connected = peer.state == PeerState::Connected;
         info!(session = %viewer, %publisher, tracks = bound.len(), "viewer watches a publisher");
         for (track_id, slot) in &bound {
-            if let Some(track) = self.tracks.get_mut(track_id) {
+            if let Some(track) = self.rooms.track_mut(*track_id) {
                 track.subscribers.push(SubscriberRef {
                     peer: viewer,
                     slot: *slot,
@@ -205,8 +205,8 @@ impl Engine {
     pub(super) fn reap_waiting_viewers(&mut self, now: Instant) {
         let limit = self.viewer_wait;
         let expired: Vec<PeerId> = self
-            .peers
-            .values()
+            .rooms
+            .peers()
             .filter(|p| match p.role {
                 PeerRole::Subscriber {
                     waiting_since: Some(since),
