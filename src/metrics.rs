@@ -26,6 +26,9 @@ pub struct Metrics {
     pub rtp_bytes_out: IntCounter,
     /// NACKs by direction: `received` from subscribers, `sent` to publishers.
     pub nacks: IntCounterVec,
+    /// Packets NACKed by subscribers: `sent` again from the track's history, or `missed`
+    /// (no longer kept, or sent before the leg's last resync).
+    pub retransmissions: IntCounterVec,
     /// Keyframe requests by kind (`pli`, `fir`) and direction (`received`, `sent`).
     pub keyframe_requests: IntCounterVec,
     /// Packets that could not be forwarded, by reason.
@@ -106,6 +109,11 @@ impl Metrics {
                 "RTP payload bytes forwarded to subscribers",
             ),
             nacks: counter_vec("nacks_total", "RTCP NACK packets", &["direction"]),
+            retransmissions: counter_vec(
+                "rtp_retransmissions_total",
+                "RTP packets NACKed by subscribers, by result",
+                &["result"],
+            ),
             keyframe_requests: counter_vec(
                 "keyframe_requests_total",
                 "PLI/FIR keyframe requests",

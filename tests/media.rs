@@ -71,6 +71,15 @@ fn at_least_99_percent(n: usize) -> usize {
     (n * 99).div_ceil(100)
 }
 
+/// A WHIP publisher in room `r` and a WHEP viewer watching it, both connected.
+async fn publisher_and_viewer(server: &TestServer) -> (WhipPublisher, WhepSubscriber) {
+    let publisher =
+        WhipPublisher::connect(server, "r", &server.token("r", "pub", true, false)).await;
+    let viewer = server.token("r", "viewer", false, true);
+    let subscriber = WhepSubscriber::connect(server, "r", &viewer, None).await;
+    (publisher, subscriber)
+}
+
 /// A sender task writing one video packet every ~10 ms until dropped.
 fn keep_sending_video(publisher: Arc<WhipPublisher>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -115,6 +124,54 @@ async fn forwards_audio_and_video_to_two_subscribers() {
         "rtp_packets_out_total = {out}"
     );
     assert_eq!(server.metric("convene_subscribers").await, 4.0);
+}
+
+/// A subscriber whose link loses packets NACKs them, and the server sends them again from the
+/// track's history (one for all its subscribers): every payload arrives in the end, byte for
+/// byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_packets_are_retransmitted_on_nack() {
+    let server = TestServer::start().await;
+    let (publisher, subscriber) = publisher_and_viewer(&server).await;
+    let video = payloads(Kind::Video, 80);
+    let (warmup, rest) = video.split_at(20);
+    for (sequence, payload) in warmup.iter().enumerate() {
+        publisher
+            .send(Kind::Video, sequence as u16, payload.clone())
+            .await;
+        tokio::time::sleep(PACING).await;
+    }
+    subscriber
+        .wait_packets(Kind::Video, warmup.len(), DELIVERY_TIMEOUT)
+        .await;
+    let payload_type = subscriber.inbox(Kind::Video).packets[0].payload_type;
+    subscriber.peer.lose_incoming_rtp(payload_type, 3);
+    for (i, payload) in rest.iter().enumerate() {
+        publisher
+            .send(Kind::Video, (warmup.len() + i) as u16, payload.clone())
+            .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while delivered(&subscriber.payloads(Kind::Video), &video) < video.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} delivered after losing {}",
+            delivered(&subscriber.payloads(Kind::Video), &video),
+            video.len(),
+            subscriber.peer.lost_incoming()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(subscriber.peer.lost_incoming(), 3, "the link lost three");
+    let nacks = server
+        .metric("convene_nacks_total{direction=\"received\"}")
+        .await;
+    assert!(nacks >= 1.0, "nacks received: {nacks}");
+    let again = server
+        .metric("convene_rtp_retransmissions_total{result=\"sent\"}")
+        .await;
+    assert!(again >= 3.0, "sent again from the track's history: {again}");
 }
 
 /// `convene_keyframe_requests_total{kind="pli",direction="sent"}`; 0 before the first one.
@@ -168,15 +225,7 @@ async fn late_subscriber_triggers_keyframe_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_delete_leaves_the_viewer_waiting_and_its_delete_releases_the_room() {
     let server = TestServer::start().await;
-    let publisher =
-        WhipPublisher::connect(&server, "r", &server.token("r", "pub", true, false)).await;
-    let subscriber = WhepSubscriber::connect(
-        &server,
-        "r",
-        &server.token("r", "viewer", false, true),
-        None,
-    )
-    .await;
+    let (publisher, subscriber) = publisher_and_viewer(&server).await;
     send_all(
         &publisher,
         &payloads(Kind::Audio, 5),
@@ -220,15 +269,7 @@ async fn publisher_delete_leaves_the_viewer_waiting_and_its_delete_releases_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_publisher_is_reaped_and_its_viewer_waits_no_longer_than_allowed() {
     let server = TestServer::start_with(|c| c.whep_publisher_wait = Duration::from_secs(2)).await;
-    let publisher =
-        WhipPublisher::connect(&server, "r", &server.token("r", "pub", true, false)).await;
-    let subscriber = WhepSubscriber::connect(
-        &server,
-        "r",
-        &server.token("r", "viewer", false, true),
-        None,
-    )
-    .await;
+    let (publisher, subscriber) = publisher_and_viewer(&server).await;
     send_all(
         &publisher,
         &payloads(Kind::Audio, 5),

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::demux::Demux;
 use super::error::SfuError;
+use super::history::History;
 use super::peer::{LegDirection, Peer, PeerFactory, PeerRole, PeerState};
 use super::placement::Placement;
 use super::room::Rooms;
@@ -53,6 +54,8 @@ const COMMAND_BUDGET: usize = 64;
 /// datagrams are dropped (media is loss-tolerant and NACK/PLI recover; a stalled loop is not).
 const SEND_BACKLOG: usize = 8192;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
+/// Packets one subscriber's compound RTCP packet may have sent again.
+const MAX_RETRANSMITS_PER_RTCP: usize = 256;
 /// How often each peer's connection quality is measured.
 const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -514,6 +517,8 @@ impl Engine {
                     subscribers: Vec::new(),
                     keyframes: KeyframeThrottle::default(),
                     muted: false,
+                    history: (kind == rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video)
+                        .then(|| History::new(self.factory.nack_cache_packets)),
                     audio_level_extension,
                     audio_level: Default::default(),
                 },
@@ -1141,11 +1146,14 @@ impl Engine {
         let Some(room) = self.rooms.of_peer_mut(publisher) else {
             return;
         };
-        let Some(track) = room.tracks.get(&track_id) else {
+        let Some(track) = room.tracks.get_mut(&track_id) else {
             return;
         };
         if track.muted {
             return;
+        }
+        if let Some(history) = &mut track.history {
+            history.keep(&packet);
         }
         let forwarded = super::forward::fan_out(
             track,
@@ -1174,6 +1182,7 @@ impl Engine {
                 .nacks
                 .with_label_values(&["received"])
                 .inc_by(u64::from(feedback.nacks));
+            self.retransmit(peer_id, rtc_track_id, packets, now);
         }
         let Some(kind) = feedback.keyframe else {
             return;
@@ -1197,6 +1206,68 @@ impl Engine {
         };
         let source = peer.down_tracks[slot].source;
         self.request_keyframe(source, now);
+    }
+
+    /// Answers a subscriber's NACKs on one down track from its source's history: each packet
+    /// again, as this leg sent it. At most [`MAX_RETRANSMITS_PER_RTCP`] per compound packet, so
+    /// a subscriber cannot make one RTCP packet cost more than a burst.
+    fn retransmit(
+        &mut self,
+        peer_id: PeerId,
+        rtc_track_id: &str,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+        now: Instant,
+    ) {
+        let Some(room) = self.rooms.of_peer_mut(peer_id) else {
+            return;
+        };
+        let Some(peer) = room.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let Some(slot) = peer.down_track_slot(rtc_track_id) else {
+            return;
+        };
+        let down = &peer.down_tracks[slot];
+        let (Some(payload_type), false) = (down.payload_type, down.removed) else {
+            return;
+        };
+        let Some(history) = room
+            .tracks
+            .get(&down.source)
+            .and_then(|t| t.history.as_ref())
+        else {
+            return;
+        };
+        let (mut sent, mut missed) = (0u64, 0u64);
+        for sequence in rtcp::nacked(packets, down.ssrc)
+            .into_iter()
+            .take(MAX_RETRANSMITS_PER_RTCP)
+        {
+            let Some(source) = down
+                .munger
+                .source_sequence(sequence)
+                .and_then(|s| history.get(s))
+            else {
+                missed += 1;
+                continue;
+            };
+            let again = down.rewrite_again(payload_type, &source);
+            let written = peer.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), again),
+            });
+            match written {
+                Ok(()) => sent += 1,
+                Err(_) => missed += 1,
+            }
+        }
+        if sent > 0 && !peer.dirty {
+            peer.dirty = true;
+            self.dirty.push(peer_id);
+        }
+        let counter = &self.metrics.retransmissions;
+        counter.with_label_values(&["sent"]).inc_by(sent);
+        counter.with_label_values(&["missed"]).inc_by(missed);
     }
 
     /// Sends PLI (or FIR) for `track_id` to its publisher, at most once per interval; requests

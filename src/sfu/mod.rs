@@ -9,6 +9,7 @@ pub mod demux;
 mod engine;
 pub mod error;
 mod forward;
+mod history;
 pub mod ingress;
 mod peer;
 mod placement;

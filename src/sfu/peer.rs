@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
-    NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder, Registry,
-    SenderReportBuilder, Slot,
+    NackGeneratorBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
 };
 use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
@@ -183,12 +182,6 @@ impl PeerFactory {
                 configure_twcc_receiver_only(registry, &mut media_engine)?
             }
             LegDirection::Sends => Registry::new()
-                .with(
-                    Slot::NackResponder,
-                    NackResponderBuilder::new()
-                        .with_size(self.nack_cache_packets)
-                        .build(),
-                )
                 .with(Slot::SenderReport, SenderReportBuilder::new().build())
                 .with(Slot::from(14_000), DeliverFeedback::default()),
         };

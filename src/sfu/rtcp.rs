@@ -40,6 +40,16 @@ pub fn classify(packets: &[Box<dyn rtc::rtcp::Packet>]) -> Feedback {
     feedback
 }
 
+/// The sequence numbers NACKed for `media_ssrc` in a compound packet, in order.
+pub fn nacked(packets: &[Box<dyn rtc::rtcp::Packet>], media_ssrc: u32) -> Vec<u16> {
+    packets
+        .iter()
+        .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+        .filter(|nack| nack.media_ssrc == media_ssrc)
+        .flat_map(|nack| nack.nacks.iter().flat_map(|pair| pair.packet_list()))
+        .collect()
+}
+
 fn carries_feedback(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
     let feedback = classify(packets);
     feedback.keyframe.is_some() || feedback.nacks > 0
@@ -75,8 +85,8 @@ pub fn goodbye(ssrc: u32) -> Vec<Box<dyn rtc::rtcp::Packet>> {
     })]
 }
 
-/// Marks inbound keyframe requests and NACKs for delivery to the application. Marked, not
-/// consumed: the NACK responder behind it still answers the NACKs.
+/// Marks inbound keyframe requests and NACKs for delivery to the application, which answers
+/// them (`engine.rs`: keyframes upstream, retransmissions from the track's history).
 #[derive(Default)]
 pub struct DeliverFeedback {
     reads: VecDeque<TaggedPacket>,

@@ -66,6 +66,27 @@ impl DownTrack {
         let (sequence_number, timestamp) =
             self.munger
                 .next(source.sequence_number, source.timestamp, now);
+        self.packet(payload_type, inbound, sequence_number, timestamp)
+    }
+
+    /// A packet this leg sent before, again (a retransmission): the same sequence number and
+    /// timestamp it had, without moving the leg's state.
+    pub fn rewrite_again(&self, payload_type: u8, inbound: &Packet) -> Packet {
+        let source = &inbound.header;
+        let (sequence_number, timestamp) =
+            self.munger.map(source.sequence_number, source.timestamp);
+        self.packet(payload_type, inbound, sequence_number, timestamp)
+    }
+
+    #[inline]
+    fn packet(
+        &self,
+        payload_type: u8,
+        inbound: &Packet,
+        sequence_number: u16,
+        timestamp: u32,
+    ) -> Packet {
+        let source = &inbound.header;
         Packet {
             header: Header {
                 version: 2,
@@ -102,6 +123,9 @@ impl DownTrack {
 pub struct Munger {
     sequence_offset: u16,
     timestamp_offset: u32,
+    /// The first sequence number sent with the current offsets: sequence numbers from it to
+    /// the last one sent map back to the source's with them.
+    epoch_start: Option<u16>,
     last: Option<Sent>,
     pending: Resync,
     clock_rate: u32,
@@ -126,6 +150,7 @@ impl Munger {
         Self {
             sequence_offset: 0,
             timestamp_offset: 0,
+            epoch_start: None,
             last: None,
             pending: Resync::None,
             clock_rate: clock_rate.max(1),
@@ -159,11 +184,12 @@ impl Munger {
                 }
             }
         }
+        let new_epoch = self.epoch_start.is_none() || self.pending != Resync::None;
         self.pending = Resync::None;
-        let out = (
-            sequence.wrapping_sub(self.sequence_offset),
-            timestamp.wrapping_sub(self.timestamp_offset),
-        );
+        let out = self.map(sequence, timestamp);
+        if new_epoch {
+            self.epoch_start = Some(out.0);
+        }
         // Only a packet ahead of the last one moves it: a late, reordered one must not.
         let ahead = self
             .last
@@ -176,6 +202,24 @@ impl Munger {
             });
         }
         out
+    }
+
+    /// The source's sequence number and timestamp as this leg carries them now.
+    #[inline]
+    pub fn map(&self, sequence: u16, timestamp: u32) -> (u16, u32) {
+        (
+            sequence.wrapping_sub(self.sequence_offset),
+            timestamp.wrapping_sub(self.timestamp_offset),
+        )
+    }
+
+    /// The source sequence number this leg sent as `sent`, if it was sent with the current
+    /// offsets (a NACK for one sent before a resync or a source switch names another packet of
+    /// the source, so it is not answered).
+    pub fn source_sequence(&self, sent: u16) -> Option<u16> {
+        let (start, last) = (self.epoch_start?, self.last?.sequence);
+        (sent.wrapping_sub(start) <= last.wrapping_sub(start))
+            .then(|| sent.wrapping_add(self.sequence_offset))
     }
 }
 
@@ -201,6 +245,13 @@ mod tests {
         // A late packet from before the resync does not move the sequence back.
         assert_eq!(munger.next(149, 147_000, t0).0, 101);
         assert_eq!(munger.next(152, 156_000, t0), (104, 156_000));
+        // Retransmissions map back only within the current offsets.
+        assert_eq!(munger.source_sequence(103), Some(151));
+        assert_eq!(munger.source_sequence(102), Some(150));
+        assert_eq!(munger.source_sequence(104), Some(152));
+        assert_eq!(munger.source_sequence(105), None, "not sent yet");
+        assert_eq!(munger.source_sequence(100), None, "sent before the resync");
+        assert_eq!(munger.map(151, 153_000), (103, 153_000));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct PublishedTrack {
     pub keyframes: KeyframeThrottle,
     /// Muted by a moderator: packets are dropped instead of forwarded.
     pub muted: bool,
+    /// Video: the recent packets, for NACKs (audio is not NACKed: Opus has its own FEC).
+    pub history: Option<super::history::History>,
     /// Audio: the negotiated id of the audio-level header extension, if any.
     pub audio_level_extension: Option<u8>,
     pub audio_level: crate::sfu::speaker::AudioLevel,

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -66,6 +66,8 @@ pub struct Peer {
     gathered: watch::Receiver<u32>,
     /// Set: every datagram this connection sends is dropped.
     network_cut: Arc<AtomicBool>,
+    /// Inbound media to lose on the way in.
+    inbound_loss: Arc<InboundLoss>,
 }
 
 impl Peer {
@@ -88,8 +90,10 @@ impl Peer {
             inboxes,
         });
         let network_cut = Arc::new(AtomicBool::new(false));
+        let inbound_loss = Arc::new(InboundLoss::default());
         let runtime = CuttableRuntime {
             cut: Arc::clone(&network_cut),
+            loss: Arc::clone(&inbound_loss),
         };
         let pc = PeerConnectionBuilder::new()
             .with_runtime(Arc::new(runtime))
@@ -105,7 +109,23 @@ impl Peer {
             state: state_rx,
             gathered: gathered_rx,
             network_cut,
+            inbound_loss,
         }
+    }
+
+    /// The next `count` RTP datagrams of `payload_type` that reach this connection are lost:
+    /// their SRTP authentication tag is spoiled, so the receiver drops them as a lossy link
+    /// would have (and can still accept a retransmission of the same packet).
+    pub fn lose_incoming_rtp(&self, payload_type: u8, count: u32) {
+        self.inbound_loss
+            .payload_type
+            .store(payload_type, Ordering::Relaxed);
+        self.inbound_loss.remaining.store(count, Ordering::Relaxed);
+    }
+
+    /// How many inbound datagrams [`Peer::lose_incoming_rtp`] has lost so far.
+    pub fn lost_incoming(&self) -> u32 {
+        self.inbound_loss.lost.load(Ordering::Relaxed)
     }
 
     /// From now on nothing this connection sends reaches anyone.
@@ -289,6 +309,34 @@ static TOKIO: TokioRuntime = TokioRuntime;
 #[derive(Debug)]
 struct CuttableRuntime {
     cut: Arc<AtomicBool>,
+    loss: Arc<InboundLoss>,
+}
+
+/// Inbound RTP of one payload type to lose, and how many were lost.
+#[derive(Debug, Default)]
+struct InboundLoss {
+    payload_type: AtomicU8,
+    remaining: AtomicU32,
+    lost: AtomicU32,
+}
+
+impl InboundLoss {
+    /// Spoils `datagram` if it is RTP of the payload type and losses remain.
+    fn apply(&self, datagram: &mut [u8]) {
+        let is_rtp = datagram.len() > 12 && (128..192).contains(&datagram[0]);
+        if !is_rtp || datagram[1] & 0x7f != self.payload_type.load(Ordering::Relaxed) {
+            return;
+        }
+        let taken = self
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if taken.is_ok() {
+            if let Some(last) = datagram.last_mut() {
+                *last ^= 0xff;
+            }
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Runtime for CuttableRuntime {
@@ -300,6 +348,7 @@ impl Runtime for CuttableRuntime {
         Ok(Arc::new(CuttableSocket {
             inner: TOKIO.wrap_udp_socket(socket)?,
             cut: Arc::clone(&self.cut),
+            loss: Arc::clone(&self.loss),
         }))
     }
 
@@ -345,6 +394,7 @@ impl Runtime for CuttableRuntime {
 struct CuttableSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     cut: Arc<AtomicBool>,
+    loss: Arc<InboundLoss>,
 }
 
 impl AsyncUdpSocket for CuttableSocket {
@@ -365,7 +415,19 @@ impl AsyncUdpSocket for CuttableSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.inner.poll_recv(cx, bufs, meta)
+        let received = self.inner.poll_recv(cx, bufs, meta);
+        if let Poll::Ready(Ok(count)) = &received {
+            if self.loss.remaining.load(Ordering::Relaxed) > 0 {
+                for (buf, meta) in bufs.iter_mut().zip(meta.iter()).take(*count) {
+                    // With GRO one buffer holds several datagrams, `stride` bytes apart.
+                    let stride = meta.stride.clamp(1, meta.len.max(1));
+                    for datagram in buf[..meta.len].chunks_mut(stride) {
+                        self.loss.apply(datagram);
+                    }
+                }
+            }
+        }
+        received
     }
 
     fn max_gso_segments(&self) -> usize {
