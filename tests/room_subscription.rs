@@ -73,7 +73,11 @@ async fn room_subscriber_follows_publishers_coming_and_going() {
     // Carol's subscription starts with alice's two tracks, and never her own.
     let negotiated = state
         .sfu
-        .subscribe_room(RoomId(room.into()), ParticipantId("carol".into()))
+        .subscribe_room(
+            RoomId(room.into()),
+            ParticipantId("carol".into()),
+            limits(state),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -160,6 +164,11 @@ async fn room_subscriber_follows_publishers_coming_and_going() {
     assert!(state.sfu.answer(negotiated.session, stray).await.is_err());
 }
 
+/// The limits REST and WHIP would admit a session of a standalone room under.
+fn limits(state: &convene::app::AppState) -> convene::sfu::RoomLimits {
+    convene::domain::admission::room_limits(&state.config, None)
+}
+
 #[tokio::test]
 async fn room_capacity_counts_participants_not_connections() {
     let server = TestServer::start_with(|c| c.max_participants = 1).await;
@@ -174,13 +183,13 @@ async fn room_capacity_counts_participants_not_connections() {
     // Alice's second connection (her subscriber) takes no second place...
     assert!(state
         .sfu
-        .subscribe_room(room.clone(), ParticipantId("alice".into()))
+        .subscribe_room(room.clone(), ParticipantId("alice".into()), limits(state))
         .await
         .is_ok());
     // ...but another participant finds the room full.
     let refused = state
         .sfu
-        .subscribe_room(room, ParticipantId("bob".into()))
+        .subscribe_room(room, ParticipantId("bob".into()), limits(state))
         .await;
     assert!(
         matches!(refused, Err(convene::sfu::SfuError::RoomFull { max: 1 })),
@@ -231,7 +240,11 @@ async fn a_publisher_offer_with_new_credentials_restarts_ice() {
     // Media still reaches a subscriber over the restarted connection.
     let negotiated = state
         .sfu
-        .subscribe_room(RoomId("restart".into()), ParticipantId("bob".into()))
+        .subscribe_room(
+            RoomId("restart".into()),
+            ParticipantId("bob".into()),
+            limits(state),
+        )
         .await
         .unwrap();
     let bob = OfferedSubscriber::new().await;

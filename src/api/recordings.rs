@@ -196,34 +196,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::meetings::MeetingSettings;
 
     fn meeting(started_at: Option<i64>, ended_at: Option<i64>) -> Meeting {
         Meeting {
-            id: "m".into(),
-            code: "abc-defg-hij".into(),
-            host_id: "h".into(),
-            title: "t".into(),
-            description: String::new(),
-            scheduled_at: None,
-            duration_minutes: None,
-            access: "public".into(),
-            passcode: None,
-            settings: MeetingSettings {
-                allow_guests: true,
-                waiting_room: false,
-                mute_on_join: false,
-                video_on_join: true,
-                chat: true,
-                screen_share: true,
-                recording: true,
-                max_participants: 100,
-            },
-            status: "live".into(),
             started_at,
             ended_at,
-            created_at: 0,
-            updated_at: 0,
+            ..Meeting::sample("m", "h")
         }
     }
 

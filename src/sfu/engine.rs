@@ -42,7 +42,9 @@ use super::sdp::Sdp;
 use super::subscriber::DownTrack;
 use super::track::{KeyframeThrottle, PublishedTrack, SubscriberRef};
 use super::udp::MediaSocket;
-use super::{Command, Generation, IceFragment, Intent, Negotiated, PatchOutcome, SfuConfig};
+use super::{
+    Command, Generation, IceFragment, Intent, Negotiated, PatchOutcome, RoomLimits, SfuConfig,
+};
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::metrics::Metrics;
 
@@ -70,9 +72,6 @@ pub struct Engine {
     /// What this engine last added to the server-wide gauges: engines add up their deltas.
     reported: [i64; 4],
     pub(super) factory: PeerFactory,
-    pub(super) max_participants: usize,
-    pub(super) max_viewers: usize,
-    pub(super) max_sessions_per_identity: usize,
     pub(super) max_peers: usize,
     pub(super) keyframe_interval: Duration,
     pub(super) connect_timeout: Duration,
@@ -133,9 +132,6 @@ impl Engine {
                 ice_failed_timeout: config.ice_failed_timeout,
                 nack_cache_packets: config.nack_cache_packets,
             },
-            max_participants: config.max_participants,
-            max_viewers: config.max_viewers_per_room,
-            max_sessions_per_identity: config.max_sessions_per_identity,
             max_peers: config.max_peers,
             keyframe_interval: config.keyframe_request_interval,
             connect_timeout: config.connect_timeout,
@@ -164,10 +160,11 @@ impl Engine {
                 room,
                 identity,
                 intent,
+                limits,
                 offer,
                 reply,
             } => {
-                let result = self.accept_offer(room.clone(), identity, intent, offer, now);
+                let result = self.accept_offer(room.clone(), identity, intent, limits, offer, now);
                 self.placement.settle(&room, self.rooms.contains(&room));
                 let _ = reply.send(result);
             }
@@ -260,9 +257,10 @@ impl Engine {
             Command::SubscribeRoom {
                 room,
                 identity,
+                limits,
                 reply,
             } => {
-                let result = self.subscribe_room(room.clone(), identity, now);
+                let result = self.subscribe_room(room.clone(), identity, limits, now);
                 self.placement.settle(&room, self.rooms.contains(&room));
                 let _ = reply.send(result);
             }
@@ -289,6 +287,7 @@ impl Engine {
         room_id: RoomId,
         identity: ParticipantId,
         intent: Intent,
+        limits: RoomLimits,
         offer_sdp: String,
         now: Instant,
     ) -> Result<Negotiated, SfuError> {
@@ -296,6 +295,7 @@ impl Engine {
             &room_id,
             &identity,
             matches!(intent, Intent::Subscribe { .. }),
+            &limits,
         )?;
         let parsed = Sdp::parse(&offer_sdp)?;
         if !parsed.has_media() {
@@ -539,6 +539,7 @@ impl Engine {
         room: &RoomId,
         identity: &ParticipantId,
         viewer: bool,
+        limits: &RoomLimits,
     ) -> Result<(), SfuError> {
         if self.placement.total_peers() >= self.max_peers {
             return Err(SfuError::ServerFull {
@@ -548,9 +549,9 @@ impl Engine {
         let held = self.rooms.get(room).map_or(0, |r| {
             r.peers.values().filter(|p| &p.identity == identity).count()
         });
-        if held >= self.max_sessions_per_identity {
+        if held >= limits.sessions_per_identity {
             return Err(SfuError::TooManySessions {
-                max: self.max_sessions_per_identity,
+                max: limits.sessions_per_identity,
             });
         }
         if viewer {
@@ -558,24 +559,24 @@ impl Engine {
                 .rooms
                 .get(room)
                 .map_or(0, |r| r.peers.values().filter(|p| p.is_viewer()).count());
-            if viewers >= self.max_viewers {
+            if viewers >= limits.viewers {
                 return Err(SfuError::ViewersFull {
-                    max: self.max_viewers,
+                    max: limits.viewers,
                 });
             }
-        } else if self.room_is_full(room, identity) {
+        } else if self.room_is_full(room, identity, limits.participants) {
             return Err(SfuError::RoomFull {
-                max: self.max_participants,
+                max: limits.participants,
             });
         }
         Ok(())
     }
 
     /// Whether `identity` may not take a participant's place in the room: it holds
-    /// `max_participants` other identities already. A participant's second connection (a
+    /// `max` other identities already. A participant's second connection (a
     /// WebSocket participant has a publisher and a subscriber) does not take a second place,
     /// and view-only sessions take none.
-    pub(super) fn room_is_full(&self, room: &RoomId, identity: &ParticipantId) -> bool {
+    pub(super) fn room_is_full(&self, room: &RoomId, identity: &ParticipantId, max: usize) -> bool {
         let Some(room) = self.rooms.get(room) else {
             return false;
         };
@@ -587,7 +588,7 @@ impl Engine {
             .collect();
         identities.sort_by(|a, b| a.0.cmp(&b.0));
         identities.dedup();
-        !identities.contains(&identity) && identities.len() >= self.max_participants
+        !identities.contains(&identity) && identities.len() >= max
     }
 
     fn set_track_muted(

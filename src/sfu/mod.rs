@@ -116,6 +116,19 @@ pub enum SfuEvent {
     Closed { session: PeerId, reason: String },
 }
 
+/// The limits one new session is admitted to its room under. The SFU counts what its rooms
+/// hold; the caller chooses the numbers (`domain::admission`: the server's config, tightened by
+/// a meeting's own settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// Identities that publish or join; view-only (WHEP) sessions take no place.
+    pub participants: usize,
+    /// View-only sessions.
+    pub viewers: usize,
+    /// Sessions of one identity (one token cannot fill the server).
+    pub sessions_per_identity: usize,
+}
+
 /// The outcome of an accepted offer.
 #[derive(Debug, Clone)]
 pub struct Negotiated {
@@ -171,11 +184,8 @@ pub struct SfuConfig {
     pub workers: usize,
     /// Addresses announced as host candidates (on the media port).
     pub announced_ips: Vec<std::net::IpAddr>,
-    pub max_participants: usize,
-    /// View-only (WHEP) sessions a room accepts besides its participants.
-    pub max_viewers_per_room: usize,
-    /// Peers one identity may hold in one room at once (a meeting participant uses two).
-    pub max_sessions_per_identity: usize,
+    /// Peers the server holds at most, over every engine: its own capacity. A room's limits
+    /// come with each new session ([`RoomLimits`]).
     pub max_peers: usize,
     pub keyframe_request_interval: Duration,
     pub connect_timeout: Duration,
@@ -196,6 +206,7 @@ pub(crate) enum Command {
         room: RoomId,
         identity: ParticipantId,
         intent: Intent,
+        limits: RoomLimits,
         offer: String,
         reply: oneshot::Sender<Result<Negotiated, SfuError>>,
     },
@@ -216,6 +227,7 @@ pub(crate) enum Command {
     SubscribeRoom {
         room: RoomId,
         identity: ParticipantId,
+        limits: RoomLimits,
         reply: oneshot::Sender<Result<Negotiated, SfuError>>,
     },
     Answer {
@@ -425,11 +437,13 @@ impl Sfu {
         response.await.map_err(|_| SfuError::ShuttingDown)?
     }
 
+    /// A new session of `identity` in `room` from its offer, if `limits` admit it.
     pub async fn offer(
         &self,
         room: RoomId,
         identity: ParticipantId,
         intent: Intent,
+        limits: RoomLimits,
         offer: String,
     ) -> Result<Negotiated, SfuError> {
         let key = room.clone();
@@ -437,6 +451,7 @@ impl Sfu {
             room,
             identity,
             intent,
+            limits,
             offer,
             reply,
         })
@@ -491,12 +506,14 @@ impl Sfu {
         &self,
         room: RoomId,
         identity: ParticipantId,
+        limits: RoomLimits,
     ) -> Result<Negotiated, SfuError> {
         let key = room.clone();
         self.call(Route::Open(&key), no_session, |reply| {
             Command::SubscribeRoom {
                 room,
                 identity,
+                limits,
                 reply,
             }
         })

@@ -29,9 +29,10 @@ impl Engine {
         &mut self,
         room_id: RoomId,
         identity: ParticipantId,
+        limits: super::RoomLimits,
         now: Instant,
     ) -> Result<Negotiated, SfuError> {
-        self.check_capacity(&room_id, &identity, false)?;
+        self.check_capacity(&room_id, &identity, false, &limits)?;
         let id = PeerId::on_engine(self.index as u8);
         let mut pc = self
             .factory

@@ -16,7 +16,7 @@ use super::Closed;
 use crate::config::Config;
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::sfu::{MediaKind, Sfu, SfuEvent, TrackInfo};
-use crate::store::meetings::{Meeting, MeetingSettings};
+use crate::store::meetings::Meeting;
 use crate::store::participants::Participant;
 use crate::store::users::NewUser;
 use crate::store::{now_ms, Store};
@@ -72,30 +72,11 @@ impl Fixture {
         let now = now_ms();
         let id = uuid::Uuid::now_v7().to_string();
         let meeting = Meeting {
-            id: id.clone(),
             code: format!("c{}", &id[id.len() - 10..]),
-            host_id: self.host_id.clone(),
-            title: "standup".into(),
-            description: String::new(),
-            scheduled_at: None,
-            duration_minutes: None,
-            access: "public".into(),
-            passcode: None,
-            settings: MeetingSettings {
-                allow_guests: true,
-                waiting_room: false,
-                mute_on_join: false,
-                video_on_join: true,
-                chat: true,
-                screen_share: true,
-                recording: false,
-                max_participants: 100,
-            },
-            status: "live".into(),
             started_at: Some(now),
-            ended_at: None,
             created_at: now,
             updated_at: now,
+            ..Meeting::sample(&id, &self.host_id)
         };
         self.store.insert_meeting(&meeting).await.unwrap();
         id

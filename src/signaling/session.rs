@@ -25,6 +25,7 @@ use super::protocol::{
 };
 use super::rooms::{frame, Frame};
 use super::Context;
+use crate::domain::admission::room_limits;
 use crate::domain::moderation::{self as rules, ModerationError};
 use crate::domain::roles::{grants_for, Action, GrantSettings, Role};
 use crate::domain::token::{Grants, JoinClaims};
@@ -317,7 +318,11 @@ async fn start(
     let (subscriber, offer) = if token_grants.subscribe {
         let negotiated = state
             .sfu
-            .subscribe_room(room.clone(), ParticipantId(identity.clone()))
+            .subscribe_room(
+                room.clone(),
+                ParticipantId(identity.clone()),
+                room_limits(&state.config, Some(&meeting)),
+            )
             .await
             .map_err(|e| {
                 let api = ApiError::from(e);
@@ -680,6 +685,12 @@ impl Session {
         }
     }
 
+    /// The limits a new connection of this session is admitted under: the server's and the
+    /// meeting's current settings.
+    fn limits(&self) -> crate::sfu::RoomLimits {
+        room_limits(&self.state.config, Some(&self.meeting))
+    }
+
     /// Whether the participant may publish `source` now.
     fn may_publish(&self, source: Source) -> bool {
         let listed = self.grants.publish_sources.is_empty()
@@ -778,6 +789,7 @@ impl Session {
                         self.room.clone(),
                         ParticipantId(self.identity.clone()),
                         Intent::Publish,
+                        self.limits(),
                         sdp,
                     )
                     .await?;
@@ -1124,7 +1136,11 @@ impl Session {
         match self
             .state
             .sfu
-            .subscribe_room(self.room.clone(), ParticipantId(self.identity.clone()))
+            .subscribe_room(
+                self.room.clone(),
+                ParticipantId(self.identity.clone()),
+                self.limits(),
+            )
             .await
         {
             Ok(negotiated) => {

@@ -128,7 +128,7 @@ async fn create(
     };
     let claims = authorize(&state.keys, &headers, &room, need)?;
     state.limits.check_media_identity(&room, &claims.sub)?;
-    admission::check(&state.store, &claims).await?;
+    let admitted = admission::check(&state.store, &state.config, &claims).await?;
     require_content_type(&headers, SDP)?;
     let offer = text_body(body)?;
     let intent = match kind {
@@ -143,6 +143,7 @@ async fn create(
             RoomId(room.clone()),
             ParticipantId(claims.sub),
             intent,
+            admitted.limits,
             offer,
         )
         .await?;

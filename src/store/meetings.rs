@@ -38,6 +38,39 @@ pub struct Meeting {
     pub updated_at: i64,
 }
 
+#[cfg(test)]
+impl Meeting {
+    /// A live public meeting with every feature on and room for 100, for unit tests.
+    pub fn sample(id: &str, host_id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            code: "abc-defg-hij".into(),
+            host_id: host_id.to_owned(),
+            title: "t".into(),
+            description: String::new(),
+            scheduled_at: None,
+            duration_minutes: None,
+            access: "public".into(),
+            passcode: None,
+            settings: MeetingSettings {
+                allow_guests: true,
+                waiting_room: false,
+                mute_on_join: false,
+                video_on_join: true,
+                chat: true,
+                screen_share: true,
+                recording: true,
+                max_participants: 100,
+            },
+            status: "live".into(),
+            started_at: None,
+            ended_at: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+}
+
 pub const MEETING_COLUMNS: &str = "id, code, host_id, title, description, scheduled_at, duration_minutes, access, \
      passcode, allow_guests, waiting_room, mute_on_join, video_on_join, chat, screen_share, recording, \
      max_participants, status, started_at, ended_at, created_at, updated_at";
