@@ -24,7 +24,8 @@ pub struct Metrics {
     pub rtp_bytes_in: IntCounter,
     pub rtp_packets_out: IntCounter,
     pub rtp_bytes_out: IntCounter,
-    /// NACKs by direction: `received` from subscribers, `sent` to publishers.
+    /// NACKs by direction: `received` from subscribers. (Those sent to publishers are the
+    /// NACK generator's of each publisher leg, inside `rtc`, and not counted here.)
     pub nacks: IntCounterVec,
     /// Packets NACKed by subscribers: `sent` again from the track's history, or `missed`
     /// (no longer kept, or sent before the leg's last resync).

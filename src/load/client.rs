@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rtc::interceptor::Registry;
+use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -87,7 +87,14 @@ impl ClientPeer {
         media_engine
             .register_default_codecs()
             .map_err(|e| LoadError::Local(e.to_string()))?;
-        let registry = configure_rtcp_reports(Registry::new());
+        // As browsers do: a viewer NACKs what it lost, a publisher answers the server's NACKs
+        // from what it sent, so a lossy link shows what retransmission recovers.
+        let registry = if publish {
+            Registry::new().with(Slot::NackResponder, NackResponderBuilder::new().build())
+        } else {
+            Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+        };
+        let registry = configure_rtcp_reports(registry);
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(media_engine)
@@ -262,7 +269,10 @@ impl ClientPeer {
                     let rate = clock_rates.get(&header.payload_type).copied();
                     Stream::new(rate.unwrap_or(90_000), started)
                 });
-                let grown = stream.observe(header.sequence_number, header.timestamp, now);
+                let Some(grown) = stream.observe(header.sequence_number, header.timestamp, now)
+                else {
+                    continue; // a second copy of a packet
+                };
                 counters.packets.fetch_add(1, Ordering::Relaxed);
                 counters
                     .bytes

@@ -43,11 +43,17 @@ impl std::ops::Sub for Snapshot {
     }
 }
 
+/// Sequence numbers behind the highest one a stream remembers having received, to tell a
+/// retransmission of a lost packet from a duplicate.
+const SEEN_WINDOW: u64 = 1024;
+
 /// One stream (one SSRC) as it arrives.
 pub struct Stream {
     clock_rate: u32,
     first: Option<u64>,
     highest: u64,
+    /// Bit `i`: extended sequence number `highest - i` was received.
+    seen: [u64; (SEEN_WINDOW / 64) as usize],
     /// Last (arrival in clock units − RTP timestamp), for the jitter estimate.
     transit: Option<i64>,
     jitter: f64,
@@ -60,28 +66,41 @@ impl Stream {
             clock_rate: clock_rate.max(1),
             first: None,
             highest: 0,
+            seen: [0; (SEEN_WINDOW / 64) as usize],
             transit: None,
             jitter: 0.0,
             epoch,
         }
     }
 
-    /// Takes one packet; returns how many more packets the sequence now says were sent.
-    pub fn observe(&mut self, sequence: u16, timestamp: u32, arrival: Instant) -> u64 {
+    /// Takes one packet; returns how many more packets the sequence now says were sent, or
+    /// `None` for a packet already received (a duplicate: a retransmission of one that was not
+    /// lost), which counts for nothing.
+    pub fn observe(&mut self, sequence: u16, timestamp: u32, arrival: Instant) -> Option<u64> {
         let grown = match self.first {
             None => {
                 let extended = u64::from(sequence) + (1 << 16);
                 self.first = Some(extended);
                 self.highest = extended;
+                self.mark(0);
                 1
             }
             Some(_) => {
                 let extended = extend(self.highest, sequence);
                 if extended > self.highest {
                     let grown = extended - self.highest;
+                    self.shift(grown);
                     self.highest = extended;
+                    self.mark(0);
                     grown
                 } else {
+                    let behind = self.highest - extended;
+                    if behind < SEEN_WINDOW && self.was_seen(behind) {
+                        return None;
+                    }
+                    if behind < SEEN_WINDOW {
+                        self.mark(behind);
+                    }
                     0
                 }
             }
@@ -94,7 +113,31 @@ impl Stream {
             self.jitter += (d - self.jitter) / 16.0;
         }
         self.transit = Some(transit);
-        grown
+        Some(grown)
+    }
+
+    fn mark(&mut self, behind: u64) {
+        self.seen[(behind / 64) as usize] |= 1 << (behind % 64);
+    }
+
+    fn was_seen(&self, behind: u64) -> bool {
+        self.seen[(behind / 64) as usize] & (1 << (behind % 64)) != 0
+    }
+
+    /// The highest sequence number moved `by` ahead: every bit moves `by` further behind.
+    fn shift(&mut self, by: u64) {
+        if by >= SEEN_WINDOW {
+            self.seen = [0; (SEEN_WINDOW / 64) as usize];
+            return;
+        }
+        let mut shifted = [0u64; (SEEN_WINDOW / 64) as usize];
+        for behind in 0..SEEN_WINDOW - by {
+            if self.was_seen(behind) {
+                let to = behind + by;
+                shifted[(to / 64) as usize] |= 1 << (to % 64);
+            }
+        }
+        self.seen = shifted;
     }
 
     pub fn jitter_us(&self) -> u64 {
@@ -137,10 +180,14 @@ mod tests {
         let mut stream = Stream::new(90_000, epoch);
         let mut expected = 0;
         for sequence in [65_534u16, 65_535, 0, 3, 2, 4] {
-            expected += stream.observe(sequence, 0, epoch);
+            expected += stream.observe(sequence, 0, epoch).expect("new");
         }
         // 65534..=4 across the wrap is 7 packets; 1 was never seen, 2 came late.
         assert_eq!(expected, 7);
+        // A retransmission of 1 (lost) counts; a second copy of 2 does not.
+        assert_eq!(stream.observe(1, 0, epoch), Some(0));
+        assert_eq!(stream.observe(2, 0, epoch), None);
+        assert_eq!(stream.observe(65_535, 0, epoch), None);
     }
 
     #[test]
@@ -150,9 +197,9 @@ mod tests {
         let mut uneven = Stream::new(90_000, epoch);
         for i in 0..100u32 {
             let at = epoch + Duration::from_millis(u64::from(i) * 20);
-            steady.observe(i as u16, i * 1800, at);
+            let _ = steady.observe(i as u16, i * 1800, at);
             let late = if i % 2 == 0 { 5 } else { 0 };
-            uneven.observe(i as u16, i * 1800, at + Duration::from_millis(late));
+            let _ = uneven.observe(i as u16, i * 1800, at + Duration::from_millis(late));
         }
         assert!(steady.jitter_us() < 100, "{}", steady.jitter_us());
         assert!(uneven.jitter_us() > 2_000, "{}", uneven.jitter_us());

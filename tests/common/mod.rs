@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod client;
+pub mod netns;
 
 use std::time::Duration;
 

@@ -1,0 +1,181 @@
+//! An impaired link for tests: a network namespace the test makes itself, joined to the host by
+//! a veth pair, with loss from an nftables rule inside it (this kernel has no netem). Removed
+//! when dropped (the veth pair goes with its namespace). Traffic never leaves these two ends.
+//!
+//! Needs root and `ip` (iproute2) and `nft` (nftables): `scripts/test` installs nftables when it
+//! runs as root.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Which way across the link a rule applies, seen from the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Into the namespace (its clients' downlink).
+    In,
+    /// Out of it (their uplink).
+    Out,
+}
+
+impl Way {
+    fn chain(self) -> &'static str {
+        match self {
+            Way::In => "input",
+            Way::Out => "output",
+        }
+    }
+}
+
+pub struct Link {
+    pub ns: String,
+    /// The host's end: where a server for the namespace's clients listens.
+    pub host_ip: Ipv4Addr,
+    pub ns_ip: Ipv4Addr,
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} could not run ({e}): this test needs iproute2 and nftables")
+        });
+    assert!(
+        output.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+impl Link {
+    /// A namespace on its own /30, reachable from the host at [`Link::host_ip`].
+    pub fn new() -> Self {
+        assert!(
+            nix_is_root(),
+            "network namespaces need root: run the tests as root (CI does)"
+        );
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = (std::process::id() % 250) * 4 + n;
+        let ns = format!("cv{}-{n}", std::process::id());
+        let (host_if, ns_if) = (format!("cvh{tag}"), format!("cvn{tag}"));
+        let subnet = [10, 77, (tag % 250) as u8, 0];
+        let host_ip = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 1);
+        let ns_ip = Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 2);
+        // A leftover of a killed run with the same name is removed first.
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        run("ip", &["netns", "add", &ns]);
+        let link = Self { ns, host_ip, ns_ip };
+        run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &link.ns,
+            ],
+        );
+        run(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
+        );
+        run("ip", &["link", "set", &host_if, "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &link.ns,
+                "addr",
+                "add",
+                &format!("{ns_ip}/30"),
+                "dev",
+                &ns_if,
+            ],
+        );
+        run("ip", &["-n", &link.ns, "link", "set", &ns_if, "up"]);
+        run("ip", &["-n", &link.ns, "link", "set", "lo", "up"]);
+        link
+    }
+
+    /// Drops `percent` % of the UDP datagrams crossing the link `way` whose first bytes are an
+    /// RTP header of `payload_type` (the header stays clear under SRTP), counting them.
+    pub fn drop_rtp(&self, way: Way, payload_type: u8, percent: u8) {
+        let chain = way.chain();
+        let rules = format!(
+            "table inet impair {{\n  chain {chain} {{\n    type filter hook {chain} priority 0;\n    \
+             meta l4proto udp @th,64,2 2 @th,73,7 {payload_type} numgen random mod 100 < {percent} \
+             counter drop\n  }}\n}}\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nft runs");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("rules written");
+        let output = child.wait_with_output().expect("nft finishes");
+        assert!(
+            output.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Datagrams the loss rule of `way` dropped so far.
+    pub fn dropped(&self, way: Way) -> u64 {
+        let output = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "impair",
+                way.chain(),
+            ],
+        );
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Runs `program` inside the namespace and waits for it.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        let mut all = vec!["netns", "exec", &self.ns, program];
+        all.extend_from_slice(args);
+        Command::new("ip")
+            .args(&all)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ip netns exec runs")
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
