@@ -174,6 +174,67 @@ async fn lost_packets_are_retransmitted_on_nack() {
     assert!(again >= 3.0, "sent again from the track's history: {again}");
 }
 
+/// A mute at the SFU drops packets on purpose; the viewer must not see a gap (it would NACK
+/// every dropped packet): the sequence it receives stays contiguous across the mute, and
+/// nobody NACKs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mute_at_the_sfu_leaves_no_gap_and_causes_no_nacks() {
+    let server = TestServer::start().await;
+    let (publisher, subscriber) = publisher_and_viewer(&server).await;
+    let sfu = &server.server.state.sfu;
+    let (room, identity) = (
+        convene::ids::RoomId("r".into()),
+        convene::ids::ParticipantId("pub".into()),
+    );
+    let video = payloads(Kind::Video, 90);
+    let mut sequence = 0u16;
+    for (round, muted) in [(0, false), (1, true), (2, false)] {
+        if round > 0 {
+            let applied = sfu
+                .set_muted(
+                    room.clone(),
+                    identity.clone(),
+                    convene::sfu::MediaKind::Video,
+                    muted,
+                )
+                .await
+                .expect("mute applied");
+            assert_eq!(applied, 1);
+        }
+        for payload in &video[round * 30..(round + 1) * 30] {
+            publisher.send(Kind::Video, sequence, payload.clone()).await;
+            sequence += 1;
+            tokio::time::sleep(PACING).await;
+        }
+        if !muted {
+            let wanted = if round == 0 { 30 } else { 60 };
+            subscriber
+                .wait_packets(Kind::Video, wanted, DELIVERY_TIMEOUT)
+                .await;
+        }
+    }
+    let received: Vec<u16> = subscriber
+        .inbox(Kind::Video)
+        .packets
+        .iter()
+        .map(|p| p.sequence)
+        .collect();
+    assert_eq!(received.len(), 60, "the 30 sent while muted were dropped");
+    assert!(
+        received.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "a gap across the mute: {received:?}"
+    );
+    // Give a NACK generator time to speak up (its interval is 100 ms) before looking.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = server.metrics().await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("convene_nacks_total{direction=\"received\"}")),
+        "a NACK came after the mute"
+    );
+}
+
 /// `convene_keyframe_requests_total{kind="pli",direction="sent"}`; 0 before the first one.
 async fn plis_sent(server: &TestServer) -> f64 {
     let text = server.metrics().await;
