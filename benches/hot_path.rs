@@ -47,6 +47,8 @@ fn rewrite(c: &mut Criterion) {
             kind_is_video: true,
             removed: false,
             munger: convene::sfu::subscriber::Munger::new(90_000),
+            // A VP8 leg, as most video legs are: its descriptor is read per packet.
+            vp8: Some(Default::default()),
         })
         .collect();
     let mut group = c.benchmark_group("fanout_rewrite");

@@ -283,6 +283,66 @@ async fn late_subscriber_triggers_keyframe_request() {
     sender.abort();
 }
 
+/// A VP8 payload whose descriptor carries a 15-bit picture id and TL0PICIDX, then `body`.
+fn vp8_payload(picture: u16, tl0: u8, body: &[u8]) -> Bytes {
+    let mut payload = vec![0x90, 0xc0, 0x80 | (picture >> 8) as u8, picture as u8, tl0];
+    payload.extend_from_slice(body);
+    Bytes::from(payload)
+}
+
+/// A viewer that takes the next publisher sees one VP8 stream: its picture ids and TL0PICIDX go
+/// on from the last ones it got (its decoder would take a jump for lost frames), and the rest
+/// of each payload arrives untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_takes_the_next_publisher_sees_continuous_vp8_pictures() {
+    let server = TestServer::start().await;
+    let (alice, viewer) = publisher_and_viewer(&server).await;
+    let body = random_payload(600);
+    for i in 0..10u16 {
+        alice
+            .send(Kind::Video, i, vp8_payload(100 + i, 7 + i as u8, &body))
+            .await;
+        tokio::time::sleep(PACING).await;
+    }
+    viewer.wait_packets(Kind::Video, 10, DELIVERY_TIMEOUT).await;
+    assert_eq!(alice.delete().await.status(), StatusCode::OK);
+    server
+        .wait_metric("convene_published_tracks", 0.0, Duration::from_secs(5))
+        .await;
+    let bob = WhipPublisher::connect(&server, "r", &server.token("r", "bob", true, false)).await;
+    // The viewer takes bob once his tracks are there; send until it has all ten of his.
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    let mut sequence = 1000u16;
+    while viewer.inbox(Kind::Video).packets.len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "bob's video never reached the viewer"
+        );
+        let picture = 9000 + sequence - 1000;
+        bob.send(Kind::Video, sequence, vp8_payload(picture, 50, &body))
+            .await;
+        sequence += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let packets = viewer.inbox(Kind::Video).packets;
+    let pictures: Vec<u16> = packets
+        .iter()
+        .map(|p| u16::from(p.payload[2] & 0x7f) << 8 | u16::from(p.payload[3]))
+        .collect();
+    assert!(
+        pictures.windows(2).all(|w| w[1] == w[0] + 1),
+        "picture ids jump: {pictures:?}"
+    );
+    assert_eq!(pictures[0], 100);
+    let tl0: Vec<u8> = packets.iter().map(|p| p.payload[4]).collect();
+    assert_eq!(
+        tl0[10],
+        tl0[9].wrapping_add(1),
+        "TL0PICIDX goes on: {tl0:?}"
+    );
+    assert!(packets.iter().all(|p| p.payload[5..] == body[..]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_delete_leaves_the_viewer_waiting_and_its_delete_releases_the_room() {
     let server = TestServer::start().await;

@@ -454,6 +454,7 @@ impl Engine {
                 kind_is_video: track.is_video(),
                 removed: false,
                 munger: super::subscriber::Munger::new(track.codec.clock_rate),
+                vp8: super::subscriber::vp8_munger(&track.codec),
             });
         }
         Ok(down_tracks)

@@ -23,6 +23,7 @@ mod subscription;
 mod track;
 mod udp;
 mod viewer;
+pub mod vp8;
 
 use std::net::SocketAddr;
 use std::time::Duration;

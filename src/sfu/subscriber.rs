@@ -30,6 +30,16 @@ pub struct DownTrack {
     pub removed: bool,
     /// Keeps this leg's sequence numbers and timestamps continuous.
     pub munger: Munger,
+    /// VP8: keeps its picture ids and TL0PICIDX continuous too (`None` for other codecs).
+    pub vp8: Option<super::vp8::Vp8Munger>,
+}
+
+/// The VP8 continuity a down track of `codec` needs, if any.
+pub fn vp8_munger(codec: &RTCRtpCodec) -> Option<super::vp8::Vp8Munger> {
+    codec
+        .mime_type
+        .eq_ignore_ascii_case("video/VP8")
+        .then(Default::default)
 }
 
 /// The local track a down track sends on its subscriber's connection: our own SSRC, the
@@ -66,7 +76,19 @@ impl DownTrack {
         let (sequence_number, timestamp) =
             self.munger
                 .next(source.sequence_number, source.timestamp, now);
-        self.packet(payload_type, inbound, sequence_number, timestamp)
+        let payload = match &mut self.vp8 {
+            Some(vp8) => vp8.rewrite(&inbound.payload),
+            None => inbound.payload.clone(),
+        };
+        self.packet(payload_type, inbound, sequence_number, timestamp, payload)
+    }
+
+    /// The next packet comes from another source (its own sequence, clock and pictures).
+    pub fn switch_source(&mut self) {
+        self.munger.switch_source();
+        if let Some(vp8) = &mut self.vp8 {
+            vp8.switch_source();
+        }
     }
 
     /// A packet this leg sent before, again (a retransmission): the same sequence number and
@@ -75,7 +97,11 @@ impl DownTrack {
         let source = &inbound.header;
         let (sequence_number, timestamp) =
             self.munger.map(source.sequence_number, source.timestamp);
-        self.packet(payload_type, inbound, sequence_number, timestamp)
+        let payload = match &self.vp8 {
+            Some(vp8) => vp8.map(&inbound.payload),
+            None => inbound.payload.clone(),
+        };
+        self.packet(payload_type, inbound, sequence_number, timestamp, payload)
     }
 
     #[inline]
@@ -85,6 +111,7 @@ impl DownTrack {
         inbound: &Packet,
         sequence_number: u16,
         timestamp: u32,
+        payload: bytes::Bytes,
     ) -> Packet {
         let source = &inbound.header;
         Packet {
@@ -102,7 +129,7 @@ impl DownTrack {
                 extensions: Vec::new(),
                 extensions_padding: 0,
             },
-            payload: inbound.payload.clone(),
+            payload,
         }
     }
 }

@@ -395,6 +395,7 @@ impl Engine {
             kind_is_video: track.is_video(),
             removed: false,
             munger: super::subscriber::Munger::new(track.codec.clock_rate),
+            vp8: super::subscriber::vp8_munger(&track.codec),
         };
         // webrtc-rs reuses a transceiver whose sender was removed (same kind), so its m-line is
         // recycled; the down track of that transceiver is recycled with it, which keeps

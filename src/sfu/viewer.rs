@@ -46,6 +46,7 @@ pub(super) fn placeholder_down_tracks(
         let ssrc = rand::random::<u32>();
         let rtc_track_id = format!("w{index}-{}", &viewer.0.simple().to_string()[..8]);
         let clock_rate = codec.clock_rate;
+        let vp8 = super::subscriber::vp8_munger(&codec);
         let local = super::subscriber::sending_track("convene", &rtc_track_id, kind, codec, ssrc);
         let sender = pc.add_track(local)?;
         down_tracks.push(DownTrack {
@@ -57,6 +58,7 @@ pub(super) fn placeholder_down_tracks(
             kind_is_video: kind == RtpCodecKind::Video,
             removed: false,
             munger: Munger::new(clock_rate),
+            vp8,
         });
     }
     Ok(down_tracks)
@@ -168,7 +170,7 @@ impl Engine {
             let (track_id, _, _) = offered.remove(index);
             let down = &mut peer.down_tracks[slot];
             down.source = track_id;
-            down.munger.switch_source();
+            down.switch_source();
             bound.push((track_id, slot));
         }
         if bound.is_empty() {
