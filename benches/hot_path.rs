@@ -46,6 +46,7 @@ fn rewrite(c: &mut Criterion) {
             payload_type: Some(96),
             kind_is_video: true,
             removed: false,
+            paused: false,
             munger: convene::sfu::subscriber::Munger::new(90_000),
             // A VP8 leg, as most video legs are: its descriptor is read per packet.
             vp8: Some(Default::default()),

@@ -311,3 +311,64 @@ async fn toggling_a_subscription_reuses_its_section() {
         "the camera flows after 100 toggles: {got:?}"
     );
 }
+
+/// PLI/FIR the server sent its publishers so far.
+async fn keyframe_requests_sent(server: &TestServer) -> f64 {
+    server
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("convene_keyframe_requests_total") && l.contains("\"sent\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_paused_track_stops_without_renegotiation_and_resumes_from_a_keyframe() {
+    let server = TestServer::start().await;
+    let (alice, mut bob, tracks) = pair(&server, &[("microphone", "mic"), ("camera", "cam")]).await;
+    let names = ["mic", "cam"];
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert!(got["mic"] >= 25 && got["cam"] >= 25, "both flow: {got:?}");
+    let answered = *bob.answered.borrow();
+
+    // Messages are served in order: the pong says the pause is in place.
+    bob.ws
+        .send(json!({"type": "set_track", "track_id": tracks["cam"], "paused": true}));
+    bob.ws.send(json!({"type": "ping", "ref": "after-pause"}));
+    bob.ws
+        .expect_where("pong", |m| m["ref"] == "after-pause")
+        .await;
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert!(got["mic"] >= 25, "audio still flows: {got:?}");
+    assert_eq!(got["cam"], 0, "the paused track stops: {got:?}");
+    assert_eq!(
+        *bob.answered.borrow(),
+        answered,
+        "no renegotiation for a pause"
+    );
+
+    let keyframes = keyframe_requests_sent(&server).await;
+    bob.ws
+        .send(json!({"type": "set_track", "track_id": tracks["cam"], "paused": false}));
+    bob.ws.send(json!({"type": "ping", "ref": "after-resume"}));
+    bob.ws
+        .expect_where("pong", |m| m["ref"] == "after-resume")
+        .await;
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert!(got["cam"] >= 25, "the camera flows again: {got:?}");
+    assert!(
+        keyframe_requests_sent(&server).await > keyframes,
+        "resuming asked the publisher for a keyframe"
+    );
+    assert_eq!(
+        *bob.answered.borrow(),
+        answered,
+        "no renegotiation to resume"
+    );
+
+    bob.ws
+        .send(json!({"type": "set_track", "track_id": "t999", "paused": true, "ref": "x"}));
+    let error = bob.ws.expect_where("error", |m| m["ref"] == "x").await;
+    assert_eq!(error["code"], "unknown_track", "{error}");
+}

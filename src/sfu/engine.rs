@@ -237,6 +237,14 @@ impl Engine {
             } => {
                 let _ = reply.send(self.set_track_muted(track, muted, now));
             }
+            Command::SetPaused {
+                session,
+                track,
+                paused,
+                reply,
+            } => {
+                let _ = reply.send(self.set_paused(session, track, paused, now));
+            }
             Command::SetSubscribed {
                 session,
                 track,
@@ -453,6 +461,7 @@ impl Engine {
                 payload_type: None,
                 kind_is_video: track.is_video(),
                 removed: false,
+                paused: false,
                 munger: super::subscriber::Munger::new(track.codec.clock_rate),
                 vp8: super::subscriber::vp8_munger(&track.codec),
             });

@@ -246,6 +246,12 @@ pub(crate) enum Command {
         muted: bool,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
+    SetPaused {
+        session: PeerId,
+        track: TrackId,
+        paused: bool,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
     SetSubscribed {
         session: PeerId,
         track: TrackId,
@@ -552,6 +558,25 @@ impl Sfu {
             Command::SetTrackMuted {
                 track,
                 muted,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// Stops (or resumes) one track's media on a subscriber connection without renegotiating:
+    /// a tile the viewer does not show. Resuming starts from a keyframe.
+    pub async fn set_paused(
+        &self,
+        session: PeerId,
+        track: TrackId,
+        paused: bool,
+    ) -> Result<(), SfuError> {
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::SetPaused {
+                session,
+                track,
+                paused,
                 reply,
             }
         })

@@ -28,6 +28,8 @@ pub struct DownTrack {
     pub kind_is_video: bool,
     /// Its source is gone and the sender was removed; the slot stays so indexes stay valid.
     pub removed: bool,
+    /// The subscriber asked for none of it for now (a hidden tile): nothing is forwarded.
+    pub paused: bool,
     /// Keeps this leg's sequence numbers and timestamps continuous.
     pub munger: Munger,
     /// VP8: keeps its picture ids and TL0PICIDX continuous too (`None` for other codecs).
@@ -81,6 +83,16 @@ impl DownTrack {
             None => inbound.payload.clone(),
         };
         self.packet(payload_type, inbound, sequence_number, timestamp, payload)
+    }
+
+    /// Forwarding starts again after a pause: the leg's sequence goes on without a gap (the
+    /// source's clock is kept) and so do VP8 pictures.
+    pub fn resume(&mut self) {
+        self.paused = false;
+        self.munger.resync();
+        if let Some(vp8) = &mut self.vp8 {
+            vp8.switch_source();
+        }
     }
 
     /// The next packet comes from another source (its own sequence, clock and pictures).

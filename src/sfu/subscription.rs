@@ -209,6 +209,43 @@ impl Engine {
         Ok(())
     }
 
+    /// Pauses (or resumes) one track on a subscriber's connection: the sender stays, so there
+    /// is no renegotiation; resuming continues the leg's sequence and asks for a keyframe.
+    pub(super) fn set_paused(
+        &mut self,
+        session: PeerId,
+        track: TrackId,
+        paused: bool,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        let peer = self
+            .rooms
+            .peer_mut(session)
+            .ok_or(SfuError::SessionNotFound)?;
+        if peer.is_publisher() {
+            return Err(SfuError::SessionNotFound);
+        }
+        let down = peer
+            .down_tracks
+            .iter_mut()
+            .find(|d| d.source == track && !d.removed)
+            .ok_or(SfuError::TrackNotFound)?;
+        if down.paused == paused {
+            return Ok(());
+        }
+        let video = down.kind_is_video;
+        if paused {
+            down.paused = true;
+        } else {
+            down.resume();
+            if video {
+                self.request_keyframe(track, now);
+            }
+        }
+        debug!(%session, %track, paused, "down track paused");
+        Ok(())
+    }
+
     /// A publisher offers again on its connection: new sending sections become tracks, sections
     /// that stopped sending are unpublished.
     pub(super) fn renegotiate_publisher(
@@ -394,6 +431,7 @@ impl Engine {
             payload_type: None,
             kind_is_video: track.is_video(),
             removed: false,
+            paused: false,
             munger: super::subscriber::Munger::new(track.codec.clock_rate),
             vp8: super::subscriber::vp8_munger(&track.codec),
         };

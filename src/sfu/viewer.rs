@@ -57,6 +57,7 @@ pub(super) fn placeholder_down_tracks(
             payload_type: None,
             kind_is_video: kind == RtpCodecKind::Video,
             removed: false,
+            paused: false,
             munger: Munger::new(clock_rate),
             vp8,
         });

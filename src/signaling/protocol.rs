@@ -104,6 +104,13 @@ pub enum ClientMessage {
     Unsubscribe {
         track_id: String,
     },
+    /// What the client wants of one track it receives: `paused` stops its media on the
+    /// subscriber connection without renegotiating (a hidden tile); unpausing resumes it at
+    /// once, from a keyframe.
+    SetTrack {
+        track_id: String,
+        paused: bool,
+    },
     /// Mutes or unmutes one of the client's own sources.
     Mute {
         source: Source,
@@ -129,7 +136,7 @@ fn yes() -> bool {
 }
 
 /// The type names of [`ClientMessage`], to tell an unknown type from a known one with bad fields.
-pub const CLIENT_TYPES: [&str; 16] = [
+pub const CLIENT_TYPES: [&str; 17] = [
     "join",
     "offer",
     "answer",
@@ -138,6 +145,7 @@ pub const CLIENT_TYPES: [&str; 16] = [
     "unpublish",
     "subscribe",
     "unsubscribe",
+    "set_track",
     "mute",
     "raise_hand",
     "lower_hand",

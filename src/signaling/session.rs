@@ -665,6 +665,9 @@ impl Session {
             }
             ClientMessage::Subscribe { track_id } => self.set_subscribed(&track_id, true).await,
             ClientMessage::Unsubscribe { track_id } => self.set_subscribed(&track_id, false).await,
+            ClientMessage::SetTrack { track_id, paused } => {
+                self.set_paused(&track_id, paused).await
+            }
             ClientMessage::Mute { source, muted } => self.set_muted(source, muted).await,
             ClientMessage::RaiseHand => self.set_hand(true),
             ClientMessage::LowerHand => self.set_hand(false),
@@ -898,22 +901,32 @@ impl Session {
     /// Selective subscription: the subscriber connection drops (or takes back) one track of
     /// another participant, and the client gets a new offer.
     async fn set_subscribed(&mut self, track_id: &str, subscribed: bool) -> Outcome {
+        let (session, track) = self.received_track(track_id)?;
+        self.state
+            .sfu
+            .set_subscribed(session, track, subscribed)
+            .await
+            .map_err(|e| unknown_track(e, track_id, "of another participant here"))
+    }
+
+    /// Pauses or resumes one received track on the subscriber connection.
+    async fn set_paused(&mut self, track_id: &str, paused: bool) -> Outcome {
+        let (session, track) = self.received_track(track_id)?;
+        self.state
+            .sfu
+            .set_paused(session, track, paused)
+            .await
+            .map_err(|e| unknown_track(e, track_id, "on your subscriber connection"))
+    }
+
+    /// The subscriber connection and the track a client's `track_id` names.
+    fn received_track(&self, track_id: &str) -> Result<(PeerId, TrackId), Refusal> {
         let track = parse_track_id(track_id)
             .ok_or_else(|| Refusal::new("unknown_track", format!("no track '{track_id}'")))?;
         let session = self
             .subscriber
             .ok_or_else(|| Refusal::new("not_ready", "the subscriber connection is not set up"))?;
-        self.state
-            .sfu
-            .set_subscribed(session, track, subscribed)
-            .await
-            .map_err(|e| match e {
-                crate::sfu::SfuError::TrackNotFound => Refusal::new(
-                    "unknown_track",
-                    format!("no track '{track_id}' of another participant here"),
-                ),
-                other => Refusal::from(ApiError::from(other)),
-            })
+        Ok((session, track))
     }
 
     async fn set_muted(&mut self, source: Source, muted: bool) -> Outcome {
@@ -1415,6 +1428,16 @@ impl Bucket {
     /// Takes a token if one is left.
     pub fn take(&self) -> bool {
         self.0.check().is_ok()
+    }
+}
+
+/// An SFU refusal about a track the client named, as the client sees it.
+fn unknown_track(error: crate::sfu::SfuError, track_id: &str, where_: &str) -> Refusal {
+    match error {
+        crate::sfu::SfuError::TrackNotFound => {
+            Refusal::new("unknown_track", format!("no track '{track_id}' {where_}"))
+        }
+        other => Refusal::from(ApiError::from(other)),
     }
 }
 
