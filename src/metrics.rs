@@ -14,6 +14,8 @@ pub struct Metrics {
     pub peers: IntGauge,
     pub published_tracks: IntGauge,
     pub subscribers: IntGauge,
+    /// Down tracks their subscriber paused (`set_track`): nothing forwarded on them.
+    pub paused_down_tracks: IntGauge,
     /// Peers held by each media engine (label `engine`: 0 .. media_workers-1).
     pub engine_peers: IntGaugeVec,
     /// Rooms placed on each media engine.
@@ -93,6 +95,7 @@ impl Metrics {
                 "subscribers",
                 "Down tracks currently forwarding to a subscriber",
             ),
+            paused_down_tracks: gauge("paused_down_tracks", "Down tracks their subscriber paused"),
             rtp_packets_in: counter(
                 "rtp_packets_in_total",
                 "RTP packets received from publishers",

@@ -347,6 +347,7 @@ async fn a_paused_track_stops_without_renegotiation_and_resumes_from_a_keyframe(
         answered,
         "no renegotiation for a pause"
     );
+    assert_eq!(server.metric("convene_paused_down_tracks").await, 1.0);
 
     let keyframes = keyframe_requests_sent(&server).await;
     bob.ws
@@ -366,6 +367,7 @@ async fn a_paused_track_stops_without_renegotiation_and_resumes_from_a_keyframe(
         answered,
         "no renegotiation to resume"
     );
+    assert_eq!(server.metric("convene_paused_down_tracks").await, 0.0);
 
     bob.ws
         .send(json!({"type": "set_track", "track_id": "t999", "paused": true, "ref": "x"}));

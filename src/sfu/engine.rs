@@ -70,7 +70,7 @@ pub struct Engine {
     peers_held: prometheus::IntGauge,
     rooms_held: prometheus::IntGauge,
     /// What this engine last added to the server-wide gauges: engines add up their deltas.
-    reported: [i64; 4],
+    reported: [i64; 5],
     pub(super) factory: PeerFactory,
     pub(super) max_peers: usize,
     pub(super) keyframe_interval: Duration,
@@ -124,7 +124,7 @@ impl Engine {
             rooms_held: metrics
                 .engine_rooms
                 .with_label_values(&[&index.to_string()]),
-            reported: [0; 4],
+            reported: [0; 5],
             factory: PeerFactory {
                 candidate_addrs,
                 ice_check_interval: config.ice_check_interval,
@@ -1368,17 +1368,25 @@ impl Engine {
 
     pub(super) fn update_gauges(&mut self) {
         let subscribers: usize = self.rooms.tracks().map(|t| t.subscribers.len()).sum();
+        let paused = self
+            .rooms
+            .peers()
+            .flat_map(|p| &p.down_tracks)
+            .filter(|d| d.paused && !d.removed)
+            .count();
         let now = [
             self.rooms.room_count() as i64,
             self.rooms.peer_count() as i64,
             self.rooms.track_count() as i64,
             subscribers as i64,
+            paused as i64,
         ];
         let gauges = [
             &self.metrics.rooms,
             &self.metrics.peers,
             &self.metrics.published_tracks,
             &self.metrics.subscribers,
+            &self.metrics.paused_down_tracks,
         ];
         for ((gauge, now), before) in gauges.iter().zip(now).zip(self.reported) {
             gauge.add(now - before);

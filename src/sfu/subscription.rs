@@ -243,6 +243,7 @@ impl Engine {
             }
         }
         debug!(%session, %track, paused, "down track paused");
+        self.update_gauges();
         Ok(())
     }
 
