@@ -1116,9 +1116,14 @@ impl Engine {
         packet: rtc::rtp::Packet,
         now: Instant,
     ) {
-        let Some(track_id) = self
-            .rooms
-            .peer(publisher)
+        // One lookup: the publisher's room holds its inbound map, the track and every
+        // subscriber of it.
+        let Some(room) = self.rooms.of_peer_mut(publisher) else {
+            return;
+        };
+        let Some(track_id) = room
+            .peers
+            .get(&publisher)
             .and_then(|p| p.inbound.get(rtc_track_id))
             .copied()
         else {
@@ -1128,7 +1133,7 @@ impl Engine {
                 .inc();
             return;
         };
-        let Some(track) = self.rooms.track_mut(track_id) else {
+        let Some(track) = room.tracks.get_mut(&track_id) else {
             return;
         };
         self.metrics.rtp_packets_in.inc();
@@ -1150,34 +1155,27 @@ impl Engine {
         // before it still wait for their keyframe.
         let first_packet = track.media_ssrc.is_none();
         track.media_ssrc.get_or_insert(packet.header.ssrc);
-        if first_packet && track.is_video() && !track.subscribers.is_empty() {
+        let wants_keyframe = first_packet && track.is_video() && !track.subscribers.is_empty();
+        if !track.muted {
+            if let Some(history) = &mut track.history {
+                history.keep(&packet);
+            }
+            let forwarded = super::forward::fan_out(
+                track,
+                &packet,
+                now,
+                &mut room.peers,
+                &mut self.dirty,
+                &self.metrics,
+            );
+            self.metrics.rtp_packets_out.inc_by(forwarded);
+            self.metrics
+                .rtp_bytes_out
+                .inc_by(forwarded * packet.payload.len() as u64);
+        }
+        if wants_keyframe {
             self.request_keyframe(track_id, now);
         }
-        // The publisher's room holds the track and every subscriber of it.
-        let Some(room) = self.rooms.of_peer_mut(publisher) else {
-            return;
-        };
-        let Some(track) = room.tracks.get_mut(&track_id) else {
-            return;
-        };
-        if track.muted {
-            return;
-        }
-        if let Some(history) = &mut track.history {
-            history.keep(&packet);
-        }
-        let forwarded = super::forward::fan_out(
-            track,
-            &packet,
-            now,
-            &mut room.peers,
-            &mut self.dirty,
-            &self.metrics,
-        );
-        self.metrics.rtp_packets_out.inc_by(forwarded);
-        self.metrics
-            .rtp_bytes_out
-            .inc_by(forwarded * packet.payload.len() as u64);
     }
 
     fn on_rtcp(
