@@ -152,6 +152,14 @@ async fn two_members() -> (Fixture, String, Member, Member) {
     (f, meeting, alice, bob)
 }
 
+fn waiting_view(seat: &Participant) -> WaitingView {
+    WaitingView {
+        participant_id: seat.id.clone(),
+        display_name: seat.display_name.clone(),
+        user_id: seat.user_id.clone(),
+    }
+}
+
 fn view(seat: &Participant) -> ParticipantView {
     ParticipantView {
         participant_id: seat.id.clone(),
@@ -368,15 +376,7 @@ async fn kick_ends_the_targets_session_and_tells_its_waiting_socket() {
     let (f, meeting, mut alice, mut bob) = two_members().await;
     let carol = f.seat(&meeting, "Carol", "participant").await;
     let (events, mut carol_events) = mpsc::unbounded_channel();
-    let _guard = f.signaling.wait(
-        &meeting,
-        WaitingView {
-            participant_id: carol.id.clone(),
-            display_name: carol.display_name.clone(),
-            user_id: None,
-        },
-        events,
-    );
+    let _guard = f.signaling.wait(&meeting, waiting_view(&carol), events);
     f.signaling.kicked(&meeting, &alice.seat, true, None);
     f.signaling.kicked(&meeting, &carol, false, None);
     f.settle(&meeting).await;
@@ -515,15 +515,7 @@ async fn an_ended_meeting_takes_no_member_and_tells_everyone() {
     let mut alice = f.join(&f.seat(&meeting, "Alice", "host").await).await;
     let waiting = f.seat(&meeting, "Dan", "participant").await;
     let (events, mut dan_events) = mpsc::unbounded_channel();
-    let guard = f.signaling.wait(
-        &meeting,
-        WaitingView {
-            participant_id: waiting.id.clone(),
-            display_name: waiting.display_name.clone(),
-            user_id: None,
-        },
-        events,
-    );
+    let guard = f.signaling.wait(&meeting, waiting_view(&waiting), events);
     f.signaling.announce_waiting(&meeting, &waiting);
     f.settle(&meeting).await;
     assert_eq!(
