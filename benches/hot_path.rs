@@ -13,6 +13,7 @@ use convene::sfu::subscriber::DownTrack;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use rtc::rtp::header::{Extension, Header};
 use rtc::rtp::Packet;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 
 fn inbound_packet() -> Packet {
     Packet {
@@ -38,18 +39,22 @@ fn inbound_packet() -> Packet {
 fn rewrite(c: &mut Criterion) {
     let packet = inbound_packet();
     let mut down_tracks: Vec<DownTrack> = (0..50)
-        .map(|i| DownTrack {
-            source: TrackId(1),
-            sender: Default::default(),
-            rtc_track_id: format!("t1-{i}"),
-            ssrc: 1000 + i,
-            payload_type: Some(96),
-            kind_is_video: true,
-            removed: false,
-            paused: false,
-            munger: convene::sfu::subscriber::Munger::new(90_000),
+        .map(|i| {
             // A VP8 leg, as most video legs are: its descriptor is read per packet.
-            vp8: Some(Default::default()),
+            let mut down = DownTrack::new(
+                TrackId(1),
+                Default::default(),
+                format!("t1-{i}"),
+                1000 + i,
+                RtpCodecKind::Video,
+                &RTCRtpCodec {
+                    mime_type: "video/VP8".into(),
+                    clock_rate: 90_000,
+                    ..Default::default()
+                },
+            );
+            down.payload_type = Some(96);
+            down
         })
         .collect();
     let mut group = c.benchmark_group("fanout_rewrite");

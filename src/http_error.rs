@@ -141,6 +141,7 @@ impl From<crate::sfu::SfuError> for ApiError {
             E::TooManySessions { .. } => Self::conflict("too_many_sessions", message),
             E::PublisherNotFound => Self::not_found("publisher_not_found", message),
             E::TrackNotFound => Self::not_found("track_not_found", message),
+            E::UnknownEncoding => Self::bad_request("unknown_encoding", message),
             E::StaleGeneration => {
                 Self::new(StatusCode::PRECONDITION_FAILED, "etag_mismatch", message)
             }

@@ -32,6 +32,10 @@ pub struct Metrics {
     /// Packets NACKed by subscribers: `sent` again from the track's history, or `missed`
     /// (no longer kept, or sent before the leg's last resync).
     pub retransmissions: IntCounterVec,
+    /// Simulcast: a down track's target layer changed, by reason (`start`, `requested`: the
+    /// subscriber asked; `layer_stopped`, `layer_returned`: the publisher's encoder dropped or
+    /// resumed one).
+    pub layer_switches: IntCounterVec,
     /// Keyframe requests by kind (`pli`, `fir`) and direction (`received`, `sent`).
     pub keyframe_requests: IntCounterVec,
     /// Packets that could not be forwarded, by reason.
@@ -117,6 +121,11 @@ impl Metrics {
                 "rtp_retransmissions_total",
                 "RTP packets NACKed by subscribers, by result",
                 &["result"],
+            ),
+            layer_switches: counter_vec(
+                "layer_switches_total",
+                "Simulcast target layer changes of down tracks, by reason",
+                &["reason"],
             ),
             keyframe_requests: counter_vec(
                 "keyframe_requests_total",

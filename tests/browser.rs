@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,17 +13,8 @@ use common::TestServer;
 
 /// Runs `tests/browser/whip_whep.mjs` against a fresh server with `extra` environment.
 async fn run_browser_test(name: &str, extra: &[(&str, &str)]) {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} not found: install Debian's Chromium (apt-get install chromium) or set CHROMIUM"
-    );
-    assert!(
-        root.join("tests/browser/node_modules/playwright-core")
-            .exists(),
-        "playwright-core missing: run `npm ci --prefix tests/browser`"
-    );
+    let chromium = common::browser::chromium();
+    let root = common::browser::root();
 
     let server = TestServer::start().await;
     let artifacts = root.join("test-artifacts").join(name);
@@ -32,7 +22,7 @@ async fn run_browser_test(name: &str, extra: &[(&str, &str)]) {
     command.envs(extra.iter().copied());
     let output = command
         .arg(root.join("tests/browser/whip_whep.mjs"))
-        .current_dir(root)
+        .current_dir(&root)
         .env("CONVENE_URL", &server.base)
         .env("ROOM", "browser")
         .env(

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,17 +16,8 @@ use serde_json::json;
 
 #[tokio::test]
 async fn participants_meet_chat_share_and_are_moderated_in_chromium() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} not found: install Debian's Chromium (apt-get install chromium) or set CHROMIUM"
-    );
-    assert!(
-        root.join("tests/browser/node_modules/playwright-core")
-            .exists(),
-        "playwright-core missing: run `npm ci --prefix tests/browser`"
-    );
+    let chromium = common::browser::chromium();
+    let root = common::browser::root();
 
     let server = TestServer::start().await;
     let host = server.user("Hana").await;
@@ -63,7 +53,7 @@ async fn participants_meet_chat_share_and_are_moderated_in_chromium() {
     let _ = std::fs::remove_file(artifacts.join("three.png"));
     let output = tokio::process::Command::new("node")
         .arg(root.join("tests/browser/meeting.mjs"))
-        .current_dir(root)
+        .current_dir(&root)
         .env("CONVENE_URL", &server.base)
         .env("CODE", open["code"].as_str().unwrap())
         .env("WAITING_CODE", waiting["code"].as_str().unwrap())

@@ -40,7 +40,7 @@ use super::room::Rooms;
 use super::rtcp;
 use super::sdp::Sdp;
 use super::subscriber::DownTrack;
-use super::track::{KeyframeThrottle, PublishedTrack, SubscriberRef};
+use super::track::{PublishedTrack, SubscriberRef};
 use super::udp::MediaSocket;
 use super::{
     Command, Generation, IceFragment, Intent, Negotiated, PatchOutcome, RoomLimits, SfuConfig,
@@ -56,6 +56,7 @@ const COMMAND_BUDGET: usize = 64;
 /// datagrams are dropped (media is loss-tolerant and NACK/PLI recover; a stalled loop is not).
 const SEND_BACKLOG: usize = 8192;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(50);
+use super::selection::LAYER_CHECK_INTERVAL;
 /// Packets one subscriber's compound RTCP packet may have sent again.
 const MAX_RETRANSMITS_PER_RTCP: usize = 256;
 /// How often each peer's connection quality is measured.
@@ -96,6 +97,8 @@ pub struct Engine {
     pub(super) speaker_interval: Duration,
     pub(super) last_speaker_ranking: Instant,
     pub(super) last_quality_sample: Instant,
+    /// When simulcast targets are next checked against the layers being sent.
+    pub(super) next_layer_check: Instant,
 }
 
 impl Engine {
@@ -148,6 +151,7 @@ impl Engine {
             speaker_interval: config.active_speaker_interval,
             last_speaker_ranking: Instant::now(),
             last_quality_sample: Instant::now(),
+            next_layer_check: Instant::now(),
         }
     }
 
@@ -245,6 +249,40 @@ impl Engine {
             } => {
                 let _ = reply.send(self.set_paused(session, track, paused, now));
             }
+            Command::SetWanted {
+                session,
+                track,
+                wanted,
+                reply,
+            } => {
+                let _ = reply.send(self.set_wanted(session, track, wanted, now));
+            }
+            Command::SelectLayer {
+                room,
+                session,
+                requester,
+                media_id,
+                encoding,
+                reply,
+            } => {
+                let result = self.select_layer(
+                    &room,
+                    session,
+                    &requester,
+                    media_id.as_deref(),
+                    encoding.as_deref(),
+                    now,
+                );
+                let _ = reply.send(result);
+            }
+            Command::Layers {
+                room,
+                session,
+                requester,
+                reply,
+            } => {
+                let _ = reply.send(self.layers(&room, session, &requester, now));
+            }
             Command::SetSubscribed {
                 session,
                 track,
@@ -336,7 +374,7 @@ impl Engine {
         };
         let mut pc = self.factory.new_peer_connection(now, direction)?;
         let down_tracks = match &watch {
-            Some((_, Some(publisher))) => self.add_down_tracks(&mut pc, id, *publisher)?,
+            Some((_, Some(publisher))) => self.add_down_tracks(&mut pc, id, *publisher, now)?,
             Some((_, None)) => super::viewer::placeholder_down_tracks(&mut pc, id, &parsed)?,
             None => Vec::new(),
         };
@@ -432,6 +470,7 @@ impl Engine {
         pc: &mut RTCPeerConnection,
         subscriber: PeerId,
         publisher: PeerId,
+        now: Instant,
     ) -> Result<Vec<DownTrack>, SfuError> {
         let publisher_peer = self
             .rooms
@@ -453,18 +492,17 @@ impl Engine {
                 ssrc,
             );
             let sender = pc.add_track(local)?;
-            down_tracks.push(DownTrack {
-                source: track.id,
+            let mut down = DownTrack::new(
+                track.id,
                 sender,
                 rtc_track_id,
                 ssrc,
-                payload_type: None,
-                kind_is_video: track.is_video(),
-                removed: false,
-                paused: false,
-                munger: super::subscriber::Munger::new(track.codec.clock_rate),
-                vp8: super::subscriber::vp8_munger(&track.codec),
-            });
+                track.kind,
+                &track.codec,
+            );
+            down.target_layer =
+                super::simulcast::choose(&track.layers, usize::MAX, now).unwrap_or(0) as u8;
+            down_tracks.push(down);
         }
         Ok(down_tracks)
     }
@@ -512,7 +550,27 @@ impl Engine {
                 .and_then(|e| u8::try_from(e.id).ok());
             let id = TrackId::on_engine(self.next_track_id, self.index, self.placement.engines());
             self.next_track_id += 1;
-            debug!(session = %peer.id, %id, %mid, codec = %codec.mime_type, "track published");
+            let video = kind == rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video;
+            let rids: Vec<String> = receiver
+                .track()
+                .codings()
+                .iter()
+                .map(|c| c.rtp_coding_parameters.rid.clone())
+                .filter(|rid| !rid.is_empty())
+                .collect();
+            let rids = if video && !rids.is_empty() {
+                super::simulcast::order(&rids)
+            } else {
+                vec![String::new()]
+            };
+            let layers = rids
+                .into_iter()
+                .map(|rid| {
+                    let history = video.then(|| History::new(self.factory.nack_cache_packets));
+                    super::simulcast::Layer::new(rid, history)
+                })
+                .collect::<Vec<_>>();
+            debug!(session = %peer.id, %id, %mid, codec = %codec.mime_type, layers = layers.len(), "track published");
             self.rooms.insert_track(
                 &peer.room,
                 PublishedTrack {
@@ -521,14 +579,12 @@ impl Engine {
                     mid,
                     publisher_track_id: rtc_track_id.clone(),
                     kind,
+                    switchable: super::keyframe::Codec::of(&codec.mime_type),
                     codec,
-                    media_ssrc: None,
+                    layers,
                     receiver: Some(receiver_id),
                     subscribers: Vec::new(),
-                    keyframes: KeyframeThrottle::default(),
                     muted: false,
-                    history: (kind == rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video)
-                        .then(|| History::new(self.factory.nack_cache_packets)),
                     audio_level_extension,
                     audio_level: Default::default(),
                 },
@@ -618,9 +674,34 @@ impl Engine {
         self.resync_down_tracks(track_id);
         if !muted {
             // Resuming mid-stream: subscribers need a keyframe to decode again.
-            self.request_keyframe(track_id, now);
+            self.request_keyframes_in_use(track_id, now);
         }
         Ok(())
+    }
+
+    /// A keyframe on every layer of `track_id` a subscriber is on or moving to.
+    pub(super) fn request_keyframes_in_use(&mut self, track_id: TrackId, now: Instant) {
+        let Some(room) = self.rooms.of_track_mut(track_id) else {
+            return;
+        };
+        let Some(track) = room.tracks.get(&track_id) else {
+            return;
+        };
+        let mut wanted = [false; super::simulcast::MAX_LAYERS];
+        for subscriber in &track.subscribers {
+            if let Some(down) = room
+                .peers
+                .get(&subscriber.peer)
+                .and_then(|p| p.down_tracks.get(subscriber.slot))
+            {
+                if let Some(slot) = wanted.get_mut(usize::from(down.target_layer)) {
+                    *slot = true;
+                }
+            }
+        }
+        for (layer, _) in wanted.iter().enumerate().filter(|(_, w)| **w) {
+            self.request_keyframe(track_id, layer, now);
+        }
     }
 
     /// The packets of `track_id` dropped on purpose (a mute) leave no gap at its subscribers:
@@ -676,7 +757,7 @@ impl Engine {
         // Unmuted video resumes mid-stream: subscribers need a keyframe to decode again.
         if !muted {
             for track_id in &changed {
-                self.request_keyframe(*track_id, now);
+                self.request_keyframes_in_use(*track_id, now);
             }
         }
         info!(%room, participant = %identity, ?kind, muted, tracks = changed.len(), "mute applied");
@@ -685,7 +766,7 @@ impl Engine {
 
     /// Whether `requester` may act on `session` of `room`. A session of another room is not
     /// found, so a token of one room learns nothing of another's sessions.
-    fn owned_session(
+    pub(super) fn owned_session(
         &self,
         room: &RoomId,
         session: PeerId,
@@ -871,18 +952,25 @@ impl Engine {
             self.metrics.peers_reaped.inc();
             self.remove_peer(peer_id, "ice/dtls did not complete in time", now);
         }
-        let due: Vec<TrackId> = self
+        let interval = self.keyframe_interval;
+        let due: Vec<(TrackId, usize)> = self
             .rooms
             .tracks()
-            .filter(|t| {
-                t.keyframes
-                    .pending_due(self.keyframe_interval)
-                    .is_some_and(|at| at <= now)
+            .flat_map(|t| {
+                t.layers.iter().enumerate().filter_map(move |(i, l)| {
+                    l.keyframes
+                        .pending_due(interval)
+                        .is_some_and(|at| at <= now)
+                        .then_some((t.id, i))
+                })
             })
-            .map(|t| t.id)
             .collect();
-        for track_id in due {
-            self.request_keyframe(track_id, now);
+        for (track_id, layer) in due {
+            self.request_keyframe(track_id, layer, now);
+        }
+        if now >= self.next_layer_check {
+            self.next_layer_check = now + LAYER_CHECK_INTERVAL;
+            self.choose_layers(now);
         }
         self.reap_waiting_viewers(now);
     }
@@ -983,7 +1071,7 @@ impl Engine {
                         }
                     }
                     RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                        opened_tracks.push((init.track_id, init.receiver_id, init.ssrc));
+                        opened_tracks.push((init.track_id, init.receiver_id, init.ssrc, init.rid));
                     }
                     _ => {}
                 }
@@ -1006,8 +1094,8 @@ impl Engine {
             }
             self.inbound = inbound;
         }
-        for (rtc_track_id, receiver_id, ssrc) in opened_tracks {
-            self.on_track_open(peer_id, rtc_track_id, receiver_id, ssrc, now);
+        for (rtc_track_id, receiver_id, ssrc, rid) in opened_tracks {
+            self.on_track_open(peer_id, rtc_track_id, receiver_id, ssrc, rid, now);
         }
         if connected {
             self.on_connected(peer_id, now);
@@ -1052,6 +1140,7 @@ impl Engine {
         rtc_track_id: String,
         receiver_id: rtc::rtp_transceiver::RTCRtpReceiverId,
         ssrc: u32,
+        rid: Option<String>,
         now: Instant,
     ) {
         let Some(room) = self.rooms.of_peer_mut(peer_id) else {
@@ -1079,10 +1168,18 @@ impl Engine {
         let Some(track) = self.rooms.track_mut(track_id) else {
             return;
         };
-        let first = track.media_ssrc.is_none();
-        track.media_ssrc = Some(ssrc);
+        let layer = match rid.as_deref() {
+            Some(rid) if !rid.is_empty() => track.layers.iter().position(|l| l.rid == rid),
+            _ => (track.layers.len() == 1).then_some(0),
+        };
+        let Some(layer) = layer else {
+            debug!(%track_id, ?rid, "a stream of no known layer");
+            return;
+        };
+        let first = track.layers[layer].ssrc.is_none();
+        track.layers[layer].ssrc = Some(ssrc);
         if first && track.is_video() && !track.subscribers.is_empty() {
-            self.request_keyframe(track_id, now);
+            self.request_keyframe(track_id, layer, now);
         }
     }
 
@@ -1095,14 +1192,14 @@ impl Engine {
         let _ = self
             .events
             .send(super::SfuEvent::Connected { session: peer_id });
-        let sources: Vec<TrackId> = peer
+        let sources: Vec<(TrackId, usize)> = peer
             .down_tracks
             .iter()
             .filter(|d| d.kind_is_video)
-            .map(|d| d.source)
+            .map(|d| (d.source, usize::from(d.target_layer)))
             .collect();
-        for source in sources {
-            self.request_keyframe(source, now);
+        for (source, layer) in sources {
+            self.request_keyframe(source, layer, now);
         }
     }
 
@@ -1153,15 +1250,31 @@ impl Engine {
         }
         // The first packet names the SSRC keyframe requests address; subscribers that came
         // before it still wait for their keyframe.
-        let first_packet = track.media_ssrc.is_none();
-        track.media_ssrc.get_or_insert(packet.header.ssrc);
+        let first_packet = track.layers.len() == 1 && track.layers[0].ssrc.is_none();
+        let Some(layer) = track.layer_of(packet.header.ssrc) else {
+            self.metrics
+                .forward_errors
+                .with_label_values(&["unknown_layer"])
+                .inc();
+            return;
+        };
         let wants_keyframe = first_packet && track.is_video() && !track.subscribers.is_empty();
+        let kept = &mut track.layers[layer];
+        kept.rate.observe(packet.payload.len(), now);
+        if track.switchable == super::keyframe::Codec::Vp8 {
+            // A layer's size, for choosing by tile size: every VP8 keyframe states it (a few
+            // bytes read per packet).
+            if let Some(Some(size)) = super::keyframe::vp8_keyframe(&packet.payload) {
+                kept.size = Some(size);
+            }
+        }
         if !track.muted {
-            if let Some(history) = &mut track.history {
+            if let Some(history) = &mut track.layers[layer].history {
                 history.keep(&packet);
             }
             let forwarded = super::forward::fan_out(
                 track,
+                layer as u8,
                 &packet,
                 now,
                 &mut room.peers,
@@ -1174,7 +1287,7 @@ impl Engine {
                 .inc_by(forwarded * packet.payload.len() as u64);
         }
         if wants_keyframe {
-            self.request_keyframe(track_id, now);
+            self.request_keyframe(track_id, 0, now);
         }
     }
 
@@ -1213,8 +1326,9 @@ impl Engine {
         let Some(slot) = peer.down_track_slot(rtc_track_id) else {
             return;
         };
-        let source = peer.down_tracks[slot].source;
-        self.request_keyframe(source, now);
+        let down = &peer.down_tracks[slot];
+        let (source, layer) = (down.source, usize::from(down.target_layer));
+        self.request_keyframe(source, layer, now);
     }
 
     /// Answers a subscriber's NACKs on one down track from its source's history: each packet
@@ -1240,10 +1354,13 @@ impl Engine {
         let (Some(payload_type), false) = (down.payload_type, down.removed) else {
             return;
         };
+        // The leg's sequence numbers since its last switch name packets of the layer it is on.
+        let layer = usize::from(down.layer.unwrap_or(0));
         let Some(history) = room
             .tracks
             .get(&down.source)
-            .and_then(|t| t.history.as_ref())
+            .and_then(|t| t.layers.get(layer))
+            .and_then(|l| l.history.as_ref())
         else {
             return;
         };
@@ -1281,22 +1398,26 @@ impl Engine {
 
     /// Sends PLI (or FIR) for `track_id` to its publisher, at most once per interval; requests
     /// in between are deferred, not dropped (see `KeyframeThrottle`).
-    pub(super) fn request_keyframe(&mut self, track_id: TrackId, now: Instant) {
+    pub(super) fn request_keyframe(&mut self, track_id: TrackId, layer: usize, now: Instant) {
         let Some(track) = self.rooms.track_mut(track_id) else {
             return;
         };
         if !track.is_video() {
             return;
         }
-        let (Some(media_ssrc), Some(receiver)) = (track.media_ssrc, track.receiver) else {
+        let kind = track.keyframe_request_kind();
+        let receiver = track.receiver;
+        let Some(layer) = track.layers.get_mut(layer) else {
+            return;
+        };
+        let (Some(media_ssrc), Some(receiver)) = (layer.ssrc, receiver) else {
             // Nothing received yet: the first packet triggers the request (see `forward`).
             return;
         };
-        if !track.keyframes.request(now, self.keyframe_interval) {
+        if !layer.keyframes.request(now, self.keyframe_interval) {
             return;
         }
-        let kind = track.keyframe_request_kind();
-        let sequence = track.keyframes.next_fir_sequence();
+        let sequence = layer.keyframes.next_fir_sequence();
         let publisher = track.publisher;
         let Some(peer) = self.rooms.peer_mut(publisher) else {
             return;

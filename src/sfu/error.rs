@@ -20,6 +20,8 @@ pub enum SfuError {
     TooManySessions { max: usize },
     #[error("no such track")]
     TrackNotFound,
+    #[error("the source sends no encoding with that id")]
+    UnknownEncoding,
     #[error("no publisher to watch in this room")]
     PublisherNotFound,
     #[error("the session's ICE generation is not the one named (If-Match)")]

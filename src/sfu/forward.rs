@@ -13,13 +13,16 @@ use rtc::sansio::Protocol;
 use rustc_hash::FxHashMap;
 
 use super::peer::{Peer, PeerState};
+use super::subscriber::Gate;
 use super::track::PublishedTrack;
 use crate::ids::PeerId;
 use crate::metrics::Metrics;
 
-/// Writes `packet` to every connected subscriber of `track`; returns how many took it.
+/// Writes `packet` (of `layer`) to every connected subscriber of `track` on that layer, or
+/// moving to it at this keyframe; returns how many took it.
 pub(super) fn fan_out(
     track: &PublishedTrack,
+    layer: u8,
     packet: &rtc::rtp::Packet,
     now: Instant,
     peers: &mut FxHashMap<PeerId, Peer>,
@@ -27,6 +30,9 @@ pub(super) fn fan_out(
     metrics: &Metrics,
 ) -> u64 {
     let mut forwarded = 0u64;
+    let simulcast = track.is_simulcast();
+    // Read from the payload at most once, and only when a leg waits for this layer.
+    let mut keyframe: Option<bool> = None;
     for subscriber in &track.subscribers {
         let Some(peer) = peers.get_mut(&subscriber.peer) else {
             continue;
@@ -40,6 +46,14 @@ pub(super) fn fan_out(
         let Some(payload_type) = down.payload_type.filter(|_| !down.paused) else {
             continue;
         };
+        if simulcast {
+            let gate = down.gate(layer, || {
+                *keyframe.get_or_insert_with(|| track.switchable.starts_keyframe(&packet.payload))
+            });
+            if gate == Gate::Drop {
+                continue;
+            }
+        }
         let out = down.rewrite(payload_type, packet, now);
         // handle_write ignores the track id (the SSRC routes the packet), so an empty String
         // (no allocation) stands in for it.

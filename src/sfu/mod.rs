@@ -5,18 +5,22 @@
 //! own port; see `engine.rs` and `placement.rs`). No peer state is shared across engines, so
 //! nothing on the media path takes a lock.
 
+mod codecs;
 pub mod demux;
 mod engine;
 pub mod error;
 mod forward;
 mod history;
 pub mod ingress;
+pub mod keyframe;
 mod peer;
 mod placement;
 pub mod quality;
 mod room;
 pub mod rtcp;
 pub mod sdp;
+mod selection;
+pub mod simulcast;
 pub mod speaker;
 pub mod subscriber;
 mod subscription;
@@ -60,6 +64,34 @@ impl Requester {
             moderator: false,
         }
     }
+}
+
+/// One video section a WHEP viewer receives, as its layer resource shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MediaLayers {
+    /// The section's mid.
+    #[serde(rename = "mediaId")]
+    pub media_id: String,
+    /// The source's encodings, lowest first (one, with an empty id, when it is not simulcast).
+    pub encodings: Vec<Encoding>,
+    /// The encoding forwarded now (none before its first keyframe).
+    pub current: Option<String>,
+    /// The encoding it moves to on that encoding's next keyframe.
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Encoding {
+    /// Its RID.
+    #[serde(rename = "encodingId")]
+    pub encoding_id: String,
+    /// Being sent now.
+    pub active: bool,
+    /// From its last keyframe (VP8), when known.
+    pub width: Option<u16>,
+    pub height: Option<u16>,
+    /// Measured, bits per second.
+    pub bitrate: u64,
 }
 
 /// Audio or video, for moderation that acts on one kind of a participant's tracks.
@@ -251,6 +283,26 @@ pub(crate) enum Command {
         track: TrackId,
         paused: bool,
         reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    SetWanted {
+        session: PeerId,
+        track: TrackId,
+        wanted: simulcast::Wanted,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    SelectLayer {
+        room: RoomId,
+        session: PeerId,
+        requester: Requester,
+        media_id: Option<String>,
+        encoding: Option<String>,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Layers {
+        room: RoomId,
+        session: PeerId,
+        requester: Requester,
+        reply: oneshot::Sender<Result<Vec<MediaLayers>, SfuError>>,
     },
     SetSubscribed {
         session: PeerId,
@@ -577,6 +629,66 @@ impl Sfu {
                 session,
                 track,
                 paused,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// WHEP layer selection: `requester`'s viewer session takes encoding `encoding` (a RID; the
+    /// best when `None`) of the video in section `media_id` (every video section when `None`).
+    pub async fn select_layer(
+        &self,
+        room: RoomId,
+        session: PeerId,
+        requester: Requester,
+        media_id: Option<String>,
+        encoding: Option<String>,
+    ) -> Result<(), SfuError> {
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::SelectLayer {
+                room,
+                session,
+                requester,
+                media_id,
+                encoding,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// The encodings a viewer's video sections can take, and which each receives.
+    pub async fn layers(
+        &self,
+        room: RoomId,
+        session: PeerId,
+        requester: Requester,
+    ) -> Result<Vec<MediaLayers>, SfuError> {
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::Layers {
+                room,
+                session,
+                requester,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// What a subscriber wants of one simulcast track it receives (a tile's size, a layer, or
+    /// the best): the SFU forwards the best layer within it that is being sent.
+    pub async fn set_wanted(
+        &self,
+        session: PeerId,
+        track: TrackId,
+        wanted: simulcast::Wanted,
+    ) -> Result<(), SfuError> {
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::SetWanted {
+                session,
+                track,
+                wanted,
                 reply,
             }
         })

@@ -11,7 +11,9 @@ use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
     NackGeneratorBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
 };
-use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -153,8 +155,16 @@ impl PeerFactory {
         direction: LegDirection,
     ) -> Result<RTCPeerConnection, SfuError> {
         let mut media_engine = MediaEngine::default();
-        // Opus, VP8, VP9, H264 (several profiles), AV1, with their RTX pairs.
-        media_engine.register_default_codecs()?;
+        match direction {
+            // Opus, VP8, VP9, H264 (several profiles), AV1; no RTX (see `codecs.rs`). The
+            // mid/rid header extensions name a simulcast publisher's layers.
+            LegDirection::Receives => {
+                super::codecs::register_without_rtx(&mut media_engine)?;
+                configure_simulcast_extension_headers(&mut media_engine)?;
+            }
+            // The same, with their RTX pairs.
+            LegDirection::Sends => media_engine.register_default_codecs()?,
+        }
         // Video feedback the SFU relies on: NACK (retransmission), PLI and FIR (keyframes).
         for (typ, parameter) in [("nack", ""), ("nack", "pli"), ("ccm", "fir")] {
             let feedback = RTCPFeedback {

@@ -34,6 +34,22 @@ pub struct DownTrack {
     pub munger: Munger,
     /// VP8: keeps its picture ids and TL0PICIDX continuous too (`None` for other codecs).
     pub vp8: Option<super::vp8::Vp8Munger>,
+    /// Simulcast: the layer being forwarded (`None` until a keyframe of the target arrives).
+    pub layer: Option<u8>,
+    /// Simulcast: the layer to move to, on its next keyframe (the current one is forwarded
+    /// until then).
+    pub target_layer: u8,
+    /// What the subscriber asked for (`set_track`, WHEP's layer resource).
+    pub wanted: super::simulcast::Wanted,
+}
+
+/// What a down track does with a packet of one layer of a simulcast source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Forward,
+    /// A keyframe of the target layer: the down track moves to it with this packet.
+    Switched,
+    Drop,
 }
 
 /// The VP8 continuity a down track of `codec` needs, if any.
@@ -70,6 +86,47 @@ pub fn sending_track(
 }
 
 impl DownTrack {
+    pub fn new(
+        source: TrackId,
+        sender: RTCRtpSenderId,
+        rtc_track_id: String,
+        ssrc: u32,
+        kind: RtpCodecKind,
+        codec: &RTCRtpCodec,
+    ) -> Self {
+        Self {
+            source,
+            sender,
+            rtc_track_id,
+            ssrc,
+            payload_type: None,
+            kind_is_video: kind == RtpCodecKind::Video,
+            removed: false,
+            paused: false,
+            munger: Munger::new(codec.clock_rate),
+            vp8: vp8_munger(codec),
+            layer: None,
+            target_layer: 0,
+            wanted: super::simulcast::Wanted::Best,
+        }
+    }
+
+    /// Simulcast: whether a packet of `layer` goes out on this leg. The current layer flows
+    /// until the target's keyframe (`is_keyframe`, asked only when it matters) arrives; then
+    /// the leg switches, its sequence, clock and pictures continuous.
+    #[inline]
+    pub fn gate(&mut self, layer: u8, is_keyframe: impl FnOnce() -> bool) -> Gate {
+        if self.layer == Some(layer) {
+            return Gate::Forward;
+        }
+        if layer == self.target_layer && is_keyframe() {
+            self.layer = Some(layer);
+            self.switch_source();
+            return Gate::Switched;
+        }
+        Gate::Drop
+    }
+
     /// The packet as this leg must carry it. Allocation-free: the new header's vectors are
     /// empty and the payload is a reference-counted clone.
     #[inline]
@@ -89,6 +146,8 @@ impl DownTrack {
     /// source's clock is kept) and so do VP8 pictures.
     pub fn resume(&mut self) {
         self.paused = false;
+        // Simulcast: nothing until a keyframe of the target layer.
+        self.layer = None;
         self.munger.resync();
         if let Some(vp8) = &mut self.vp8 {
             vp8.switch_source();
@@ -314,5 +373,128 @@ mod tests {
             munger.next(8, 3_123, later),
             (1, 4_294_967_000u32.wrapping_add(12_000))
         );
+    }
+}
+
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    /// One VP8 packet of a layer: a descriptor with a 15-bit picture id and TL0PICIDX, then a
+    /// frame start (keyframe or not) or a continuation.
+    fn vp8(picture: u16, tl0: u8, start: bool, key: bool) -> Bytes {
+        let mut payload = vec![if start { 0x90 } else { 0x80 }, 0xc0];
+        payload.extend_from_slice(&(0x8000 | picture).to_be_bytes());
+        payload.push(tl0);
+        payload.push(if key { 0x50 } else { 0x51 });
+        payload.extend_from_slice(&[0x2a, 0x01, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00]);
+        Bytes::from(payload)
+    }
+
+    fn packet(sequence: u16, timestamp: u32, payload: Bytes) -> Packet {
+        Packet {
+            header: Header {
+                sequence_number: sequence,
+                timestamp,
+                ..Default::default()
+            },
+            payload,
+        }
+    }
+
+    /// Three layers sent interleaved, as a simulcast publisher does: each its own sequence,
+    /// clock and pictures. Each frame is two packets; every fifth frame of each is a keyframe.
+    fn recorded() -> Vec<(u8, Packet)> {
+        let bases = [
+            (1000u16, 10_000u32, 100u16),
+            (40_000, 900_000, 7000),
+            (65_500, 5, 32_700),
+        ];
+        let mut out = Vec::new();
+        for frame in 0..40u16 {
+            for (layer, (seq, ts, picture)) in bases.iter().enumerate() {
+                let key = frame % 5 == 0;
+                let timestamp = ts.wrapping_add(u32::from(frame) * 3000);
+                let picture = (picture + frame) & 0x7fff;
+                let tl0 = frame as u8;
+                for part in 0..2u16 {
+                    let sequence = seq.wrapping_add(frame * 2 + part);
+                    let payload = vp8(picture, tl0, part == 0, key);
+                    out.push((layer as u8, packet(sequence, timestamp, payload)));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn layer_switches_keep_sequence_timestamps_and_pictures_continuous() {
+        let codec = RTCRtpCodec {
+            mime_type: "video/VP8".into(),
+            clock_rate: 90_000,
+            ..Default::default()
+        };
+        let mut down = DownTrack::new(
+            TrackId(1),
+            Default::default(),
+            "t".into(),
+            1,
+            RtpCodecKind::Video,
+            &codec,
+        );
+        down.target_layer = 0;
+        let t0 = Instant::now();
+        let mut sent: Vec<(u8, u16, u32, u16)> = Vec::new();
+        for (i, (layer, inbound)) in recorded().into_iter().enumerate() {
+            // The subscriber moves up after frame 7, to the top after frame 18, down after 29.
+            let frame = i / 6;
+            down.target_layer = match frame {
+                0..=7 => 0,
+                8..=18 => 1,
+                19..=29 => 2,
+                _ => 0,
+            };
+            let gate = down.gate(layer, || {
+                super::super::keyframe::Codec::Vp8.starts_keyframe(&inbound.payload)
+            });
+            if gate == Gate::Drop {
+                continue;
+            }
+            let now = t0 + Duration::from_millis(frame as u64 * 33);
+            let out = down.rewrite(96, &inbound, now);
+            let (picture, _) = crate::sfu::vp8::picture_and_tl0_of(&out.payload);
+            sent.push((
+                layer,
+                out.header.sequence_number,
+                out.header.timestamp,
+                picture,
+            ));
+        }
+        let layers: Vec<u8> = sent.iter().map(|s| s.0).collect();
+        for layer in [0, 1, 2] {
+            assert!(
+                layers.contains(&layer),
+                "layer {layer} was forwarded: {layers:?}"
+            );
+        }
+        assert_eq!(sent.first().map(|s| s.0), Some(0));
+        assert_eq!(sent.last().map(|s| s.0), Some(0), "back down at the end");
+        for pair in sent.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(
+                b.1,
+                a.1.wrapping_add(1),
+                "contiguous sequence: {a:?} → {b:?}"
+            );
+            let step = b.2.wrapping_sub(a.2);
+            assert!(step < 90_000, "timestamps move forward: {a:?} → {b:?}");
+            let picture_step = b.3.wrapping_sub(a.3) & 0x7fff;
+            assert!(picture_step <= 1, "pictures continue: {a:?} → {b:?}");
+        }
+        // Each switch happened on a keyframe: the first packet of each run of a layer starts one.
+        let switches = layers.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(switches, 3, "{layers:?}");
     }
 }

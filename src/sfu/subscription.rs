@@ -133,16 +133,16 @@ impl Engine {
         let connected = peer.state == PeerState::Connected;
         // Newly bound video needs a keyframe to start decoding; before the connection is up,
         // `on_connected` asks for it instead.
-        let keyframes: Vec<TrackId> = unbound
+        let keyframes: Vec<(TrackId, usize)> = unbound
             .into_iter()
             .filter_map(|i| peer.down_tracks.get(i))
             .filter(|d| connected && d.kind_is_video && d.payload_type.is_some())
-            .map(|d| d.source)
+            .map(|d| (d.source, usize::from(d.target_layer)))
             .collect();
         // A change that came while this offer was out is offered when the peer is serviced.
         self.mark_dirty(session);
-        for source in keyframes {
-            self.request_keyframe(source, now);
+        for (source, layer) in keyframes {
+            self.request_keyframe(source, layer, now);
         }
         Ok(())
     }
@@ -218,33 +218,39 @@ impl Engine {
         paused: bool,
         now: Instant,
     ) -> Result<(), SfuError> {
-        let peer = self
-            .rooms
-            .peer_mut(session)
-            .ok_or(SfuError::SessionNotFound)?;
-        if peer.is_publisher() {
-            return Err(SfuError::SessionNotFound);
-        }
-        let down = peer
-            .down_tracks
-            .iter_mut()
-            .find(|d| d.source == track && !d.removed)
-            .ok_or(SfuError::TrackNotFound)?;
+        let down = self.received_down_track(session, track)?;
         if down.paused == paused {
             return Ok(());
         }
-        let video = down.kind_is_video;
+        let (video, layer) = (down.kind_is_video, usize::from(down.target_layer));
         if paused {
             down.paused = true;
         } else {
             down.resume();
             if video {
-                self.request_keyframe(track, now);
+                self.request_keyframe(track, layer, now);
             }
         }
         debug!(%session, %track, paused, "down track paused");
         self.update_gauges();
         Ok(())
+    }
+
+    /// The down track by which subscriber `session` receives `track`.
+    pub(super) fn received_down_track(
+        &mut self,
+        session: PeerId,
+        track: TrackId,
+    ) -> Result<&mut DownTrack, SfuError> {
+        let peer = self
+            .rooms
+            .peer_mut(session)
+            .filter(|p| !p.is_publisher())
+            .ok_or(SfuError::SessionNotFound)?;
+        peer.down_tracks
+            .iter_mut()
+            .find(|d| d.source == track && !d.removed)
+            .ok_or(SfuError::TrackNotFound)
     }
 
     /// A publisher offers again on its connection: new sending sections become tracks, sections
@@ -424,18 +430,9 @@ impl Engine {
             ssrc,
         );
         let sender = sub.pc.add_track(local)?;
-        let down = DownTrack {
-            source,
-            sender,
-            rtc_track_id,
-            ssrc,
-            payload_type: None,
-            kind_is_video: track.is_video(),
-            removed: false,
-            paused: false,
-            munger: super::subscriber::Munger::new(track.codec.clock_rate),
-            vp8: super::subscriber::vp8_munger(&track.codec),
-        };
+        let mut down = DownTrack::new(source, sender, rtc_track_id, ssrc, track.kind, &track.codec);
+        down.target_layer =
+            super::simulcast::choose(&track.layers, usize::MAX, Instant::now()).unwrap_or(0) as u8;
         // webrtc-rs reuses a transceiver whose sender was removed (same kind), so its m-line is
         // recycled; the down track of that transceiver is recycled with it, which keeps
         // `down_tracks` as long as the SDP however often a subscription toggles.

@@ -24,16 +24,17 @@ pub struct PublishedTrack {
     pub kind: RtpCodecKind,
     /// The codec the publisher negotiated first for this m-line; subscribers are offered it.
     pub codec: RTCRtpCodec,
-    /// Learned from the first packet (or the track event); needed to address PLI/FIR.
-    pub media_ssrc: Option<u32>,
+    /// Its RTP streams: one, or a simulcast publisher's layers (lowest first). Each has its
+    /// SSRC (to address PLI/FIR), keyframe throttle, NACK history (video only: audio is not
+    /// NACKed, Opus has its own FEC) and measured bitrate.
+    pub layers: Vec<super::simulcast::Layer>,
+    /// Which payloads a layer switch can read keyframes of.
+    pub switchable: super::keyframe::Codec,
     /// The publisher's rtc receiver, to send RTCP upstream.
     pub receiver: Option<rtc::rtp_transceiver::RTCRtpReceiverId>,
     pub subscribers: Vec<SubscriberRef>,
-    pub keyframes: KeyframeThrottle,
     /// Muted by a moderator: packets are dropped instead of forwarded.
     pub muted: bool,
-    /// Video: the recent packets, for NACKs (audio is not NACKed: Opus has its own FEC).
-    pub history: Option<super::history::History>,
     /// Audio: the negotiated id of the audio-level header extension, if any.
     pub audio_level_extension: Option<u8>,
     pub audio_level: crate::sfu::speaker::AudioLevel,
@@ -42,6 +43,23 @@ pub struct PublishedTrack {
 impl PublishedTrack {
     pub fn is_video(&self) -> bool {
         self.kind == RtpCodecKind::Video
+    }
+
+    /// Several layers: down tracks choose among them and switch on keyframes.
+    pub fn is_simulcast(&self) -> bool {
+        self.layers.len() > 1
+    }
+
+    /// The layer a packet with this SSRC belongs to. A track with one layer takes every
+    /// packet its m-line delivers (keyframe requests address the first SSRC seen, or the one
+    /// its stream opened with); a simulcast layer's SSRC is bound when its stream opens.
+    #[inline]
+    pub fn layer_of(&mut self, ssrc: u32) -> Option<usize> {
+        if let [only] = self.layers.as_mut_slice() {
+            only.ssrc.get_or_insert(ssrc);
+            return Some(0);
+        }
+        self.layers.iter().position(|l| l.ssrc == Some(ssrc))
     }
 
     /// Which keyframe request the publisher understands: PLI unless it only negotiated FIR.

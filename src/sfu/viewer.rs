@@ -18,13 +18,12 @@
 use std::time::Instant;
 
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tracing::info;
 
 use super::engine::Engine;
 use super::error::SfuError;
 use super::peer::{PeerRole, PeerState};
-use super::subscriber::{DownTrack, Munger};
+use super::subscriber::DownTrack;
 use super::track::SubscriberRef;
 use crate::ids::{PeerId, RoomId, TrackId};
 
@@ -45,22 +44,17 @@ pub(super) fn placeholder_down_tracks(
         };
         let ssrc = rand::random::<u32>();
         let rtc_track_id = format!("w{index}-{}", &viewer.0.simple().to_string()[..8]);
-        let clock_rate = codec.clock_rate;
-        let vp8 = super::subscriber::vp8_munger(&codec);
-        let local = super::subscriber::sending_track("convene", &rtc_track_id, kind, codec, ssrc);
+        let local =
+            super::subscriber::sending_track("convene", &rtc_track_id, kind, codec.clone(), ssrc);
         let sender = pc.add_track(local)?;
-        down_tracks.push(DownTrack {
-            source: NO_SOURCE,
+        down_tracks.push(DownTrack::new(
+            NO_SOURCE,
             sender,
             rtc_track_id,
             ssrc,
-            payload_type: None,
-            kind_is_video: kind == RtpCodecKind::Video,
-            removed: false,
-            paused: false,
-            munger: Munger::new(clock_rate),
-            vp8,
-        });
+            kind,
+            &codec,
+        ));
     }
     Ok(down_tracks)
 }
@@ -142,6 +136,15 @@ impl Engine {
             .filter_map(|id| self.rooms.track(*id))
             .map(|t| (t.id, t.is_video(), t.codec.mime_type.to_ascii_lowercase()))
             .collect();
+        let top_layers: rustc_hash::FxHashMap<TrackId, u8> = source
+            .published
+            .iter()
+            .filter_map(|id| self.rooms.track(*id))
+            .map(|t| {
+                let layer = super::simulcast::choose(&t.layers, usize::MAX, now).unwrap_or(0);
+                (t.id, layer as u8)
+            })
+            .collect();
         let Some(peer) = self.rooms.peer_mut(viewer) else {
             return;
         };
@@ -172,6 +175,10 @@ impl Engine {
             let down = &mut peer.down_tracks[slot];
             down.source = track_id;
             down.switch_source();
+            // A simulcast source: its best layer, from its next keyframe (`choose_layers`
+            // settles the target within one check).
+            down.layer = None;
+            down.target_layer = top_layers.get(&track_id).copied().unwrap_or(0);
             bound.push((track_id, slot));
         }
         if bound.is_empty() {
@@ -197,8 +204,13 @@ impl Engine {
             }
         }
         if connected {
-            for (track_id, _) in bound {
-                self.request_keyframe(track_id, now);
+            for (track_id, slot) in bound {
+                let layer = self
+                    .rooms
+                    .peer(viewer)
+                    .and_then(|p| p.down_tracks.get(slot))
+                    .map_or(0, |d| usize::from(d.target_layer));
+                self.request_keyframe(track_id, layer, now);
             }
         }
         self.update_gauges();

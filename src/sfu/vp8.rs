@@ -46,6 +46,16 @@ fn parse(payload: &[u8]) -> Option<Descriptor> {
     Some(descriptor)
 }
 
+/// The picture id and TL0PICIDX a payload carries (tests read what a leg sent).
+#[cfg(test)]
+pub(crate) fn picture_and_tl0_of(payload: &[u8]) -> (u16, u8) {
+    let d = parse(payload).expect("a VP8 descriptor");
+    (
+        d.picture_id.expect("a picture id").0,
+        d.tl0_pic_idx.expect("a TL0PICIDX").0,
+    )
+}
+
 /// One down track's picture-id and TL0PICIDX continuity.
 #[derive(Debug, Default, Clone)]
 pub struct Vp8Munger {

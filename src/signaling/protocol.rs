@@ -104,12 +104,20 @@ pub enum ClientMessage {
     Unsubscribe {
         track_id: String,
     },
-    /// What the client wants of one track it receives: `paused` stops its media on the
-    /// subscriber connection without renegotiating (a hidden tile); unpausing resumes it at
-    /// once, from a keyframe.
+    /// What the client wants of one track it receives, without renegotiating: `paused` stops
+    /// its media on the subscriber connection (a hidden tile), unpausing resumes it at once
+    /// from a keyframe; `width`/`height` (a tile's size in device pixels) or `layer` (0 =
+    /// lowest) choose a simulcast publisher's layer. Fields left out keep their setting.
     SetTrack {
         track_id: String,
-        paused: bool,
+        #[serde(default)]
+        paused: Option<bool>,
+        #[serde(default)]
+        width: Option<u16>,
+        #[serde(default)]
+        height: Option<u16>,
+        #[serde(default)]
+        layer: Option<u8>,
     },
     /// Mutes or unmutes one of the client's own sources.
     Mute {

@@ -33,6 +33,7 @@ use crate::http_error::ApiError;
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 use crate::sfu::quality::Quality;
 use crate::sfu::sdp::Sdp;
+use crate::sfu::simulcast::{self, Wanted};
 use crate::sfu::{FragmentCandidate, IceFragment, Intent, MediaKind, SfuEvent};
 use crate::store::chat::{Message, NewMessage};
 use crate::store::meetings::Meeting;
@@ -40,6 +41,8 @@ use crate::store::{now_ms, StoreError};
 
 /// Times a session re-creates a subscriber connection that closed under it.
 const MAX_SUBSCRIBER_RESETS: u32 = 3;
+/// The largest tile side `set_track` takes, in pixels (8K).
+const MAX_TILE_SIDE: u16 = 8192;
 /// How long a join waits for the session it takes over to finish.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -665,8 +668,15 @@ impl Session {
             }
             ClientMessage::Subscribe { track_id } => self.set_subscribed(&track_id, true).await,
             ClientMessage::Unsubscribe { track_id } => self.set_subscribed(&track_id, false).await,
-            ClientMessage::SetTrack { track_id, paused } => {
-                self.set_paused(&track_id, paused).await
+            ClientMessage::SetTrack {
+                track_id,
+                paused,
+                width,
+                height,
+                layer,
+            } => {
+                self.set_track(&track_id, paused, width, height, layer)
+                    .await
             }
             ClientMessage::Mute { source, muted } => self.set_muted(source, muted).await,
             ClientMessage::RaiseHand => self.set_hand(true),
@@ -909,14 +919,53 @@ impl Session {
             .map_err(|e| unknown_track(e, track_id, "of another participant here"))
     }
 
-    /// Pauses or resumes one received track on the subscriber connection.
-    async fn set_paused(&mut self, track_id: &str, paused: bool) -> Outcome {
+    /// Sets what the client wants of one received track: the layer (by size or index), then
+    /// paused or not. Checked whole before anything changes.
+    async fn set_track(
+        &mut self,
+        track_id: &str,
+        paused: Option<bool>,
+        width: Option<u16>,
+        height: Option<u16>,
+        layer: Option<u8>,
+    ) -> Outcome {
+        let wanted = match (width, height, layer) {
+            (None, None, None) => None,
+            (Some(width), Some(height), None)
+                if (1..=MAX_TILE_SIDE).contains(&width) && (1..=MAX_TILE_SIDE).contains(&height) =>
+            {
+                Some(Wanted::Size { width, height })
+            }
+            (None, None, Some(layer)) if usize::from(layer) < simulcast::MAX_LAYERS => {
+                Some(Wanted::Layer(layer))
+            }
+            _ => {
+                return Err(Refusal::new(
+                    "invalid",
+                    format!(
+                        "set_track takes width and height (1..={MAX_TILE_SIDE}) together, or                          a layer (0..{}), not both",
+                        simulcast::MAX_LAYERS
+                    ),
+                ))
+            }
+        };
         let (session, track) = self.received_track(track_id)?;
-        self.state
-            .sfu
-            .set_paused(session, track, paused)
-            .await
-            .map_err(|e| unknown_track(e, track_id, "on your subscriber connection"))
+        let unknown = |e| unknown_track(e, track_id, "on your subscriber connection");
+        if let Some(wanted) = wanted {
+            self.state
+                .sfu
+                .set_wanted(session, track, wanted)
+                .await
+                .map_err(unknown)?;
+        }
+        if let Some(paused) = paused {
+            self.state
+                .sfu
+                .set_paused(session, track, paused)
+                .await
+                .map_err(unknown)?;
+        }
+        Ok(())
     }
 
     /// The subscriber connection and the track a client's `track_id` names.

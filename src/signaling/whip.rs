@@ -56,6 +56,69 @@ pub fn router() -> Router<AppState> {
                 .delete(whep_delete)
                 .options(session_options),
         )
+        .route(
+            "/whep/{room}/{session}/layer",
+            axum::routing::get(layers).post(select_layer),
+        )
+}
+
+/// The WHEP layer-selection extension's link relation.
+const LAYER_REL: &str = "urn:ietf:params:whep:ext:core:layer";
+
+/// A viewer's choice (draft-ietf-wish-whep, layer selection): `encodingId` is a RID of the
+/// source; without it, the best the SFU can send. `mediaId` names the video section (every
+/// one when left out). Spatial/temporal SVC ids are not supported: VP9/AV1 are forwarded as
+/// one stream.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerChoice {
+    #[serde(rename = "mediaId", default)]
+    media_id: Option<String>,
+    #[serde(rename = "encodingId", default)]
+    encoding_id: Option<String>,
+}
+
+/// The layers a viewer's video sections can take and which each receives (JSON).
+async fn layers(
+    State(state): State<AppState>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = authorize(&state.keys, &headers, &room, Need::Session)?;
+    let session = parse_session(&session)?;
+    let layers = state
+        .sfu
+        .layers(
+            RoomId(room),
+            session,
+            Requester::owner(ParticipantId(claims.sub)),
+        )
+        .await?;
+    Ok(axum::Json(serde_json::json!({ "layers": layers })).into_response())
+}
+
+async fn select_layer(
+    State(state): State<AppState>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let claims = authorize(&state.keys, &headers, &room, Need::Session)?;
+    let session = parse_session(&session)?;
+    require_content_type(&headers, "application/json")?;
+    let choice: LayerChoice = serde_json::from_str(&text_body(body)?)
+        .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
+    state
+        .sfu
+        .select_layer(
+            RoomId(room),
+            session,
+            Requester::owner(ParticipantId(claims.sub)),
+            choice.media_id,
+            choice.encoding_id,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn whip_post(
@@ -160,6 +223,13 @@ async fn create(
         header_value(&etag(&negotiated.ice_generation))?,
     );
     headers.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    if kind == Kind::Whep {
+        let layer = format!(
+            "</whep/{room}/{}/layer>; rel=\"{LAYER_REL}\"",
+            negotiated.session
+        );
+        headers.append(header::LINK, header_value(&layer)?);
+    }
     for link in ice_server_links(&state.config.ice_servers) {
         headers.append(header::LINK, header_value(&link)?);
     }

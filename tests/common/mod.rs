@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod browser;
 pub mod client;
 pub mod netns;
 

@@ -1,0 +1,222 @@
+//! Which simulcast layer each down track receives: what its subscriber asked for
+//! ([`Engine::set_wanted`]), bounded by the layers the publisher is sending now
+//! ([`Engine::choose_layers`], every [`LAYER_CHECK_INTERVAL`]). A new target is reached on its
+//! next keyframe (requested here); the old layer flows until then (`DownTrack::gate`).
+
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::engine::Engine;
+use super::error::SfuError;
+use super::simulcast::{self, Wanted};
+use super::{Encoding, MediaLayers, Requester};
+use crate::ids::{PeerId, RoomId, TrackId};
+
+/// How often targets are checked against the layers being sent.
+pub const LAYER_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Engine {
+    /// A subscriber's ask for one track it receives (a tile's size, a layer, or the best).
+    pub(super) fn set_wanted(
+        &mut self,
+        session: PeerId,
+        track: TrackId,
+        wanted: Wanted,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        self.received_down_track(session, track)?.wanted = wanted;
+        debug!(%session, %track, ?wanted, "layer wanted");
+        self.retarget(track, now, "requested");
+        Ok(())
+    }
+
+    /// WHEP's layer selection: a viewer picks an encoding (by RID) of the video it receives
+    /// in section `media_id` (every video section when `None`); no encoding means the best.
+    pub(super) fn select_layer(
+        &mut self,
+        room: &RoomId,
+        session: PeerId,
+        requester: &Requester,
+        media_id: Option<&str>,
+        encoding: Option<&str>,
+        now: Instant,
+    ) -> Result<(), SfuError> {
+        self.owned_session(room, session, requester, false)?;
+        let chosen: Vec<(TrackId, Wanted)> = self
+            .video_down_tracks(session, media_id)?
+            .into_iter()
+            .map(|(_, track, _)| {
+                let wanted = match encoding {
+                    None => Ok(Wanted::Best),
+                    Some(rid) => self
+                        .rooms
+                        .track(track)
+                        .and_then(|t| t.layers.iter().position(|l| l.rid == rid))
+                        .map(|index| Wanted::Layer(index as u8))
+                        .ok_or(SfuError::UnknownEncoding),
+                };
+                wanted.map(|w| (track, w))
+            })
+            .collect::<Result<_, _>>()?;
+        for (track, wanted) in chosen {
+            self.set_wanted(session, track, wanted, now)?;
+        }
+        Ok(())
+    }
+
+    /// What a viewer's video sections receive: each source's encodings (being sent or not,
+    /// their sizes and bitrates), the one forwarded now and the one it moves to.
+    pub(super) fn layers(
+        &mut self,
+        room: &RoomId,
+        session: PeerId,
+        requester: &Requester,
+        now: Instant,
+    ) -> Result<Vec<MediaLayers>, SfuError> {
+        self.owned_session(room, session, requester, false)?;
+        let found = self.video_down_tracks(session, None)?;
+        let peer = self.rooms.peer(session).ok_or(SfuError::SessionNotFound)?;
+        let mut out = Vec::new();
+        for (slot, track_id, mid) in found {
+            let (Some(track), Some(down)) =
+                (self.rooms.track(track_id), peer.down_tracks.get(slot))
+            else {
+                continue;
+            };
+            let rid = |layer: Option<u8>| {
+                layer
+                    .and_then(|l| track.layers.get(usize::from(l)))
+                    .map(|l| l.rid.clone())
+            };
+            out.push(MediaLayers {
+                media_id: mid.unwrap_or_default(),
+                encodings: track
+                    .layers
+                    .iter()
+                    .map(|l| Encoding {
+                        encoding_id: l.rid.clone(),
+                        active: l.active(now),
+                        width: l.size.map(|s| s.0),
+                        height: l.size.map(|s| s.1),
+                        bitrate: l.rate.bits_per_second,
+                    })
+                    .collect(),
+                current: rid(down.layer),
+                target: rid(Some(down.target_layer)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A subscriber's video down tracks with a source, as (slot, source, mid), of section
+    /// `media_id` only when it is given.
+    fn video_down_tracks(
+        &mut self,
+        session: PeerId,
+        media_id: Option<&str>,
+    ) -> Result<Vec<(usize, TrackId, Option<String>)>, SfuError> {
+        let peer = self
+            .rooms
+            .peer_mut(session)
+            .ok_or(SfuError::SessionNotFound)?;
+        let candidates: Vec<(usize, TrackId, Option<String>)> = (0..peer.down_tracks.len())
+            .filter_map(|slot| {
+                let down = &peer.down_tracks[slot];
+                if !down.kind_is_video || down.removed {
+                    return None;
+                }
+                let (source, sender) = (down.source, down.sender);
+                Some((slot, source, mid_of(peer, sender)))
+            })
+            .collect();
+        let found: Vec<_> = candidates
+            .into_iter()
+            .filter(|(_, source, mid)| {
+                self.rooms.track(*source).is_some()
+                    && media_id.is_none_or(|m| mid.as_deref() == Some(m))
+            })
+            .collect();
+        if found.is_empty() && media_id.is_some() {
+            return Err(SfuError::TrackNotFound);
+        }
+        Ok(found)
+    }
+
+    /// Every simulcast track's subscribers checked against the layers being sent.
+    pub(super) fn choose_layers(&mut self, now: Instant) {
+        let tracks: Vec<TrackId> = self
+            .rooms
+            .tracks()
+            .filter(|t| t.is_simulcast() && !t.subscribers.is_empty())
+            .map(|t| t.id)
+            .collect();
+        for track in tracks {
+            self.retarget(track, now, "");
+        }
+    }
+
+    /// Sets each subscriber's target layer of `track_id` to what it wants among the layers
+    /// sent now, and asks for a keyframe on every layer a leg must move to. `reason` labels a
+    /// change the subscriber asked for; others are named by what happened to the layers.
+    fn retarget(&mut self, track_id: TrackId, now: Instant, reason: &'static str) {
+        let Some(room) = self.rooms.of_track_mut(track_id) else {
+            return;
+        };
+        let Some(track) = room.tracks.get(&track_id) else {
+            return;
+        };
+        if !track.is_simulcast() {
+            return;
+        }
+        let mut keyframes = [false; simulcast::MAX_LAYERS];
+        for subscriber in &track.subscribers {
+            let Some(down) = room
+                .peers
+                .get_mut(&subscriber.peer)
+                .and_then(|p| p.down_tracks.get_mut(subscriber.slot))
+            else {
+                continue;
+            };
+            let ceiling = simulcast::wanted_layer(&track.layers, down.wanted);
+            let Some(target) = simulcast::choose(&track.layers, ceiling, now) else {
+                continue; // nothing is being sent: keep what it has
+            };
+            let target = target as u8;
+            if target == down.target_layer {
+                continue;
+            }
+            let why = if !reason.is_empty() {
+                reason
+            } else if down.layer.is_none() {
+                "start"
+            } else if !track.layers[usize::from(down.target_layer)].active(now) {
+                "layer_stopped"
+            } else {
+                "layer_returned"
+            };
+            self.metrics.layer_switches.with_label_values(&[why]).inc();
+            down.target_layer = target;
+            if down.layer != Some(target) {
+                keyframes[usize::from(target)] = true;
+            }
+        }
+        for (layer, _) in keyframes.iter().enumerate().filter(|(_, k)| **k) {
+            self.request_keyframe(track_id, layer, now);
+        }
+    }
+}
+
+/// The m-line (mid) a sender of `peer` sends on.
+fn mid_of(
+    peer: &mut super::peer::Peer,
+    sender: rtc::rtp_transceiver::RTCRtpSenderId,
+) -> Option<String> {
+    let ids: Vec<_> = peer.pc.get_transceivers().collect();
+    ids.into_iter().find_map(|id| {
+        let transceiver = peer.pc.rtp_transceiver(id)?;
+        (transceiver.sender() == Some(sender))
+            .then(|| transceiver.mid().clone())
+            .flatten()
+    })
+}
