@@ -287,6 +287,12 @@ pub(crate) fn sfu_config(config: &Config) -> SfuConfig {
         ice_disconnected_timeout: config.ice_disconnected_timeout,
         ice_failed_timeout: config.ice_failed_timeout,
         nack_cache_packets: config.nack_cache_packets.min(u16::MAX as usize / 2) as u16,
+        bwe: crate::sfu::BweConfig {
+            initial: config.bwe_initial_bitrate,
+            min: config.bwe_min_bitrate,
+            max: config.bwe_max_bitrate,
+            pacer_queue_packets: config.pacer_queue_packets,
+        },
         active_speaker_interval: config.active_speaker_interval,
         max_addresses_per_peer: config.max_addresses_per_peer,
     }

@@ -111,6 +111,14 @@ pub struct Config {
     pub max_addresses_per_peer: usize,
     /// RTP packets kept per published track for answering NACKs.
     pub nack_cache_packets: usize,
+    /// A subscriber leg's bandwidth estimate (GCC, from its transport-wide feedback) starts
+    /// here and stays within min..=max, in bits per second.
+    pub bwe_initial_bitrate: u64,
+    pub bwe_min_bitrate: u64,
+    pub bwe_max_bitrate: u64,
+    /// Packets a subscriber leg's pacer may hold; past it new ones are refused (dropped): a
+    /// link far slower than what is sent must not turn into seconds of queue.
+    pub pacer_queue_packets: usize,
     /// When this many peers (and a quarter of the peak) have gone since the last time, freed
     /// heap is handed back to the system (glibc `malloc_trim`); 0 never does.
     pub memory_trim_after_peers: usize,
@@ -235,6 +243,10 @@ impl Default for Config {
             ice_failed_timeout: Duration::from_secs(15),
             max_addresses_per_peer: 8,
             nack_cache_packets: 1024,
+            bwe_initial_bitrate: 1_000_000,
+            bwe_min_bitrate: 100_000,
+            bwe_max_bitrate: 20_000_000,
+            pacer_queue_packets: 512,
             memory_trim_after_peers: 100,
             shutdown_grace: Duration::from_secs(3),
             database_url: String::new(),
@@ -362,6 +374,18 @@ impl Config {
         }
         if self.ice_check_interval.is_zero() {
             return Err(invalid("ice_check_interval", "must be positive"));
+        }
+        if self.bwe_min_bitrate == 0
+            || self.bwe_min_bitrate > self.bwe_initial_bitrate
+            || self.bwe_initial_bitrate > self.bwe_max_bitrate
+        {
+            return Err(invalid(
+                "bwe_initial_bitrate",
+                "needs 0 < bwe_min_bitrate <= bwe_initial_bitrate <= bwe_max_bitrate",
+            ));
+        }
+        if self.pacer_queue_packets == 0 {
+            return Err(invalid("pacer_queue_packets", "must be at least 1"));
         }
         if self.nack_cache_packets == 0 || !self.nack_cache_packets.is_power_of_two() {
             return Err(invalid("nack_cache_packets", "must be a power of two"));

@@ -36,6 +36,11 @@ pub struct Metrics {
     /// subscriber asked; `layer_stopped`, `layer_returned`: the publisher's encoder dropped or
     /// resumed one).
     pub layer_switches: IntCounterVec,
+    /// Down tracks paused (`paused`) or resumed (`resumed`) because their subscriber's
+    /// bandwidth estimate could not carry them.
+    pub bandwidth_pauses: IntCounterVec,
+    /// Subscriber legs' bandwidth estimates (bits/s), sampled with connection quality.
+    pub subscriber_estimate: prometheus::Histogram,
     /// Keyframe requests by kind (`pli`, `fir`) and direction (`received`, `sent`).
     pub keyframe_requests: IntCounterVec,
     /// Packets that could not be forwarded, by reason.
@@ -122,6 +127,27 @@ impl Metrics {
                 "RTP packets NACKed by subscribers, by result",
                 &["result"],
             ),
+            bandwidth_pauses: counter_vec(
+                "bandwidth_pauses_total",
+                "Down tracks paused or resumed for their subscriber's bandwidth",
+                &["change"],
+            ),
+            subscriber_estimate: {
+                let h = prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "subscriber_estimate_bits",
+                        "Subscriber legs' send-side bandwidth estimates, bits per second",
+                    )
+                    .buckets(vec![
+                        100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 20e6,
+                    ]),
+                )
+                .expect("valid histogram");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("registered once");
+                h
+            },
             layer_switches: counter_vec(
                 "layer_switches_total",
                 "Simulcast target layer changes of down tracks, by reason",

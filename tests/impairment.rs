@@ -16,12 +16,7 @@ const VP8: u8 = 96;
 /// report, what the rule dropped and what the server sent again.
 async fn load_across(way: Way) -> (serde_json::Value, u64, f64, TestServer) {
     let link = Link::new();
-    let host_ip = link.host_ip;
-    let server = TestServer::start_with(|c| {
-        c.http = std::net::SocketAddr::new(host_ip.into(), 0);
-        c.media_bind_ip = host_ip.into();
-    })
-    .await;
+    let server = TestServer::on_link(&link).await;
     link.drop_rtp(way, VP8, 5);
     let token = server.token("lossy", "load", true, true);
     let url = format!("http://{}", server.server.http_addr);

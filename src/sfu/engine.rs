@@ -134,6 +134,7 @@ impl Engine {
                 ice_disconnected_timeout: config.ice_disconnected_timeout,
                 ice_failed_timeout: config.ice_failed_timeout,
                 nack_cache_packets: config.nack_cache_packets,
+                bwe: config.bwe,
             },
             max_peers: config.max_peers,
             keyframe_interval: config.keyframe_request_interval,
@@ -372,7 +373,7 @@ impl Engine {
         } else {
             LegDirection::Receives
         };
-        let mut pc = self.factory.new_peer_connection(now, direction)?;
+        let (mut pc, estimate) = self.factory.new_peer_connection(now, direction)?;
         let down_tracks = match &watch {
             Some((_, Some(publisher))) => self.add_down_tracks(&mut pc, id, *publisher, now)?,
             Some((_, None)) => super::viewer::placeholder_down_tracks(&mut pc, id, &parsed)?,
@@ -420,6 +421,7 @@ impl Engine {
             negotiation: Default::default(),
             quality: Default::default(),
             dtls_input: false,
+            estimate,
         };
 
         let mut new_tracks = Vec::new();
@@ -585,6 +587,7 @@ impl Engine {
                     receiver: Some(receiver_id),
                     subscribers: Vec::new(),
                     muted: false,
+                    priority: 0,
                     audio_level_extension,
                     audio_level: Default::default(),
                 },
@@ -985,6 +988,9 @@ impl Engine {
             .peers_mut()
             .filter(|p| p.state == PeerState::Connected)
         {
+            if let Some(bits) = peer.estimate.as_ref().and_then(|e| e.raw_bits_per_second()) {
+                self.metrics.subscriber_estimate.observe(bits as f64);
+            }
             let report = peer.pc.get_stats(now, StatsSelector::None);
             let sample = peer.quality.sample(&report);
             let quality = super::quality::classify(sample);

@@ -43,7 +43,7 @@ pub(super) fn fan_out(
         let Some(down) = peer.down_tracks.get_mut(subscriber.slot) else {
             continue;
         };
-        let Some(payload_type) = down.payload_type.filter(|_| !down.paused) else {
+        let Some(payload_type) = down.payload_type.filter(|_| !down.held()) else {
             continue;
         };
         if simulcast {

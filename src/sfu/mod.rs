@@ -5,10 +5,12 @@
 //! own port; see `engine.rs` and `placement.rs`). No peer state is shared across engines, so
 //! nothing on the media path takes a lock.
 
+mod allocator;
 mod codecs;
 pub mod demux;
 mod engine;
 pub mod error;
+pub mod estimate;
 mod forward;
 mod history;
 pub mod ingress;
@@ -66,6 +68,15 @@ impl Requester {
     }
 }
 
+/// What a WHEP viewer's layer resource shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ViewerLayers {
+    /// The viewer leg's bandwidth estimate (bits/s) from its congestion-control feedback;
+    /// `null` before any.
+    pub estimate: Option<u64>,
+    pub layers: Vec<MediaLayers>,
+}
+
 /// One video section a WHEP viewer receives, as its layer resource shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MediaLayers {
@@ -78,6 +89,9 @@ pub struct MediaLayers {
     pub current: Option<String>,
     /// The encoding it moves to on that encoding's next keyframe.
     pub target: Option<String>,
+    /// Why nothing is forwarded, when nothing is: `bandwidth` (the viewer's link cannot carry
+    /// even the lowest encoding now).
+    pub paused: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -145,8 +159,30 @@ pub enum SfuEvent {
     },
     /// ICE and DTLS are up.
     Connected { session: PeerId },
+    /// The SFU stopped (or resumed) forwarding one track to a subscriber of its own accord.
+    TrackPaused {
+        session: PeerId,
+        track: TrackId,
+        paused: bool,
+        reason: PauseReason,
+    },
     /// The peer is gone (closed, failed, kicked, or never connected).
     Closed { session: PeerId, reason: String },
+}
+
+/// Why the SFU paused a track for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    /// Its share of the subscriber's bandwidth estimate cannot carry even its lowest layer.
+    Bandwidth,
+}
+
+impl PauseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::Bandwidth => "bandwidth",
+        }
+    }
 }
 
 /// The limits one new session is admitted to its room under. The SFU counts what its rooms
@@ -228,10 +264,20 @@ pub struct SfuConfig {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub nack_cache_packets: u16,
+    pub bwe: BweConfig,
     /// How often active speakers are ranked (a change is announced at most this often).
     pub active_speaker_interval: Duration,
     /// Source addresses one peer may have bound at once (ICE candidates it checked from).
     pub max_addresses_per_peer: usize,
+}
+
+/// Subscriber legs' bandwidth estimation (bits per second) and pacing.
+#[derive(Debug, Clone, Copy)]
+pub struct BweConfig {
+    pub initial: u64,
+    pub min: u64,
+    pub max: u64,
+    pub pacer_queue_packets: usize,
 }
 
 pub(crate) enum Command {
@@ -302,7 +348,7 @@ pub(crate) enum Command {
         room: RoomId,
         session: PeerId,
         requester: Requester,
-        reply: oneshot::Sender<Result<Vec<MediaLayers>, SfuError>>,
+        reply: oneshot::Sender<Result<ViewerLayers, SfuError>>,
     },
     SetSubscribed {
         session: PeerId,
@@ -664,7 +710,7 @@ impl Sfu {
         room: RoomId,
         session: PeerId,
         requester: Requester,
-    ) -> Result<Vec<MediaLayers>, SfuError> {
+    ) -> Result<ViewerLayers, SfuError> {
         self.call(Route::Session(session), no_session, |reply| {
             Command::Layers {
                 room,

@@ -8,8 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rtc::ice::mdns::MulticastDnsMode;
+use std::sync::Arc;
+
 use rtc::interceptor::{
-    NackGeneratorBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
+    CongestionControlBuilder, NackGeneratorBuilder, PacerBuilder, ReceiverReportBuilder, Registry,
+    SenderReportBuilder, Slot, TwccSenderBuilder,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
@@ -24,6 +27,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 
 use super::error::SfuError;
+use super::estimate::{Estimate, Estimator, PACING_FACTOR};
 use super::rtcp::DeliverFeedback;
 use super::subscriber::DownTrack;
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
@@ -110,6 +114,8 @@ pub struct Peer {
     pub quality: crate::sfu::quality::QualityTracker,
     /// A DTLS record arrived since the last service: look whether the client closed DTLS.
     pub dtls_input: bool,
+    /// A subscriber leg's bandwidth estimate (its congestion control writes it).
+    pub estimate: Option<Arc<Estimate>>,
 }
 
 impl Peer {
@@ -146,14 +152,17 @@ pub struct PeerFactory {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub nack_cache_packets: u16,
+    pub bwe: super::BweConfig,
 }
 
 impl PeerFactory {
+    /// A new connection, with (for a leg that sends) the estimate its congestion control
+    /// publishes.
     pub fn new_peer_connection(
         &self,
         now: Instant,
         direction: LegDirection,
-    ) -> Result<RTCPeerConnection, SfuError> {
+    ) -> Result<(RTCPeerConnection, Option<Arc<Estimate>>), SfuError> {
         let mut media_engine = MediaEngine::default();
         match direction {
             // Opus, VP8, VP9, H264 (several profiles), AV1; no RTX (see `codecs.rs`). The
@@ -175,8 +184,11 @@ impl PeerFactory {
         }
         // Every interceptor in the chain costs each packet two moves through its queue, so a
         // leg carries only what its direction uses: a publisher's (media in) NACKs its losses,
-        // reports reception and measures TWCC; a subscriber's (media out) answers NACKs from
-        // its cache and sends sender reports. Both relay the RTCP the engine acts on.
+        // reports reception and measures TWCC; a subscriber's (media out) sends sender
+        // reports, numbers its packets transport-wide, estimates its bandwidth from the
+        // subscriber's feedback (GCC) and paces. Both relay the RTCP the engine acts on
+        // (NACKs are answered by the engine from the track's history).
+        let mut estimate = None;
         let registry = match direction {
             LegDirection::Receives => {
                 let registry = Registry::new()
@@ -191,9 +203,43 @@ impl PeerFactory {
                     .with(Slot::from(14_000), DeliverFeedback::default());
                 configure_twcc_receiver_only(registry, &mut media_engine)?
             }
-            LegDirection::Sends => Registry::new()
-                .with(Slot::SenderReport, SenderReportBuilder::new().build())
-                .with(Slot::from(14_000), DeliverFeedback::default()),
+            LegDirection::Sends => {
+                for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+                    media_engine.register_feedback(
+                        RTCPFeedback {
+                            typ: "transport-cc".into(),
+                            parameter: String::new(),
+                        },
+                        kind,
+                    );
+                    media_engine.register_header_extension(
+                        RTCRtpHeaderExtensionCapability {
+                            uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+                        },
+                        kind,
+                        None,
+                    )?;
+                }
+                let bwe = self.bwe;
+                let (estimator, shared) =
+                    Estimator::new(bwe.initial as f64, bwe.min as f64, bwe.max as f64);
+                estimate = Some(shared);
+                Registry::new()
+                    .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                    .with(Slot::from(14_000), DeliverFeedback::default())
+                    .with(
+                        Slot::CongestionControl,
+                        CongestionControlBuilder::new(estimator).build(),
+                    )
+                    .with(
+                        Slot::Pacer,
+                        PacerBuilder::new()
+                            .with_target_bitrate(bwe.max as f64 * PACING_FACTOR)
+                            .with_queue_limit(bwe.pacer_queue_packets)
+                            .build(),
+                    )
+                    .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+            }
         };
         // Audio level (RFC 6464) from publishers drives active-speaker detection.
         media_engine.register_header_extension(
@@ -222,7 +268,7 @@ impl PeerFactory {
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .build(now)?;
-        Ok(pc)
+        Ok((pc, estimate))
     }
 
     /// Adds one host candidate per announced address. Called after the remote offer is set and
@@ -293,6 +339,12 @@ mod tests {
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(15),
             nack_cache_packets: 1024,
+            bwe: crate::sfu::BweConfig {
+                initial: 1_000_000,
+                min: 100_000,
+                max: 20_000_000,
+                pacer_queue_packets: 512,
+            },
         };
         assert_eq!(
             factory

@@ -10,7 +10,7 @@ use tracing::debug;
 use super::engine::Engine;
 use super::error::SfuError;
 use super::simulcast::{self, Wanted};
-use super::{Encoding, MediaLayers, Requester};
+use super::{Encoding, MediaLayers, Requester, ViewerLayers};
 use crate::ids::{PeerId, RoomId, TrackId};
 
 /// How often targets are checked against the layers being sent.
@@ -73,7 +73,7 @@ impl Engine {
         session: PeerId,
         requester: &Requester,
         now: Instant,
-    ) -> Result<Vec<MediaLayers>, SfuError> {
+    ) -> Result<ViewerLayers, SfuError> {
         self.owned_session(room, session, requester, false)?;
         let found = self.video_down_tracks(session, None)?;
         let peer = self.rooms.peer(session).ok_or(SfuError::SessionNotFound)?;
@@ -104,9 +104,14 @@ impl Engine {
                     .collect(),
                 current: rid(down.layer),
                 target: rid(Some(down.target_layer)),
+                paused: (down.allowance == super::allocator::Allowance::Starved)
+                    .then(|| super::PauseReason::Bandwidth.as_str()),
             });
         }
-        Ok(out)
+        Ok(ViewerLayers {
+            estimate: peer.estimate.as_ref().and_then(|e| e.raw_bits_per_second()),
+            layers: out,
+        })
     }
 
     /// A subscriber's video down tracks with a source, as (slot, source, mid), of section
@@ -143,8 +148,10 @@ impl Engine {
         Ok(found)
     }
 
-    /// Every simulcast track's subscribers checked against the layers being sent.
+    /// Every subscriber's bandwidth shared among its tracks, then every simulcast track's
+    /// subscribers checked against the layers being sent and what they are allowed.
     pub(super) fn choose_layers(&mut self, now: Instant) {
+        self.allocate_bandwidth(now);
         let tracks: Vec<TrackId> = self
             .rooms
             .tracks()
@@ -178,7 +185,9 @@ impl Engine {
             else {
                 continue;
             };
-            let ceiling = simulcast::wanted_layer(&track.layers, down.wanted);
+            let ceiling = down
+                .allowance
+                .ceiling(simulcast::wanted_layer(&track.layers, down.wanted));
             let Some(target) = simulcast::choose(&track.layers, ceiling, now) else {
                 continue; // nothing is being sent: keep what it has
             };
@@ -192,6 +201,12 @@ impl Engine {
                 "start"
             } else if !track.layers[usize::from(down.target_layer)].active(now) {
                 "layer_stopped"
+            } else if down.allowance != super::allocator::Allowance::Any
+                && target < down.target_layer
+            {
+                "bandwidth_down"
+            } else if target > down.target_layer && track.layers[usize::from(target)].active(now) {
+                "bandwidth_up"
             } else {
                 "layer_returned"
             };

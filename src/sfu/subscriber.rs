@@ -41,6 +41,8 @@ pub struct DownTrack {
     pub target_layer: u8,
     /// What the subscriber asked for (`set_track`, WHEP's layer resource).
     pub wanted: super::simulcast::Wanted,
+    /// What its share of the subscriber's bandwidth estimate allows (`allocator`).
+    pub allowance: super::allocator::Allowance,
 }
 
 /// What a down track does with a packet of one layer of a simulcast source.
@@ -108,7 +110,21 @@ impl DownTrack {
             layer: None,
             target_layer: 0,
             wanted: super::simulcast::Wanted::Best,
+            allowance: Default::default(),
         }
+    }
+
+    /// Nothing goes out on it: its subscriber paused it, or its bandwidth cannot carry it.
+    #[inline]
+    pub fn held(&self) -> bool {
+        self.paused || self.allowance == super::allocator::Allowance::Starved
+    }
+
+    /// Forwarding resumes after a pause for bandwidth: as after the subscriber's own pause.
+    pub fn resume_from_starvation(&mut self) {
+        let paused = self.paused;
+        self.resume();
+        self.paused = paused;
     }
 
     /// Simulcast: whether a packet of `layer` goes out on this leg. The current layer flows

@@ -34,7 +34,7 @@ impl Engine {
     ) -> Result<Negotiated, SfuError> {
         self.check_capacity(&room_id, &identity, false, &limits)?;
         let id = PeerId::on_engine(self.index as u8);
-        let mut pc = self
+        let (mut pc, estimate) = self
             .factory
             .new_peer_connection(now, super::peer::LegDirection::Sends)?;
         // A data channel gives the offer a section even before any track exists, so ICE and DTLS
@@ -59,6 +59,7 @@ impl Engine {
             negotiation: Default::default(),
             quality: Default::default(),
             dtls_input: false,
+            estimate,
         };
         let sources: Vec<TrackId> = self
             .rooms

@@ -35,6 +35,9 @@ pub struct PublishedTrack {
     pub subscribers: Vec<SubscriberRef>,
     /// Muted by a moderator: packets are dropped instead of forwarded.
     pub muted: bool,
+    /// Allocation order among a subscriber's tracks (higher first): a screen share is raised
+    /// by signaling (`Sfu::set_track_priority`); speakers are raised by the allocator.
+    pub priority: u8,
     /// Audio: the negotiated id of the audio-level header extension, if any.
     pub audio_level_extension: Option<u8>,
     pub audio_level: crate::sfu::speaker::AudioLevel,

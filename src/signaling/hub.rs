@@ -43,7 +43,8 @@ impl Hub {
             SfuEvent::Offer { session, .. }
             | SfuEvent::Connected { session }
             | SfuEvent::Closed { session, .. }
-            | SfuEvent::ConnectionQuality { session, .. } => {
+            | SfuEvent::ConnectionQuality { session, .. }
+            | SfuEvent::TrackPaused { session, .. } => {
                 if let Some(sender) = routes.sessions.get(session) {
                     let _ = sender.send(event);
                 }

@@ -318,6 +318,14 @@ pub enum ServerMessage {
         participant_id: String,
         quality: String,
     },
+    /// To one subscriber: the server stopped (`paused: true`) or resumed forwarding a track it
+    /// receives, of its own accord; `reason` says why (`bandwidth`: its link cannot carry even
+    /// the track's lowest layer now).
+    TrackPaused {
+        track_id: String,
+        paused: bool,
+        reason: String,
+    },
     ChatMessage(ChatView),
     Typing {
         participant_id: String,

@@ -1131,6 +1131,16 @@ impl Session {
                 session, quality, ..
             } => self.quality_changed(session, quality),
             SfuEvent::Closed { session, reason } => self.connection_closed(session, &reason).await,
+            SfuEvent::TrackPaused {
+                session,
+                track,
+                paused,
+                reason,
+            } if Some(session) == self.subscriber => self.send(&ServerMessage::TrackPaused {
+                track_id: track.to_string(),
+                paused,
+                reason: reason.as_str().to_owned(),
+            }),
             _ => {}
         }
     }

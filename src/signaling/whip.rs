@@ -94,7 +94,7 @@ async fn layers(
             Requester::owner(ParticipantId(claims.sub)),
         )
         .await?;
-    Ok(axum::Json(serde_json::json!({ "layers": layers })).into_response())
+    Ok(axum::Json(layers).into_response())
 }
 
 async fn select_layer(

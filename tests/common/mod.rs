@@ -25,6 +25,16 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
+    /// A server listening (HTTP and media) on the host's end of `link` only.
+    pub async fn on_link(link: &netns::Link) -> Self {
+        let host_ip = link.host_ip;
+        Self::start_with(|c| {
+            c.http = std::net::SocketAddr::new(host_ip.into(), 0);
+            c.media_bind_ip = host_ip.into();
+        })
+        .await
+    }
+
     /// Starts a server on 127.0.0.1 with port 0 for HTTP and media, after `adjust` edits the config.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         convene::telemetry::init(convene::config::LogFormat::Pretty);

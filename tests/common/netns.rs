@@ -31,6 +31,9 @@ impl Way {
 
 pub struct Link {
     pub ns: String,
+    /// The veth ends: the host's, and the namespace's.
+    host_if: String,
+    ns_if: String,
     /// The host's end: where a server for the namespace's clients listens.
     pub host_ip: Ipv4Addr,
     pub ns_ip: Ipv4Addr,
@@ -71,18 +74,39 @@ impl Link {
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
         run("ip", &["netns", "add", &ns]);
-        let link = Self { ns, host_ip, ns_ip };
+        let link = Self {
+            ns,
+            host_if,
+            ns_if,
+            host_ip,
+            ns_ip,
+        };
         run(
             "ip",
             &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &link.ns,
+                "link",
+                "add",
+                &link.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &link.ns_if,
+                "netns",
+                &link.ns,
             ],
         );
         run(
             "ip",
-            &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
+            &[
+                "addr",
+                "add",
+                &format!("{host_ip}/30"),
+                "dev",
+                &link.host_if,
+            ],
         );
-        run("ip", &["link", "set", &host_if, "up"]);
+        run("ip", &["link", "set", &link.host_if, "up"]);
         run(
             "ip",
             &[
@@ -92,10 +116,10 @@ impl Link {
                 "add",
                 &format!("{ns_ip}/30"),
                 "dev",
-                &ns_if,
+                &link.ns_if,
             ],
         );
-        run("ip", &["-n", &link.ns, "link", "set", &ns_if, "up"]);
+        run("ip", &["-n", &link.ns, "link", "set", &link.ns_if, "up"]);
         run("ip", &["-n", &link.ns, "link", "set", "lo", "up"]);
         link
     }
@@ -109,6 +133,56 @@ impl Link {
              meta l4proto udp @th,64,2 2 @th,73,7 {payload_type} numgen random mod 100 < {percent} \
              counter drop\n  }}\n}}\n"
         );
+        self.load_rules(&rules);
+    }
+
+    /// Limits the link `way` to `kbit` kbit/s with a token bucket (tbf: 16 kbit burst, 200 ms
+    /// of queue), replacing an earlier limit; `None` lifts it.
+    pub fn limit_rate(&self, way: Way, kbit: Option<u32>) {
+        let mut command: Vec<String> = match way {
+            Way::In => vec![],
+            Way::Out => ["netns", "exec", &self.ns, "tc"].map(String::from).to_vec(),
+        };
+        let device = match way {
+            Way::In => &self.host_if,
+            Way::Out => &self.ns_if,
+        };
+        let program = if way == Way::In { "tc" } else { "ip" };
+        match kbit {
+            Some(kbit) => command.extend(
+                [
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    device,
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{kbit}kbit"),
+                    "burst",
+                    "16kbit",
+                    "latency",
+                    "200ms",
+                ]
+                .map(String::from),
+            ),
+            None => command.extend(["qdisc", "del", "dev", device, "root"].map(String::from)),
+        }
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        run(program, &args);
+    }
+
+    /// Drops `percent` % of every UDP datagram crossing the link `way` (media, RTCP, STUN alike),
+    /// counting them.
+    pub fn drop_udp(&self, way: Way, percent: u8) {
+        self.load_rules(&format!(
+            "table inet impair {{\n  chain {chain} {{\n    type filter hook {chain} priority 0;\n    \
+             meta l4proto udp numgen random mod 100 < {percent} counter drop\n  }}\n}}\n",
+            chain = way.chain()
+        ));
+    }
+
+    fn load_rules(&self, rules: &str) {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns, "nft", "-f", "-"])
             .stdin(Stdio::piped())
@@ -128,6 +202,25 @@ impl Link {
             "nft: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    /// A program that runs `program` inside the namespace with the arguments it is given (a
+    /// shell script in the system's temporary directory, removed with the link): for tools
+    /// that take an executable path, such as a browser driver.
+    pub fn wrapper(&self, program: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path =
+            std::env::temp_dir().join(format!("{}-{}.sh", self.ns, program.replace('/', "_")));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nexec ip netns exec {} {program} \"$@\"\n",
+                self.ns
+            ),
+        )
+        .expect("wrapper written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
     }
 
     /// Datagrams the loss rule of `way` dropped so far.
@@ -168,6 +261,17 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}-", self.ns))
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
 }
