@@ -56,7 +56,7 @@ pub struct Demand {
     /// The bitrate of each layer it may take (lowest first, up to its ask), active ones only:
     /// `(layer, bits/s)`.
     pub options: Vec<(u8, u64)>,
-    /// The layer it has now (upgrades above it need headroom).
+    /// The layer it has now (upgrades above it, and a start, need headroom).
     pub current: Option<u8>,
 }
 
@@ -68,7 +68,8 @@ pub fn allocate(budget: u64, demands: &[Demand]) -> Vec<Allowance> {
     let mut left = budget as f64;
     let cost = |demand: &Demand, option: usize| -> f64 {
         let (layer, rate) = demand.options[option];
-        let headroom = if demand.current.is_some_and(|c| layer > c) {
+        // Climbing, or starting (again, after a pause for bandwidth): with headroom.
+        let headroom = if demand.current.is_none_or(|c| layer > c) {
             UPGRADE_HEADROOM
         } else {
             1.0
@@ -174,11 +175,12 @@ impl Engine {
                 Some(_) => 1,
                 None => 0,
             });
+            let starved = down.allowance == Allowance::Starved;
             demands.push(Demand {
                 slot,
                 priority,
                 options,
-                current: down.layer,
+                current: down.layer.filter(|_| !starved),
             });
         }
         let allowances = allocate(estimate.saturating_sub(audio), &demands);

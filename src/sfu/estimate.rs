@@ -77,7 +77,7 @@ const BACKOFF: f64 = 0.85;
 /// before it (and the delivered rate falls with what is sent), so acting on it again would
 /// compound the cut down to the floor. Another comes only once the queue has drained, or when
 /// overuse outlasts this.
-const DECREASE_HOLD: Duration = Duration::from_millis(1500);
+const DECREASE_HOLD: Duration = Duration::from_millis(600);
 /// Growth per second on a clear path, and near the rate at which the path last overused (for
 /// [`CEILING_MEMORY`] after it), where the next overuse is likely.
 const GROWTH: f64 = 0.10;
@@ -90,7 +90,7 @@ const GROWTH_SLACK: f64 = 300_000.0;
 /// The window the delivered rate and the recent delay are measured over.
 const RATE_WINDOW: Duration = Duration::from_millis(500);
 /// The window loss is measured over.
-const LOSS_WINDOW: Duration = Duration::from_secs(1);
+const LOSS_WINDOW: Duration = Duration::from_secs(2);
 /// The window the standing queue is read over (the smallest delay in it).
 const RECENT_WINDOW: Duration = Duration::from_millis(200);
 /// One decrease cuts at most to this share of the estimate: the delivered rate read right
@@ -183,7 +183,7 @@ impl Estimator {
     }
 
     fn observe(&mut self, now: Instant, reports: &[PacketReport]) {
-        let epoch = *self.epoch.get_or_insert(now);
+        let epoch = *self.epoch.get_or_insert(reports[0].departure);
         let mut lost = 0usize;
         for report in reports {
             let Some(arrival) = report.arrival.filter(|_| report.arrived) else {
@@ -191,8 +191,13 @@ impl Estimator {
                 continue;
             };
             self.arrivals.push_back((arrival, report.size));
-            let departure = report.departure.saturating_duration_since(epoch);
-            let delay = arrival.as_secs_f64() - departure.as_secs_f64();
+            // Signed: a packet may have left before the first one reported.
+            let departure = if report.departure >= epoch {
+                report.departure.duration_since(epoch).as_secs_f64()
+            } else {
+                -epoch.duration_since(report.departure).as_secs_f64()
+            };
+            let delay = arrival.as_secs_f64() - departure;
             self.delays.push_back((now, delay));
             match self.base.back_mut() {
                 Some((at, min)) if now.saturating_duration_since(*at) < Duration::from_secs(1) => {
@@ -225,7 +230,7 @@ impl Estimator {
         {
             self.base.pop_front();
         }
-        // Loss over a second of packets: one feedback's few packets say nothing on their own.
+        // Loss over two seconds of packets (at least 100): a few packets say nothing.
         self.losses.push_back((now, lost, reports.len()));
         while self
             .losses
@@ -238,7 +243,7 @@ impl Estimator {
             .losses
             .iter()
             .fold((0, 0), |(l, r), (_, lost, n)| (l + lost, r + n));
-        self.loss = if reported >= 50 {
+        self.loss = if reported >= 100 {
             lost as f64 / reported as f64
         } else {
             0.0
@@ -327,5 +332,120 @@ impl BandwidthEstimator for Estimator {
 
     fn stats(&self) -> EstimatorStats {
         EstimatorStats::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
+
+    /// Sends `send_bps` through a bottleneck of `link_bps` with a drop-tail queue of at most
+    /// `queue_limit` of delay and random loss `loss`, for `seconds`, feeding the estimator one
+    /// feedback per 50 ms; returns the estimate after each second.
+    fn simulate(
+        estimator: &mut Estimator,
+        send_bps: impl Fn(f64) -> f64,
+        link_bps: impl Fn(f64) -> f64,
+        loss: f64,
+        seconds: u32,
+    ) -> Vec<f64> {
+        let t0 = Instant::now();
+        let base = Duration::from_millis(20);
+        let queue_limit = Duration::from_millis(200);
+        let size = 1200usize;
+        let mut link_free = Duration::ZERO; // when the bottleneck is next idle (since t0)
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % 10_000) as f64 / 10_000.0
+        };
+        let (mut out, mut batch, mut id) = (Vec::new(), Vec::new(), 0u64);
+        let mut sent_at = Duration::ZERO;
+        let end = Duration::from_secs(u64::from(seconds));
+        let mut next_feedback = Duration::from_millis(50);
+        let mut next_second = Duration::from_secs(1);
+        while sent_at < end {
+            // What the allocator would forward: the stream, within the estimate.
+            let rate = send_bps(sent_at.as_secs_f64()).min(estimator.target);
+            sent_at += Duration::from_secs_f64(size as f64 * 8.0 / rate.max(1.0));
+            let start = link_free.max(sent_at);
+            let queued = start - sent_at;
+            let arrived = queued <= queue_limit && random() >= loss;
+            if queued <= queue_limit {
+                let link = link_bps(sent_at.as_secs_f64());
+                link_free = start + Duration::from_secs_f64(size as f64 * 8.0 / link);
+            }
+            id += 1;
+            batch.push(PacketReport {
+                ssrc: 1,
+                id,
+                rtp_sequence_number: id as u16,
+                is_twcc: true,
+                twcc_sequence_number: id as u16,
+                size,
+                arrived,
+                departure: t0 + sent_at,
+                arrival: arrived.then(|| link_free + base + Duration::from_secs(7)),
+                ecn: Ecn::NotEct,
+            });
+            if sent_at >= next_feedback {
+                estimator.on_reports(t0 + sent_at + base, &std::mem::take(&mut batch));
+                next_feedback += Duration::from_millis(50);
+            }
+            if sent_at >= next_second {
+                out.push(estimator.target);
+                next_second += Duration::from_secs(1);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_link_slower_than_the_stream_brings_the_estimate_to_its_rate_and_not_below() {
+        let (mut estimator, shared) = Estimator::new(1_000_000.0, 100_000.0, 20_000_000.0);
+        // 900 kbit/s offered into 600 kbit/s.
+        let trace = simulate(&mut estimator, |_| 900_000.0, |_| 600_000.0, 0.0, 20);
+        let settled = &trace[5..];
+        assert!(
+            shared.bits_per_second().is_some(),
+            "the path showed a limit"
+        );
+        for estimate in settled {
+            assert!(
+                (300_000.0..=750_000.0).contains(estimate),
+                "near the link's 600k, not collapsed: {trace:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_loss_below_the_threshold_does_not_move_the_estimate_down() {
+        let (mut estimator, shared) = Estimator::new(1_000_000.0, 100_000.0, 20_000_000.0);
+        let trace = simulate(&mut estimator, |_| 800_000.0, |_| 10e6, 0.05, 10);
+        assert!(
+            shared.bits_per_second().is_none(),
+            "5% loss with no queue is no limit: {trace:?}"
+        );
+        assert!(trace.windows(2).all(|w| w[1] >= w[0]), "{trace:?}");
+    }
+
+    #[test]
+    fn a_clear_path_lets_the_estimate_grow_a_limited_one_stops_it() {
+        let (mut estimator, _) = Estimator::new(500_000.0, 100_000.0, 20_000_000.0);
+        let trace = simulate(&mut estimator, |_| 2_000_000.0, |_| 10e6, 0.0, 8);
+        assert!(
+            trace.last().unwrap() > &(500_000.0 * 1.5),
+            "grows about 10%/s: {trace:?}"
+        );
+        // Lifting a limit: 600k for 10 s, then 5 Mbit/s: the estimate climbs past 1 Mbit/s
+        // within 10 s of the lift.
+        let (mut estimator, _) = Estimator::new(1_000_000.0, 100_000.0, 20_000_000.0);
+        let link = |t: f64| if t < 10.0 { 600_000.0 } else { 5_000_000.0 };
+        let trace = simulate(&mut estimator, |_| 1_500_000.0, link, 0.0, 20);
+        assert!(trace[9] < 800_000.0, "limited: {trace:?}");
+        assert!(trace[19] > 1_000_000.0, "lifted: {trace:?}");
     }
 }
