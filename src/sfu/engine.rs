@@ -588,6 +588,7 @@ impl Engine {
                     subscribers: Vec::new(),
                     muted: false,
                     priority: 0,
+                    dynacast: Default::default(),
                     audio_level_extension,
                     audio_level: Default::default(),
                 },

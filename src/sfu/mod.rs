@@ -159,6 +159,13 @@ pub enum SfuEvent {
     },
     /// ICE and DTLS are up.
     Connected { session: PeerId },
+    /// Dynacast: which encodings (by RID) of one of its simulcast tracks a publisher should
+    /// send, since nobody receives the others (`track` is the publisher's own track id).
+    EncodingsNeeded {
+        session: PeerId,
+        track: String,
+        active: Vec<(String, bool)>,
+    },
     /// The SFU stopped (or resumed) forwarding one track to a subscriber of its own accord.
     TrackPaused {
         session: PeerId,

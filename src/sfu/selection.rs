@@ -155,7 +155,7 @@ impl Engine {
         let tracks: Vec<TrackId> = self
             .rooms
             .tracks()
-            .filter(|t| t.is_simulcast() && !t.subscribers.is_empty())
+            .filter(|t| t.is_simulcast())
             .map(|t| t.id)
             .collect();
         for track in tracks {
@@ -177,6 +177,8 @@ impl Engine {
             return;
         }
         let mut keyframes = [false; simulcast::MAX_LAYERS];
+        // Dynacast: the layers some subscriber wants (within its bandwidth), sent or not.
+        let mut needed = vec![false; track.layers.len()];
         for subscriber in &track.subscribers {
             let Some(down) = room
                 .peers
@@ -188,6 +190,11 @@ impl Engine {
             let ceiling = down
                 .allowance
                 .ceiling(simulcast::wanted_layer(&track.layers, down.wanted));
+            if !down.held() && !down.removed {
+                if let Some(need) = needed.get_mut(ceiling) {
+                    *need = true;
+                }
+            }
             let Some(target) = simulcast::choose(&track.layers, ceiling, now) else {
                 continue; // nothing is being sent: keep what it has
             };
@@ -214,6 +221,18 @@ impl Engine {
             down.target_layer = target;
             if down.layer != Some(target) {
                 keyframes[usize::from(target)] = true;
+            }
+        }
+        let (publisher, publisher_track) = (track.publisher, track.publisher_track_id.clone());
+        let rids: Vec<String> = track.layers.iter().map(|l| l.rid.clone()).collect();
+        if let Some(track) = room.tracks.get_mut(&track_id) {
+            if let Some(active) = track.dynacast.update(&needed, now) {
+                debug!(%track_id, ?active, "dynacast");
+                let _ = self.events.send(super::SfuEvent::EncodingsNeeded {
+                    session: publisher,
+                    track: publisher_track,
+                    active: rids.into_iter().zip(active).collect(),
+                });
             }
         }
         for (layer, _) in keyframes.iter().enumerate().filter(|(_, k)| **k) {

@@ -22,6 +22,45 @@ pub const LAYER_IDLE: Duration = Duration::from_millis(1_500);
 /// How often a layer's bitrate is measured.
 const RATE_WINDOW: Duration = Duration::from_millis(500);
 
+/// Dynacast: a layer nobody has needed for this long is no longer encoded (the publisher is
+/// told); one needed again is resumed at once.
+pub const UNNEEDED_FOR: Duration = Duration::from_secs(2);
+
+/// What a simulcast track's publisher was last told to encode, and since when each layer has
+/// gone unneeded.
+#[derive(Debug, Default, Clone)]
+pub struct Dynacast {
+    pub told: Option<Vec<bool>>,
+    pub unneeded_since: [Option<Instant>; MAX_LAYERS],
+}
+
+impl Dynacast {
+    /// The layers to encode now, given those some subscriber needs (the lowest always: a new
+    /// subscriber starts on it at once); `Some` when that differs from what was last told.
+    pub fn update(&mut self, needed: &[bool], now: Instant) -> Option<Vec<bool>> {
+        let active: Vec<bool> = needed
+            .iter()
+            .enumerate()
+            .map(|(i, &need)| {
+                let since = &mut self.unneeded_since[i.min(MAX_LAYERS - 1)];
+                if need || i == 0 {
+                    *since = None;
+                    return true;
+                }
+                let since = *since.get_or_insert(now);
+                now.saturating_duration_since(since) < UNNEEDED_FOR
+            })
+            .collect();
+        let changed = self.told.as_ref() != Some(&active);
+        // Nothing to say before the first change: publishers start with every layer on.
+        if changed && (self.told.is_some() || active.iter().any(|a| !a)) {
+            self.told = Some(active.clone());
+            return Some(active);
+        }
+        None
+    }
+}
+
 pub struct Layer {
     /// Its RTP stream id (empty for a track that is not simulcast).
     pub rid: String,

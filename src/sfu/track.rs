@@ -38,6 +38,8 @@ pub struct PublishedTrack {
     /// Allocation order among a subscriber's tracks (higher first): a screen share is raised
     /// by signaling (`Sfu::set_track_priority`); speakers are raised by the allocator.
     pub priority: u8,
+    /// Simulcast: which layers the publisher was told to encode.
+    pub dynacast: super::simulcast::Dynacast,
     /// Audio: the negotiated id of the audio-level header extension, if any.
     pub audio_level_extension: Option<u8>,
     pub audio_level: crate::sfu::speaker::AudioLevel,

@@ -44,7 +44,8 @@ impl Hub {
             | SfuEvent::Connected { session }
             | SfuEvent::Closed { session, .. }
             | SfuEvent::ConnectionQuality { session, .. }
-            | SfuEvent::TrackPaused { session, .. } => {
+            | SfuEvent::TrackPaused { session, .. }
+            | SfuEvent::EncodingsNeeded { session, .. } => {
                 if let Some(sender) = routes.sessions.get(session) {
                     let _ = sender.send(event);
                 }

@@ -318,6 +318,13 @@ pub enum ServerMessage {
         participant_id: String,
         quality: String,
     },
+    /// To a publisher (dynacast): which encodings (RID → on) of its simulcast track `track_id`
+    /// (its own track id) to send; nobody receives the others. Apply with
+    /// `RTCRtpSender.setParameters` (`encodings[i].active`).
+    Encodings {
+        track_id: String,
+        active: std::collections::BTreeMap<String, bool>,
+    },
     /// To one subscriber: the server stopped (`paused: true`) or resumed forwarding a track it
     /// receives, of its own accord; `reason` says why (`bandwidth`: its link cannot carry even
     /// the track's lowest layer now).

@@ -1131,6 +1131,14 @@ impl Session {
                 session, quality, ..
             } => self.quality_changed(session, quality),
             SfuEvent::Closed { session, reason } => self.connection_closed(session, &reason).await,
+            SfuEvent::EncodingsNeeded {
+                session,
+                track,
+                active,
+            } if Some(session) == self.publisher => self.send(&ServerMessage::Encodings {
+                track_id: track,
+                active: active.into_iter().collect(),
+            }),
             SfuEvent::TrackPaused {
                 session,
                 track,

@@ -6,7 +6,9 @@
 //     PASSCODE=4321 HOST_LOGIN=alice HOST_PASSWORD=... node tests/browser/meeting.mjs
 //
 // Scenarios: the host signs in through the page and creates a meeting there; sign-up; the
-// pre-join check (preview, devices, level meter, join muted); two then three participants see each other's
+// pre-join check (preview, devices, level meter, join muted); two participants see each other,
+// the host's camera goes out as simulcast and Bob's tile size picks its layer (dynacast turns
+// the unneeded top layer off and on again); then three participants see each other's
 // video decoding (framesDecoded > 0 via getStats); chat reaches the others; screen share reaches
 // the others; hand raise, moderator mute and promotion show; a dropped socket resumes; a schedule
 // change shows live; the host removes a participant, whose page says so;
@@ -124,6 +126,25 @@ async function main() {
   await seesVideo(host, 'host', ['Bob']);
   await seesVideo(bob, 'Bob', [hostName]);
   info('PASS two participants see each other');
+
+  // Simulcast and dynacast: the host's 720p camera goes out as q/h/f. In a small window Bob's
+  // tile of it asks for less than f, so nobody needs f and the host stops encoding it; a large
+  // window makes the tile ask for f, and the host sends it again.
+  await until(host, 'the host publishes its camera as q/h/f', () =>
+    window.convene.encodings().map((e) => e.rid).join() === 'q,h,f');
+  await bob.setViewportSize({ width: 640, height: 400 });
+  await until(bob, "Bob's small tile receives a layer below f", (n) => {
+    const w = window.convene.received()[n];
+    return w > 0 && w < 1280;
+  }, hostName);
+  await until(host, 'the host stops encoding f (nobody needs it)', () =>
+    window.convene.encodings().find((e) => e.rid === 'f')?.active === false);
+  await bob.setViewportSize({ width: 1920, height: 1080 });
+  await until(host, 'the host encodes f again for a large tile', () =>
+    window.convene.encodings().find((e) => e.rid === 'f')?.active === true);
+  await until(bob, "Bob's large tile receives f", (n) => window.convene.received()[n] === 1280, hostName);
+  await bob.setViewportSize({ width: 1280, height: 720 });
+  info('PASS simulcast layers follow tile sizes, dynacast stops and resumes f');
 
   // Three.
   // Cara goes through the pre-join check: preview, devices, level meter, join muted.

@@ -32,6 +32,15 @@ window.convene = {
   get me() { return st.me; },
   participants: () => [...st.participants.values()].map((p) => ({ id: p.participant_id, name: p.display_name, role: p.role })),
   stats,
+  /** The camera's simulcast encodings as sent now (dynacast turns them on and off). */
+  encodings: () => {
+    const entry = st.local.cam && st.session?.local.get(st.local.cam.id);
+    return (entry?.sender?.getParameters().encodings || []).map((e) => ({ rid: e.rid, active: e.active }));
+  },
+  /** The size of each remote camera tile's video, by display name. */
+  received: () => Object.fromEntries([...st.participants.values()]
+    .filter((p) => p.participant_id !== st.me?.participant_id)
+    .map((p) => [p.display_name, document.querySelector(`.tile[data-key="${CSS.escape(p.identity)}"] video`)?.videoWidth || 0])),
   // For tests and debugging: drops the socket as a network loss would (the client resumes).
   dropSocket: () => st.session?.ws?.close(4000, 'simulated drop'),
 };
@@ -102,7 +111,9 @@ function bindHome() {
 async function getMedia(camId, micId) {
   stopLocal();
   st.deviceWarning = null;
-  const video = camId ? { deviceId: { exact: camId } } : true;
+  // 720p when the camera has it: the top of the three simulcast encodings.
+  const hd = { width: { ideal: 1280 }, height: { ideal: 720 } };
+  const video = camId ? { deviceId: { exact: camId }, ...hd } : hd;
   const audio = micId ? { deviceId: { exact: micId } } : true;
   let stream = null;
   try {
@@ -341,6 +352,18 @@ function onEvent(msg) {
       st.speaking = new Set(msg.speakers.map((s) => s.participant_id));
       render();
       return;
+    case 'track_paused': {
+      // The server stopped (or resumed) a track for us, e.g. our link cannot carry it now.
+      const t = document.querySelector(`.tile[data-video-track="${CSS.escape(msg.track_id)}"]`);
+      if (t) {
+        t.classList.toggle('paused', msg.paused);
+        t.dataset.paused = msg.paused ? msg.reason : '';
+        t.title = msg.paused ? `Video paused: ${msg.reason === 'bandwidth' ? 'your connection is too slow for it now' : msg.reason}` : '';
+      }
+      return render();
+    }
+    case 'encodings':
+      return;
     case 'connection_quality':
       st.quality.set(msg.participant_id, msg.quality);
       if (msg.participant_id === st.me?.participant_id) $('#quality').textContent = `${qualityIcon(msg.quality)} ${msg.quality}`;
@@ -456,12 +479,39 @@ async function toggleScreen() {
   b.setAttribute('aria-pressed', String(!!st.local.screen));
 }
 
+/** Each remote video asks the server for the layer its tile shows (set_track with the tile's
+ *  size in device pixels; paused while the tile is hidden), and again when the tile changes. */
+const asked = new Map(); // server track id -> last ask (JSON)
+const sizes = new ResizeObserver((entries) => {
+  for (const e of entries) askForTile(e.target);
+});
+function askForTile(t) {
+  const trackId = t.dataset.videoTrack;
+  if (!trackId || !st.session) return;
+  const box = t.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  const hidden = box.width < 2 || box.height < 2 || t.hidden || document.hidden;
+  const ask = hidden
+    ? { paused: true }
+    : { paused: false, width: Math.max(1, Math.round(box.width * dpr)), height: Math.max(1, Math.round(box.height * dpr)) };
+  const key = JSON.stringify(ask);
+  if (asked.get(trackId) === key) return;
+  asked.set(trackId, key);
+  st.session.send({ type: 'set_track', track_id: trackId, ...ask });
+}
+document.addEventListener('visibilitychange', () => document.querySelectorAll('.tile[data-video-track]').forEach(askForTile));
+
 function onTrack(track, identity) {
   const info = st.tracks.get(track.id);
   const source = info?.source || (track.kind === 'audio' ? 'microphone' : 'camera');
   const key = source.startsWith('screen') ? `${identity}:screen` : identity;
   const p = identityName(identity);
   const t = tile(key, p ? p.display_name : identity);
+  if (track.kind === 'video') {
+    t.dataset.videoTrack = track.id;
+    sizes.observe(t);
+    askForTile(t);
+  }
   const video = t.querySelector('video');
   const stream = video.srcObject || new MediaStream();
   for (const old of stream.getTracks()) if (old.kind === track.kind) stream.removeTrack(old);
@@ -470,6 +520,14 @@ function onTrack(track, identity) {
   video.play().catch(() => {});
   render();
 }
+
+/** The size of the video a tile receives now (the simulcast layer the server chose for it). */
+function receivedSize(t) {
+  const v = t.querySelector('video');
+  return v && v.videoWidth ? `${v.videoWidth}×${v.videoHeight}` : null;
+}
+// Layers change without any message: refresh the labels now and then.
+setInterval(() => { if (st.me) render(); }, 2000);
 
 function render() {
   if (!st.me) return;
@@ -486,6 +544,8 @@ function render() {
       camOff: self ? st.local.camOff : muted.has('camera'),
       hand: p.hand_raised,
       quality: st.quality.get(p.participant_id),
+      paused: t.dataset.paused || null,
+      layer: self ? null : receivedSize(t),
     });
     const screen = document.querySelector(`.tile[data-key="${CSS.escape(p.identity + ':screen')}"]`);
     if (screen) setLabel(screen, `${p.display_name}'s screen`);

@@ -65,6 +65,10 @@ export class Session {
       case 'offer':
         await this.answerOffer(msg);
         return;
+      case 'encodings':
+        await this.setActiveEncodings(msg.track_id, msg.active || {});
+        this.opts.onEvent(msg);
+        return;
       case 'token_refreshed':
         // Join tokens are short-lived; the next resume needs a current one.
         this.token = msg.join_token;
@@ -111,13 +115,45 @@ export class Session {
     this.send({ type: 'answer', sdp: this.sub.localDescription.sdp });
   }
 
+  /** Sends `entry`'s track on the publisher connection: a camera as three simulcast encodings
+   *  (RID q/h/f: a quarter, half and full size), everything else as one. */
+  attach(pc, entry) {
+    const simulcast = entry.source === 'camera' && entry.track.kind === 'video' &&
+      (entry.track.getSettings?.().height || 0) >= 360;
+    if (!simulcast) return pc.addTrack(entry.track, entry.stream);
+    const transceiver = pc.addTransceiver(entry.track, {
+      direction: 'sendonly',
+      streams: [entry.stream],
+      sendEncodings: [
+        { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+        { rid: 'f', maxBitrate: 1_500_000 },
+      ],
+    });
+    return transceiver.sender;
+  }
+
+  /** Dynacast: the server says which encodings of one of our tracks someone receives; the
+   *  others stop encoding (saves uplink and CPU) until someone needs them again. */
+  async setActiveEncodings(trackId, active) {
+    const sender = this.local.get(trackId)?.sender;
+    if (!sender) return;
+    const params = sender.getParameters();
+    let changed = false;
+    for (const encoding of params.encodings || []) {
+      const want = active[encoding.rid];
+      if (typeof want === 'boolean' && encoding.active !== want) { encoding.active = want; changed = true; }
+    }
+    if (changed) await sender.setParameters(params);
+  }
+
   /** Adds a local track (declared first) and renegotiates. */
   async addTrack(track, source, stream) {
     const entry = { track, source, stream, sender: null };
     this.local.set(track.id, entry);
     if (this.pub) {
       this.send({ type: 'publish', source, track_id: track.id });
-      entry.sender = this.pub.addTrack(track, stream);
+      entry.sender = this.attach(this.pub, entry);
       await this.renegotiate();
     }
   }
@@ -139,7 +175,7 @@ export class Session {
     pc.onconnectionstatechange = () => this.opts.onEvent({ type: 'pc_state', which: 'publisher', state: pc.connectionState });
     for (const entry of this.local.values()) {
       this.send({ type: 'publish', source: entry.source, track_id: entry.track.id });
-      entry.sender = pc.addTrack(entry.track, entry.stream);
+      entry.sender = this.attach(pc, entry);
     }
     if (this.local.size) await this.renegotiate();
   }

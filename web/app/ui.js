@@ -45,13 +45,18 @@ export function removeTile(key) {
   document.querySelector(`.tile[data-key="${CSS.escape(key)}"]`)?.remove();
 }
 
-export function setLabel(t, name, { micMuted, camOff, hand, quality } = {}) {
+export function setLabel(t, name, { micMuted, camOff, hand, quality, paused, layer } = {}) {
   const label = t.querySelector('.label');
   label.textContent = name;
   if (micMuted) label.append(el('span', { class: 'badge', title: 'Microphone muted', 'aria-label': 'microphone muted' }, 'mic off'));
   if (camOff) label.append(el('span', { class: 'badge', title: 'Camera off', 'aria-label': 'camera off' }, 'cam off'));
   if (hand) label.append(el('span', { class: 'badge', title: 'Hand raised', 'aria-label': 'hand raised' }, 'hand up'));
   if (quality) label.append(el('span', { class: 'badge', title: `Connection ${quality}`, 'aria-label': `connection ${quality}` }, qualityIcon(quality)));
+  if (paused) {
+    label.append(el('span', { class: 'badge', title: 'Video paused: your connection cannot carry it now', 'aria-label': `video paused (${paused})` }, `paused: ${paused}`));
+  } else if (layer) {
+    label.append(el('span', { class: 'badge', title: `Receiving ${layer}`, 'aria-label': `receiving ${layer}` }, layer));
+  }
 }
 
 export function qualityIcon(q) {
