@@ -43,6 +43,10 @@ pub struct Metrics {
     pub subscriber_estimate: prometheus::Histogram,
     /// Keyframe requests by kind (`pli`, `fir`) and direction (`received`, `sent`).
     pub keyframe_requests: IntCounterVec,
+    /// Keyframes the SFU wanted from publishers, by reason (`subscriber_joined`,
+    /// `subscriber_pli`, `layer_switch`, `resume`, `source_changed`, `first_packet`,
+    /// `deferred`), before the per-layer throttle.
+    pub keyframes_asked: IntCounterVec,
     /// Packets that could not be forwarded, by reason.
     pub forward_errors: IntCounterVec,
     pub udp_datagrams_dropped: IntCounter,
@@ -157,6 +161,11 @@ impl Metrics {
                 "keyframe_requests_total",
                 "PLI/FIR keyframe requests",
                 &["kind", "direction"],
+            ),
+            keyframes_asked: counter_vec(
+                "keyframe_requests_asked_total",
+                "Keyframes wanted from publishers, by reason, before the throttle",
+                &["reason"],
             ),
             forward_errors: counter_vec(
                 "forward_errors_total",

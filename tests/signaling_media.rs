@@ -373,4 +373,47 @@ async fn a_paused_track_stops_without_renegotiation_and_resumes_from_a_keyframe(
         .send(json!({"type": "set_track", "track_id": "t999", "paused": true, "ref": "x"}));
     let error = bob.ws.expect_where("error", |m| m["ref"] == "x").await;
     assert_eq!(error["code"], "unknown_track", "{error}");
+
+    // A tile's size is taken for a track that is not simulcast (it has one layer), and
+    // nonsense sizes are refused whole, before anything changes.
+    bob.ws
+        .send(json!({"type": "set_track", "track_id": tracks["cam"], "width": 320, "height": 180}));
+    bob.ws.send(json!({"type": "ping", "ref": "after-size"}));
+    bob.ws
+        .expect_where("pong", |m| m["ref"] == "after-size")
+        .await;
+    let got = exchange(&alice, &bob, &tracks, &names, 30).await;
+    assert!(
+        got["cam"] >= 25,
+        "a one-layer track flows at any size: {got:?}"
+    );
+    for (n, bad) in [
+        json!({"width": 320}),
+        json!({"width": 0, "height": 180}),
+        json!({"width": 9000, "height": 180}),
+        json!({"width": 320, "height": 180, "layer": 1}),
+        json!({"layer": 3}),
+        json!({"paused": true, "height": 10}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut message =
+            json!({"type": "set_track", "track_id": tracks["cam"], "ref": format!("bad{n}")});
+        message
+            .as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        bob.ws.send(message);
+        let error = bob
+            .ws
+            .expect_where("error", |m| m["ref"] == format!("bad{n}"))
+            .await;
+        assert_eq!(error["code"], "invalid", "{bad}: {error}");
+    }
+    assert_eq!(
+        server.metric("convene_paused_down_tracks").await,
+        0.0,
+        "the refused pause did not happen"
+    );
 }

@@ -220,7 +220,7 @@ impl Engine {
                 reason: super::PauseReason::Bandwidth,
             });
             if !paused {
-                self.request_keyframes_in_use(track, now);
+                self.request_keyframes_in_use(track, "resume", now);
             }
         }
     }

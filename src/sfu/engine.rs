@@ -250,6 +250,20 @@ impl Engine {
             } => {
                 let _ = reply.send(self.set_paused(session, track, paused, now));
             }
+            Command::SetTrackPriority {
+                track,
+                priority,
+                reply,
+            } => {
+                let result = match self.rooms.track_mut(track) {
+                    Some(track) => {
+                        track.priority = priority;
+                        Ok(())
+                    }
+                    None => Err(SfuError::TrackNotFound),
+                };
+                let _ = reply.send(result);
+            }
             Command::SetWanted {
                 session,
                 track,
@@ -678,13 +692,18 @@ impl Engine {
         self.resync_down_tracks(track_id);
         if !muted {
             // Resuming mid-stream: subscribers need a keyframe to decode again.
-            self.request_keyframes_in_use(track_id, now);
+            self.request_keyframes_in_use(track_id, "resume", now);
         }
         Ok(())
     }
 
     /// A keyframe on every layer of `track_id` a subscriber is on or moving to.
-    pub(super) fn request_keyframes_in_use(&mut self, track_id: TrackId, now: Instant) {
+    pub(super) fn request_keyframes_in_use(
+        &mut self,
+        track_id: TrackId,
+        reason: &'static str,
+        now: Instant,
+    ) {
         let Some(room) = self.rooms.of_track_mut(track_id) else {
             return;
         };
@@ -704,7 +723,7 @@ impl Engine {
             }
         }
         for (layer, _) in wanted.iter().enumerate().filter(|(_, w)| **w) {
-            self.request_keyframe(track_id, layer, now);
+            self.request_keyframe(track_id, layer, reason, now);
         }
     }
 
@@ -761,7 +780,7 @@ impl Engine {
         // Unmuted video resumes mid-stream: subscribers need a keyframe to decode again.
         if !muted {
             for track_id in &changed {
-                self.request_keyframes_in_use(*track_id, now);
+                self.request_keyframes_in_use(*track_id, "resume", now);
             }
         }
         info!(%room, participant = %identity, ?kind, muted, tracks = changed.len(), "mute applied");
@@ -970,7 +989,7 @@ impl Engine {
             })
             .collect();
         for (track_id, layer) in due {
-            self.request_keyframe(track_id, layer, now);
+            self.request_keyframe(track_id, layer, "deferred", now);
         }
         if now >= self.next_layer_check {
             self.next_layer_check = now + LAYER_CHECK_INTERVAL;
@@ -1186,7 +1205,7 @@ impl Engine {
         let first = track.layers[layer].ssrc.is_none();
         track.layers[layer].ssrc = Some(ssrc);
         if first && track.is_video() && !track.subscribers.is_empty() {
-            self.request_keyframe(track_id, layer, now);
+            self.request_keyframe(track_id, layer, "first_packet", now);
         }
     }
 
@@ -1206,7 +1225,7 @@ impl Engine {
             .map(|d| (d.source, usize::from(d.target_layer)))
             .collect();
         for (source, layer) in sources {
-            self.request_keyframe(source, layer, now);
+            self.request_keyframe(source, layer, "subscriber_joined", now);
         }
     }
 
@@ -1294,7 +1313,7 @@ impl Engine {
                 .inc_by(forwarded * packet.payload.len() as u64);
         }
         if wants_keyframe {
-            self.request_keyframe(track_id, 0, now);
+            self.request_keyframe(track_id, 0, "first_packet", now);
         }
     }
 
@@ -1335,7 +1354,7 @@ impl Engine {
         };
         let down = &peer.down_tracks[slot];
         let (source, layer) = (down.source, usize::from(down.target_layer));
-        self.request_keyframe(source, layer, now);
+        self.request_keyframe(source, layer, "subscriber_pli", now);
     }
 
     /// Answers a subscriber's NACKs on one down track from its source's history: each packet
@@ -1405,13 +1424,25 @@ impl Engine {
 
     /// Sends PLI (or FIR) for `track_id` to its publisher, at most once per interval; requests
     /// in between are deferred, not dropped (see `KeyframeThrottle`).
-    pub(super) fn request_keyframe(&mut self, track_id: TrackId, layer: usize, now: Instant) {
+    /// `reason` labels the request in `keyframe_requests_asked_total` (counted before the
+    /// throttle: what asked, not what went out).
+    pub(super) fn request_keyframe(
+        &mut self,
+        track_id: TrackId,
+        layer: usize,
+        reason: &'static str,
+        now: Instant,
+    ) {
         let Some(track) = self.rooms.track_mut(track_id) else {
             return;
         };
         if !track.is_video() {
             return;
         }
+        self.metrics
+            .keyframes_asked
+            .with_label_values(&[reason])
+            .inc();
         let kind = track.keyframe_request_kind();
         let receiver = track.receiver;
         let Some(layer) = track.layers.get_mut(layer) else {

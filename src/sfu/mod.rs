@@ -177,6 +177,10 @@ pub enum SfuEvent {
     Closed { session: PeerId, reason: String },
 }
 
+/// The allocation priority signaling gives a screen share (speakers get 1 or 2 on top of a
+/// track's own; see `allocator.rs`).
+pub const SCREEN_PRIORITY: u8 = 4;
+
 /// Why the SFU paused a track for one subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PauseReason {
@@ -335,6 +339,11 @@ pub(crate) enum Command {
         session: PeerId,
         track: TrackId,
         paused: bool,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    SetTrackPriority {
+        track: TrackId,
+        priority: u8,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
     SetWanted {
@@ -723,6 +732,18 @@ impl Sfu {
                 room,
                 session,
                 requester,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// Where `track` comes in its subscribers' bandwidth allocation (higher first).
+    pub async fn set_track_priority(&self, track: TrackId, priority: u8) -> Result<(), SfuError> {
+        self.call(Route::Track(track), no_track, |reply| {
+            Command::SetTrackPriority {
+                track,
+                priority,
                 reply,
             }
         })

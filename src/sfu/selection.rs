@@ -236,7 +236,7 @@ impl Engine {
             }
         }
         for (layer, _) in keyframes.iter().enumerate().filter(|(_, k)| **k) {
-            self.request_keyframe(track_id, layer, now);
+            self.request_keyframe(track_id, layer, "layer_switch", now);
         }
     }
 }

@@ -143,7 +143,7 @@ impl Engine {
         // A change that came while this offer was out is offered when the peer is serviced.
         self.mark_dirty(session);
         for (source, layer) in keyframes {
-            self.request_keyframe(source, layer, now);
+            self.request_keyframe(source, layer, "subscriber_joined", now);
         }
         Ok(())
     }
@@ -229,7 +229,7 @@ impl Engine {
         } else {
             down.resume();
             if video {
-                self.request_keyframe(track, layer, now);
+                self.request_keyframe(track, layer, "resume", now);
             }
         }
         debug!(%session, %track, paused, "down track paused");

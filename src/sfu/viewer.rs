@@ -210,7 +210,7 @@ impl Engine {
                     .peer(viewer)
                     .and_then(|p| p.down_tracks.get(slot))
                     .map_or(0, |d| usize::from(d.target_layer));
-                self.request_keyframe(track_id, layer, now);
+                self.request_keyframe(track_id, layer, "source_changed", now);
             }
         }
         self.update_gauges();

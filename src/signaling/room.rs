@@ -726,6 +726,19 @@ impl Room {
                     None,
                 );
                 tracing::debug!(participant = %participant_id, track = %track.id, source = source.as_str(), "track published");
+                // A screen share is what viewers most need to read: it gets its share of each
+                // subscriber's bandwidth before cameras do.
+                if source == Source::Screen {
+                    let priority = crate::sfu::SCREEN_PRIORITY;
+                    if let Err(e) = self
+                        .services
+                        .sfu
+                        .set_track_priority(track.id, priority)
+                        .await
+                    {
+                        tracing::debug!(track = %track.id, error = %e, "screen priority not set");
+                    }
+                }
                 // A new track starts forwarding; it follows the participant's mute state.
                 self.apply_mute(participant_id, track.id, muted).await;
             }
