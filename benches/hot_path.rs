@@ -141,5 +141,26 @@ fn token(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, rewrite, demux, token);
+/// One subscriber's allocation (every 250 ms per subscriber): 12 video tracks of three layers
+/// and one of one, shared from an estimate that fits some of them.
+fn allocation(c: &mut Criterion) {
+    use convene::sfu::allocator::{allocate, Demand};
+    let demands: Vec<Demand> = (0..13)
+        .map(|slot| Demand {
+            slot,
+            priority: (slot % 3) as u8,
+            options: if slot == 12 {
+                vec![(0, 900_000)]
+            } else {
+                vec![(0, 150_000), (1, 500_000), (2, 1_500_000)]
+            },
+            current: Some(0),
+        })
+        .collect();
+    c.bench_function("allocate_13_tracks", |b| {
+        b.iter(|| allocate(black_box(4_000_000), black_box(&demands)))
+    });
+}
+
+criterion_group!(benches, rewrite, demux, token, allocation);
 criterion_main!(benches);

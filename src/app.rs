@@ -288,6 +288,7 @@ pub(crate) fn sfu_config(config: &Config) -> SfuConfig {
         ice_failed_timeout: config.ice_failed_timeout,
         nack_cache_packets: config.nack_cache_packets.min(u16::MAX as usize / 2) as u16,
         bwe: crate::sfu::BweConfig {
+            enabled: config.bwe,
             initial: config.bwe_initial_bitrate,
             min: config.bwe_min_bitrate,
             max: config.bwe_max_bitrate,

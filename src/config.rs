@@ -114,10 +114,13 @@ pub struct Config {
     /// A subscriber leg's bandwidth estimate (GCC, from its transport-wide feedback) starts
     /// here and stays within min..=max, in bits per second.
     pub bwe_initial_bitrate: u64,
+    /// Send-side bandwidth estimation on subscriber legs (TWCC numbering, the estimator, the
+    /// allocator and the pacer). Off: every subscriber gets what it asks for, whatever its link.
+    pub bwe: bool,
     pub bwe_min_bitrate: u64,
     pub bwe_max_bitrate: u64,
     /// Packets a subscriber leg's pacer may hold; past it new ones are refused (dropped): a
-    /// link far slower than what is sent must not turn into seconds of queue.
+    /// link far slower than what is sent must not turn into seconds of queue. 0: no pacer.
     pub pacer_queue_packets: usize,
     /// When this many peers (and a quarter of the peak) have gone since the last time, freed
     /// heap is handed back to the system (glibc `malloc_trim`); 0 never does.
@@ -244,6 +247,7 @@ impl Default for Config {
             max_addresses_per_peer: 8,
             nack_cache_packets: 1024,
             bwe_initial_bitrate: 1_000_000,
+            bwe: true,
             bwe_min_bitrate: 100_000,
             bwe_max_bitrate: 20_000_000,
             pacer_queue_packets: 512,
@@ -383,9 +387,6 @@ impl Config {
                 "bwe_initial_bitrate",
                 "needs 0 < bwe_min_bitrate <= bwe_initial_bitrate <= bwe_max_bitrate",
             ));
-        }
-        if self.pacer_queue_packets == 0 {
-            return Err(invalid("pacer_queue_packets", "must be at least 1"));
         }
         if self.nack_cache_packets == 0 || !self.nack_cache_packets.is_power_of_two() {
             return Err(invalid("nack_cache_packets", "must be a power of two"));

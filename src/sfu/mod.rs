@@ -5,7 +5,7 @@
 //! own port; see `engine.rs` and `placement.rs`). No peer state is shared across engines, so
 //! nothing on the media path takes a lock.
 
-mod allocator;
+pub mod allocator;
 mod codecs;
 pub mod demux;
 mod engine;
@@ -285,6 +285,7 @@ pub struct SfuConfig {
 /// Subscriber legs' bandwidth estimation (bits per second) and pacing.
 #[derive(Debug, Clone, Copy)]
 pub struct BweConfig {
+    pub enabled: bool,
     pub initial: u64,
     pub min: u64,
     pub max: u64,

@@ -203,6 +203,9 @@ impl PeerFactory {
                     .with(Slot::from(14_000), DeliverFeedback::default());
                 configure_twcc_receiver_only(registry, &mut media_engine)?
             }
+            LegDirection::Sends if !self.bwe.enabled => Registry::new()
+                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                .with(Slot::from(14_000), DeliverFeedback::default()),
             LegDirection::Sends => {
                 for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
                     media_engine.register_feedback(
@@ -224,21 +227,25 @@ impl PeerFactory {
                 let (estimator, shared) =
                     Estimator::new(bwe.initial as f64, bwe.min as f64, bwe.max as f64);
                 estimate = Some(shared);
-                Registry::new()
+                let registry = Registry::new()
                     .with(Slot::SenderReport, SenderReportBuilder::new().build())
                     .with(Slot::from(14_000), DeliverFeedback::default())
                     .with(
                         Slot::CongestionControl,
                         CongestionControlBuilder::new(estimator).build(),
                     )
-                    .with(
+                    .with(Slot::TwccSender, TwccSenderBuilder::new().build());
+                if bwe.pacer_queue_packets == 0 {
+                    registry
+                } else {
+                    registry.with(
                         Slot::Pacer,
                         PacerBuilder::new()
                             .with_target_bitrate(bwe.max as f64 * PACING_FACTOR)
                             .with_queue_limit(bwe.pacer_queue_packets)
                             .build(),
                     )
-                    .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+                }
             }
         };
         // Audio level (RFC 6464) from publishers drives active-speaker detection.
@@ -340,6 +347,7 @@ mod tests {
             ice_failed_timeout: Duration::from_secs(15),
             nack_cache_packets: 1024,
             bwe: crate::sfu::BweConfig {
+                enabled: true,
                 initial: 1_000_000,
                 min: 100_000,
                 max: 20_000_000,
