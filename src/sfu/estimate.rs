@@ -23,7 +23,7 @@
 //! releasing them at line rate; pacing at the estimate exactly would queue every burst behind
 //! steady media and add its length to the latency.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,6 @@ pub struct Estimate {
     bits_per_second: AtomicU64,
     /// Reports received: 0 until the subscriber's first feedback.
     reports: AtomicU64,
-    /// Loss over the estimator's window, in parts per million.
-    loss_ppm: AtomicU32,
     /// The estimate has fallen at least once: it now says something about the path.
     limited: AtomicBool,
 }
@@ -56,10 +54,6 @@ impl Estimate {
     pub fn raw_bits_per_second(&self) -> Option<u64> {
         (self.reports.load(Ordering::Relaxed) > 0)
             .then(|| self.bits_per_second.load(Ordering::Relaxed))
-    }
-
-    pub fn loss(&self) -> f64 {
-        f64::from(self.loss_ppm.load(Ordering::Relaxed)) / 1e6
     }
 }
 
@@ -315,9 +309,6 @@ impl BandwidthEstimator for Estimator {
         self.out
             .bits_per_second
             .store(self.target as u64, Ordering::Relaxed);
-        self.out
-            .loss_ppm
-            .store((self.loss.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
         self.out.reports.fetch_add(1, Ordering::Relaxed);
     }
 

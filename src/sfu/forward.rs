@@ -13,7 +13,6 @@ use rtc::sansio::Protocol;
 use rustc_hash::FxHashMap;
 
 use super::peer::{Peer, PeerState};
-use super::subscriber::Gate;
 use super::track::PublishedTrack;
 use crate::ids::PeerId;
 use crate::metrics::Metrics;
@@ -47,10 +46,10 @@ pub(super) fn fan_out(
             continue;
         };
         if simulcast {
-            let gate = down.gate(layer, || {
+            let forwarded = down.gate(layer, || {
                 *keyframe.get_or_insert_with(|| track.switchable.starts_keyframe(&packet.payload))
             });
-            if gate == Gate::Drop {
+            if !forwarded {
                 continue;
             }
         }

@@ -45,15 +45,6 @@ pub struct DownTrack {
     pub allowance: super::allocator::Allowance,
 }
 
-/// What a down track does with a packet of one layer of a simulcast source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gate {
-    Forward,
-    /// A keyframe of the target layer: the down track moves to it with this packet.
-    Switched,
-    Drop,
-}
-
 /// The VP8 continuity a down track of `codec` needs, if any.
 pub fn vp8_munger(codec: &RTCRtpCodec) -> Option<super::vp8::Vp8Munger> {
     codec
@@ -131,16 +122,16 @@ impl DownTrack {
     /// until the target's keyframe (`is_keyframe`, asked only when it matters) arrives; then
     /// the leg switches, its sequence, clock and pictures continuous.
     #[inline]
-    pub fn gate(&mut self, layer: u8, is_keyframe: impl FnOnce() -> bool) -> Gate {
+    pub fn gate(&mut self, layer: u8, is_keyframe: impl FnOnce() -> bool) -> bool {
         if self.layer == Some(layer) {
-            return Gate::Forward;
+            return true;
         }
         if layer == self.target_layer && is_keyframe() {
             self.layer = Some(layer);
             self.switch_source();
-            return Gate::Switched;
+            return true;
         }
-        Gate::Drop
+        false
     }
 
     /// The packet as this leg must carry it. Allocation-free: the new header's vectors are
@@ -472,10 +463,10 @@ mod layer_tests {
                 19..=29 => 2,
                 _ => 0,
             };
-            let gate = down.gate(layer, || {
+            let forwarded = down.gate(layer, || {
                 super::super::keyframe::Codec::Vp8.starts_keyframe(&inbound.payload)
             });
-            if gate == Gate::Drop {
+            if !forwarded {
                 continue;
             }
             let now = t0 + Duration::from_millis(frame as u64 * 33);
