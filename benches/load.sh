@@ -3,7 +3,9 @@
 # 2.5 Mbit/s publisher → each subscriber count, for each media_workers value; then two rooms of
 # ROOM_SUBS subscribers at once (two load processes), on 1 engine and on 2.
 # Usage: benches/load.sh           (env: WORKERS="1 2" SUBS="50 100 250 500 1000" WINDOW=20
-#                                   ROOM_SUBS=250 THREADS=1; JSON per run in target/load/)
+#                                   ROOM_SUBS=250 (0: skip the two-room runs) THREADS=1;
+#                                   server config as CONVENE_* env, e.g. CONVENE_BWE=false;
+#                                   JSON per run in target/load/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workers="${WORKERS:-1 2}"
@@ -56,6 +58,7 @@ for w in $workers; do
   done
 done
 
+[ "$room_subs" = 0 ] && exit 0
 echo
 echo "| media_workers | rooms × subscribers | delivery % (room a / b) | server µs/packet | server CPU % | packets received |"
 echo "|---|---|---|---|---|---|"

@@ -287,6 +287,7 @@ pub(crate) fn sfu_config(config: &Config) -> SfuConfig {
         ice_disconnected_timeout: config.ice_disconnected_timeout,
         ice_failed_timeout: config.ice_failed_timeout,
         nack_cache_packets: config.nack_cache_packets.min(u16::MAX as usize / 2) as u16,
+        audio_red: config.audio_red,
         bwe: crate::sfu::BweConfig {
             enabled: config.bwe,
             initial: config.bwe_initial_bitrate,

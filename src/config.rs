@@ -111,6 +111,9 @@ pub struct Config {
     pub max_addresses_per_peer: usize,
     /// RTP packets kept per published track for answering NACKs.
     pub nack_cache_packets: usize,
+    /// Redundant audio (RFC 2198 RED around Opus): asked of publishers that offer it, sent as
+    /// RED to subscribers that accept it and as plain Opus to the others.
+    pub audio_red: bool,
     /// A subscriber leg's bandwidth estimate (GCC, from its transport-wide feedback) starts
     /// here and stays within min..=max, in bits per second.
     pub bwe_initial_bitrate: u64,
@@ -246,6 +249,7 @@ impl Default for Config {
             ice_failed_timeout: Duration::from_secs(15),
             max_addresses_per_peer: 8,
             nack_cache_packets: 1024,
+            audio_red: true,
             bwe_initial_bitrate: 1_000_000,
             bwe: true,
             bwe_min_bitrate: 100_000,

@@ -44,11 +44,16 @@ pub struct Metrics {
     /// Keyframe requests by kind (`pli`, `fir`) and direction (`received`, `sent`).
     pub keyframe_requests: IntCounterVec,
     /// Keyframes the SFU wanted from publishers, by reason (`subscriber_joined`,
-    /// `subscriber_pli`, `layer_switch`, `resume`, `source_changed`, `first_packet`,
-    /// `deferred`), before the per-layer throttle.
+    /// `subscriber_pli`, `layer_switch`, `still_waiting` (a leg whose target keyframe has not
+    /// come), `resume`, `source_changed`, `first_packet`, `deferred`), before the per-layer
+    /// throttle.
     pub keyframes_asked: IntCounterVec,
     /// Packets that could not be forwarded, by reason.
     pub forward_errors: IntCounterVec,
+    /// Redundant audio (RED) from publishers, by how it went out: `red` (to subscribers that
+    /// took RED), `opus` (its primary frame, to those that did not), `recovered` (Opus frames
+    /// of packets lost before the SFU, rebuilt from the next packet's redundancy).
+    pub audio_red: IntCounterVec,
     pub udp_datagrams_dropped: IntCounter,
     /// Datagrams dropped because the socket's send buffer stayed full past the backlog bound.
     pub udp_send_dropped: IntCounter,
@@ -171,6 +176,11 @@ impl Metrics {
                 "forward_errors_total",
                 "Packets not forwarded",
                 &["reason"],
+            ),
+            audio_red: counter_vec(
+                "audio_red_total",
+                "Redundant audio packets from publishers, by how they went out",
+                &["sent_as"],
             ),
             udp_datagrams_dropped: counter(
                 "udp_datagrams_dropped_total",

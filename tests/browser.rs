@@ -9,14 +9,14 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::client::{Kind, WhepSubscriber};
 use common::TestServer;
 
-/// Runs `tests/browser/whip_whep.mjs` against a fresh server with `extra` environment.
-async fn run_browser_test(name: &str, extra: &[(&str, &str)]) {
+/// Runs `tests/browser/whip_whep.mjs` against `server` with `extra` environment.
+async fn run_browser_test(server: &TestServer, name: &str, extra: &[(&str, &str)]) {
     let chromium = common::browser::chromium();
     let root = common::browser::root();
 
-    let server = TestServer::start().await;
     let artifacts = root.join("test-artifacts").join(name);
     let mut command = tokio::process::Command::new("node");
     command.envs(extra.iter().copied());
@@ -56,14 +56,51 @@ async fn run_browser_test(name: &str, extra: &[(&str, &str)]) {
     );
 }
 
-#[tokio::test]
+/// Chromium publishes camera and mic; a Chromium viewer decodes the video and plays the audio
+/// as RED (asked of the publisher, forwarded as is), while a webrtc-rs viewer that does not take
+/// RED gets plain Opus out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_publishes_via_whip_and_another_page_decodes_via_whep() {
-    run_browser_test("whip-whep", &[]).await;
+    let server = TestServer::start().await;
+    // Waits for a publisher (none yet), then watches Chromium's.
+    let plain = WhepSubscriber::connect(
+        &server,
+        "browser",
+        &server.token("browser", "plain-viewer", false, true),
+        None,
+    )
+    .await;
+    run_browser_test(&server, "whip-whep", &[("EXPECT_AUDIO", "1")]).await;
+    let audio = plain.inbox(Kind::Audio).packets;
+    assert!(
+        audio.len() >= 50,
+        "the plain viewer got {} audio packets",
+        audio.len()
+    );
+    assert!(
+        audio.iter().all(|p| p.payload_type == 111),
+        "a viewer without RED gets Opus only"
+    );
+    assert!(
+        server
+            .metric("convene_audio_red_total{sent_as=\"opus\"}")
+            .await
+            >= audio.len() as f64 * 0.9,
+        "its Opus came out of Chromium's RED"
+    );
+    assert!(
+        server
+            .metric("convene_audio_red_total{sent_as=\"red\"}")
+            .await
+            >= 50.0,
+        "the Chromium viewer took RED, and played it"
+    );
 }
 
 /// The WHEP viewer comes first and outlives its publisher: the same session decodes a returning
 /// publisher's video without a new POST.
 #[tokio::test]
 async fn a_chromium_viewer_decodes_a_returning_publisher_without_reposting() {
-    run_browser_test("whep-returning", &[("RETURNING_PUBLISHER", "1")]).await;
+    let server = TestServer::start().await;
+    run_browser_test(&server, "whep-returning", &[("RETURNING_PUBLISHER", "1")]).await;
 }

@@ -83,6 +83,16 @@ async fn participants_meet_chat_share_and_are_moderated_in_chromium() {
         "the three-person screenshot was saved"
     );
 
+    // Chromium offers RED: the SFU asked each publisher for it (its answer leads with RED) and
+    // forwarded it as RED on the room subscriptions, whose answers took it.
+    assert!(
+        server
+            .metric("convene_audio_red_total{sent_as=\"red\"}")
+            .await
+            > 0.0,
+        "meeting audio went out as RED"
+    );
+
     // The kick went through the server, not only the page.
     let (status, people) = server
         .call(

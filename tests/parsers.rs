@@ -91,6 +91,7 @@ proptest! {
                 prop_assert!(codec.mime_type.starts_with("audio/") || codec.mime_type.starts_with("video/"));
             }
             let _ = sdp.sending_tracks();
+            let _ = sdp.red_payload_types();
             let _ = sdp.answer_fragment();
             let _ = sdp.restarted("u", "p", &convene::sfu::IceFragment::default());
         }
@@ -122,6 +123,45 @@ proptest! {
                 }
             }
             _ => {}
+        }
+    }
+
+    #[test]
+    fn red_payloads_parse_within_bounds_or_are_refused(payload in prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..300),
+        // Near-valid: up to five block headers (F bit set) with random lengths, then data.
+        (prop::collection::vec((any::<u16>(), 0usize..1100), 0..6), prop::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(blocks, data)| {
+                let mut out = Vec::new();
+                for (offset, length) in blocks {
+                    out.extend_from_slice(&[0x80 | 111, (offset >> 8) as u8, (offset as u8 & 0xfc) | (length >> 8) as u8 & 3, length as u8]);
+                }
+                out.push(111);
+                out.extend_from_slice(&data);
+                out
+            }),
+    ]) {
+        use convene::sfu::red::{block, Red, MAX_REDUNDANT};
+        if let Some(red) = Red::parse(&payload) {
+            let payload = bytes::Bytes::from(payload);
+            prop_assert!(red.redundant().len() <= MAX_REDUNDANT);
+            let mut end = 0;
+            for b in red.redundant().iter().chain([&red.primary]) {
+                prop_assert!(b.start >= end && b.start <= b.end && b.end <= payload.len());
+                end = b.end;
+                let _ = block(&payload, b);
+            }
+            prop_assert_eq!(red.primary.end, payload.len());
+            let retagged = red.retagged(&payload, 109);
+            prop_assert_eq!(retagged.len(), payload.len());
+            prop_assert_eq!(Red::parse(&retagged).map(|r| r.primary.start), Some(red.primary.start));
+        }
+    }
+
+    #[test]
+    fn vp8_descriptors_parse_or_are_refused(payload in prop::collection::vec(any::<u8>(), 0..12)) {
+        if let Some(temporal) = convene::sfu::vp8::temporal_of(&payload) {
+            prop_assert!(temporal.tid < 4);
         }
     }
 

@@ -417,3 +417,115 @@ async fn a_paused_track_stops_without_renegotiation_and_resumes_from_a_keyframe(
         "the refused pause did not happen"
     );
 }
+
+/// A VP8 L1T3 frame as one packet: picture id, TL0PICIDX and TID in the descriptor (T1 frames
+/// marked layer sync), then the frame's number.
+fn l1t3_frame(n: u16) -> bytes::Bytes {
+    let tid = [0u8, 2, 1, 2][usize::from(n % 4)];
+    let tl0 = (n / 4) as u8;
+    let picture = 1000 + n;
+    let mut payload = vec![
+        0x90,
+        0xe0,
+        0x80 | (picture >> 8) as u8,
+        picture as u8,
+        tl0,
+        (tid << 6) | if tid == 1 { 0x20 } else { 0 },
+    ];
+    payload.extend_from_slice(&n.to_be_bytes());
+    payload.extend(std::iter::repeat_n(0x42, 300));
+    bytes::Bytes::from(payload)
+}
+
+/// (frame number, TID, picture id as received) of what Bob received of `track`.
+fn received_frames(bob: &MediaClient, track: &str) -> Vec<(u16, u8, u16)> {
+    bob.received()
+        .get(track)
+        .map(|t| {
+            t.payloads
+                .iter()
+                .filter(|p| p.len() > 8 && p[1] == 0xe0)
+                .map(|p| {
+                    let n = u16::from_be_bytes([p[6], p[7]]);
+                    let picture = (u16::from(p[2] & 0x7f) << 8) | u16::from(p[3]);
+                    (n, p[5] >> 6, picture)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_frame_rate_cap_drops_upper_vp8_temporal_layers_and_lifts() {
+    let server = TestServer::start().await;
+    let (alice, mut bob, tracks) = pair(&server, &[("camera", "cam")]).await;
+    let cam = &tracks["cam"];
+    // 100 frames/s: T0 25, T1 25, T2 50.
+    let mut n = 0u16;
+    let mut send = |count: u16| {
+        let start = n;
+        n += count;
+        (start..start + count).collect::<Vec<u16>>()
+    };
+    for frame in send(150) {
+        alice.send_payload("cam", Some(l1t3_frame(frame))).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 30 fps: T0 alone (25) falls short, T0+T1 (50) covers it, so T2 goes.
+    bob.ws
+        .send(json!({"type": "set_track", "track_id": cam, "fps": 30}));
+    bob.ws.send(json!({"type": "ping", "ref": "capped"}));
+    bob.ws.expect_where("pong", |m| m["ref"] == "capped").await;
+    let capped = send(120);
+    for frame in &capped {
+        alice.send_payload("cam", Some(l1t3_frame(*frame))).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bob.ws
+        .send(json!({"type": "set_track", "track_id": cam, "fps": 0}));
+    bob.ws.send(json!({"type": "ping", "ref": "lifted"}));
+    bob.ws.expect_where("pong", |m| m["ref"] == "lifted").await;
+    let lifted = send(80);
+    for frame in &lifted {
+        alice.send_payload("cam", Some(l1t3_frame(*frame))).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let got = received_frames(&bob, cam);
+    let in_range = |range: &[u16]| -> Vec<(u16, u8, u16)> {
+        got.iter()
+            .copied()
+            .filter(|(f, _, _)| range.contains(f))
+            .collect()
+    };
+    let during = in_range(&capped[4..]);
+    assert!(
+        during.len() > 50,
+        "T0 and T1 flow under the cap: {}",
+        during.len()
+    );
+    assert!(
+        during.iter().all(|(_, tid, _)| *tid <= 1),
+        "no T2 frame under a 30 fps cap: {during:?}"
+    );
+    let after = in_range(&lifted[4..]);
+    assert!(
+        after.iter().filter(|(_, tid, _)| *tid == 2).count() > 25,
+        "T2 again once lifted: {after:?}"
+    );
+    // Picture ids as received go up by one per frame received: the dropped ones left no hole.
+    for pair in got.windows(2) {
+        let ((fa, _, pa), (fb, _, pb)) = (pair[0], pair[1]);
+        assert!(fb > fa, "in order: {fa} then {fb}");
+        assert_eq!(pb, pa.wrapping_add(1) & 0x7fff, "frames {fa} → {fb}");
+    }
+    // Out-of-range caps are refused.
+    bob.ws
+        .send(json!({"type": "set_track", "track_id": cam, "fps": 1000, "ref": "too-fast"}));
+    let error = bob
+        .ws
+        .expect_where("error", |m| m["ref"] == "too-fast")
+        .await;
+    assert_eq!(error["code"], "invalid", "{error}");
+}

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Registry, Slot};
-use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
@@ -89,10 +91,18 @@ impl ClientPeer {
             .map_err(|e| LoadError::Local(e.to_string()))?;
         // As browsers do: a viewer NACKs what it lost, a publisher answers the server's NACKs
         // from what it sent, so a lossy link shows what retransmission recovers.
+        // A viewer also reports arrivals transport-wide (TWCC), as browsers do: the server's
+        // bandwidth estimation then runs on real feedback, and what it costs is what it costs
+        // behind real viewers (without feedback its send history holds every packet until it
+        // ages out).
         let registry = if publish {
             Registry::new().with(Slot::NackResponder, NackResponderBuilder::new().build())
         } else {
-            Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            configure_twcc_receiver_only(
+                Registry::new().with(Slot::NackGenerator, NackGeneratorBuilder::new().build()),
+                &mut media_engine,
+            )
+            .map_err(|e| LoadError::Local(e.to_string()))?
         };
         let registry = configure_rtcp_reports(registry);
         let mut pc = RTCPeerConnectionBuilder::new()

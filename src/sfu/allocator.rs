@@ -14,8 +14,11 @@
 //! an estimate that hovers at one of them. The estimate (GCC over the subscriber's TWCC feedback)
 //! rises multiplicatively while the path shows no overuse, so sending the next layer is itself
 //! the probe: if the path cannot take it, delay grows and the estimate falls back to what was
-//! delivered (webrtc-rs 0.21 cannot send padding probes: its packetizer adds at most 4 bytes of
-//! padding, and an RTX stream is not numbered transport-wide).
+//! delivered. Separate probes were built and measured, and are not used: webrtc-rs 0.21 pads a
+//! packet by 4 bytes at most and numbers only primary SSRCs transport-wide, and the way around
+//! both (probes marked on the primary SSRC above the pacer, moved to the RTX SSRC next to the
+//! wire) made Chromium 156 stop decoding the video, whether the probes repeated recent packets
+//! or were padding only (see docs/performance.md).
 
 use std::time::Instant;
 

@@ -134,6 +134,7 @@ impl Engine {
                 ice_disconnected_timeout: config.ice_disconnected_timeout,
                 ice_failed_timeout: config.ice_failed_timeout,
                 nack_cache_packets: config.nack_cache_packets,
+                audio_red: config.audio_red,
                 bwe: config.bwe,
             },
             max_peers: config.max_peers,
@@ -272,20 +273,32 @@ impl Engine {
             } => {
                 let _ = reply.send(self.set_wanted(session, track, wanted, now));
             }
+            Command::SetFrameRate {
+                session,
+                track,
+                fps,
+                reply,
+            } => {
+                let _ = reply.send(self.set_frame_rate(session, track, fps));
+            }
             Command::SelectLayer {
                 room,
                 session,
                 requester,
                 media_id,
                 encoding,
+                temporal,
                 reply,
             } => {
                 let result = self.select_layer(
                     &room,
                     session,
                     &requester,
-                    media_id.as_deref(),
-                    encoding.as_deref(),
+                    super::selection::LayerChoice {
+                        media_id: media_id.as_deref(),
+                        encoding: encoding.as_deref(),
+                        temporal,
+                    },
                     now,
                 );
                 let _ = reply.send(result);
@@ -395,6 +408,9 @@ impl Engine {
         };
         pc.set_remote_description(now, offer)
             .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        if direction == LegDirection::Receives {
+            super::codecs::prefer_red(&mut pc, &parsed);
+        }
         self.factory.add_host_candidates(&mut pc)?;
         let answer = pc
             .create_answer(None)
@@ -553,10 +569,11 @@ impl Engine {
             };
             let kind = receiver.track().kind();
             let rtc_track_id = receiver.track().track_id().clone();
-            let Some(codec) = primary_codec(&receiver.get_parameters().rtp_parameters.codecs)
-            else {
+            let codecs = &receiver.get_parameters().rtp_parameters.codecs;
+            let Some(codec) = primary_codec(codecs) else {
                 continue;
             };
+            let red_payload_type = super::codecs::red_payload_type(codecs);
             let audio_level_extension = receiver
                 .get_parameters()
                 .rtp_parameters
@@ -597,6 +614,7 @@ impl Engine {
                     kind,
                     switchable: super::keyframe::Codec::of(&codec.mime_type),
                     codec,
+                    red_payload_type,
                     layers,
                     receiver: Some(receiver_id),
                     subscribers: Vec::new(),
@@ -1287,11 +1305,18 @@ impl Engine {
         let wants_keyframe = first_packet && track.is_video() && !track.subscribers.is_empty();
         let kept = &mut track.layers[layer];
         kept.rate.observe(packet.payload.len(), now);
+        // VP8: the temporal layer, read once here for the layer's frame rates and for the legs
+        // that cap theirs.
+        let mut temporal = None;
         if track.switchable == super::keyframe::Codec::Vp8 {
             // A layer's size, for choosing by tile size: every VP8 keyframe states it (a few
             // bytes read per packet).
             if let Some(Some(size)) = super::keyframe::vp8_keyframe(&packet.payload) {
                 kept.size = Some(size);
+            }
+            temporal = super::vp8::temporal_of(&packet.payload);
+            if let Some(t) = temporal.filter(|t| t.frame_start) {
+                kept.frame_rates.observe(t.tid, now);
             }
         }
         if !track.muted {
@@ -1300,8 +1325,11 @@ impl Engine {
             }
             let forwarded = super::forward::fan_out(
                 track,
-                layer as u8,
-                &packet,
+                super::forward::Inbound {
+                    packet: &packet,
+                    layer: layer as u8,
+                    temporal,
+                },
                 now,
                 &mut room.peers,
                 &mut self.dirty,
@@ -1395,15 +1423,15 @@ impl Engine {
             .into_iter()
             .take(MAX_RETRANSMITS_PER_RTCP)
         {
-            let Some(source) = down
+            let Some((source, picture_offset)) = down
                 .munger
                 .source_sequence(sequence)
-                .and_then(|s| history.get(s))
+                .and_then(|(s, picture)| history.get(s).map(|packet| (packet, picture)))
             else {
                 missed += 1;
                 continue;
             };
-            let again = down.rewrite_again(payload_type, &source);
+            let again = down.rewrite_again(payload_type, &source, sequence, picture_offset);
             let written = peer.pc.handle_write(TaggedRTCMessage {
                 now,
                 message: RTCMessage::RtpPacket(String::new(), again),
@@ -1717,9 +1745,35 @@ fn dtls_closed(pc: &mut RTCPeerConnection) -> bool {
     state == Some(RTCDtlsTransportState::Closed)
 }
 
-/// After negotiation: the payload type each down track must use on its subscriber's leg.
+/// After negotiation: the payload type each down track must use on its subscriber's leg, and
+/// whether it may carry redundant audio (the subscriber's side of the SDP lists RED on its
+/// section: only then, whatever webrtc-rs put in an answer of ours).
 pub(super) fn resolve_payload_types(peer: &mut Peer) {
+    let red_sections = peer
+        .pc
+        .remote_description()
+        .and_then(|d| Sdp::parse(&d.sdp).ok())
+        .map(|sdp| sdp.red_payload_types())
+        .unwrap_or_default();
+    let mids: Vec<(rtc::rtp_transceiver::RTCRtpSenderId, String)> = if red_sections.is_empty() {
+        Vec::new()
+    } else {
+        let transceivers: Vec<_> = peer.pc.get_transceivers().collect();
+        transceivers
+            .into_iter()
+            .filter_map(|id| {
+                let transceiver = peer.pc.rtp_transceiver(id)?;
+                Some((transceiver.sender()?, transceiver.mid().clone()?))
+            })
+            .collect()
+    };
     for down in peer.down_tracks.iter_mut().filter(|d| !d.removed) {
+        down.red_payload_type = mids
+            .iter()
+            .find(|(sender, _)| *sender == down.sender)
+            .and_then(|(_, mid)| red_sections.iter().find(|(m, _)| m == mid))
+            .filter(|_| !down.kind_is_video)
+            .map(|(_, pt)| *pt);
         let Some(mut sender) = peer.pc.rtp_sender(down.sender) else {
             continue;
         };

@@ -18,6 +18,7 @@ pub mod keyframe;
 mod peer;
 mod placement;
 pub mod quality;
+pub mod red;
 mod room;
 pub mod rtcp;
 pub mod sdp;
@@ -106,6 +107,9 @@ pub struct Encoding {
     pub height: Option<u16>,
     /// Measured, bits per second.
     pub bitrate: u64,
+    /// VP8: frames per second of each temporal layer (`[base, ...]`), when it has any.
+    #[serde(rename = "temporalFrameRates", skip_serializing_if = "Vec::is_empty")]
+    pub temporal_frame_rates: Vec<u16>,
 }
 
 /// Audio or video, for moderation that acts on one kind of a participant's tracks.
@@ -275,6 +279,8 @@ pub struct SfuConfig {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub nack_cache_packets: u16,
+    /// Redundant audio negotiated on every leg (see `codecs.rs`).
+    pub audio_red: bool,
     pub bwe: BweConfig,
     /// How often active speakers are ranked (a change is announced at most this often).
     pub active_speaker_interval: Duration,
@@ -353,12 +359,19 @@ pub(crate) enum Command {
         wanted: simulcast::Wanted,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
+    SetFrameRate {
+        session: PeerId,
+        track: TrackId,
+        fps: Option<u16>,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
     SelectLayer {
         room: RoomId,
         session: PeerId,
         requester: Requester,
         media_id: Option<String>,
         encoding: Option<String>,
+        temporal: Option<u8>,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
     Layers {
@@ -699,7 +712,8 @@ impl Sfu {
     }
 
     /// WHEP layer selection: `requester`'s viewer session takes encoding `encoding` (a RID; the
-    /// best when `None`) of the video in section `media_id` (every video section when `None`).
+    /// best when `None`) of the video in section `media_id` (every video section when `None`),
+    /// up to VP8 temporal layer `temporal` (every one when `None`).
     pub async fn select_layer(
         &self,
         room: RoomId,
@@ -707,6 +721,7 @@ impl Sfu {
         requester: Requester,
         media_id: Option<String>,
         encoding: Option<String>,
+        temporal: Option<u8>,
     ) -> Result<(), SfuError> {
         self.call(Route::Session(session), no_session, |reply| {
             Command::SelectLayer {
@@ -715,6 +730,7 @@ impl Sfu {
                 requester,
                 media_id,
                 encoding,
+                temporal,
                 reply,
             }
         })
@@ -764,6 +780,25 @@ impl Sfu {
                 session,
                 track,
                 wanted,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// Caps the frame rate a room subscriber receives of one track (`None`: no cap); VP8
+    /// temporal layers above the cap are dropped (see `DownTrack::temporal_gate`).
+    pub async fn set_frame_rate(
+        &self,
+        session: PeerId,
+        track: TrackId,
+        fps: Option<u16>,
+    ) -> Result<(), SfuError> {
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::SetFrameRate {
+                session,
+                track,
+                fps,
                 reply,
             }
         })

@@ -152,6 +152,7 @@ pub struct PeerFactory {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub nack_cache_packets: u16,
+    pub audio_red: bool,
     pub bwe: super::BweConfig,
 }
 
@@ -173,6 +174,9 @@ impl PeerFactory {
             }
             // The same, with their RTX pairs.
             LegDirection::Sends => media_engine.register_default_codecs()?,
+        }
+        if self.audio_red {
+            super::codecs::register_red(&mut media_engine)?;
         }
         // Video feedback the SFU relies on: NACK (retransmission), PLI and FIR (keyframes).
         for (typ, parameter) in [("nack", ""), ("nack", "pli"), ("ccm", "fir")] {
@@ -346,6 +350,7 @@ mod tests {
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(15),
             nack_cache_packets: 1024,
+            audio_red: true,
             bwe: crate::sfu::BweConfig {
                 enabled: true,
                 initial: 1_000_000,

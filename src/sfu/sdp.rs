@@ -164,6 +164,25 @@ impl Sdp {
             .collect()
     }
 
+    /// Audio sections that accept redundant audio: their mid and `audio/red` payload type (a
+    /// `red/48000/2` format listed on the m-line).
+    pub fn red_payload_types(&self) -> Vec<(String, u8)> {
+        self.media()
+            .filter(|(kind, m)| *kind == MediaKind::Audio && m.media_name.port.value != 0)
+            .filter_map(|(_, m)| {
+                let mid = m.attribute("mid").flatten()?.to_owned();
+                let codecs = m.codecs();
+                let red = m.media_name.formats.iter().find_map(|pt| {
+                    let pt: u8 = pt.parse().ok()?;
+                    let codec = codecs.get(&pt)?;
+                    (codec.name.eq_ignore_ascii_case("red") && codec.clock_rate == 48_000)
+                        .then_some(pt)
+                })?;
+                Some((mid, red))
+            })
+            .collect()
+    }
+
     /// Payload type → clock rate, over every section's `a=rtpmap`.
     pub fn clock_rates(&self) -> HashMap<u8, u32> {
         self.0

@@ -13,6 +13,16 @@ use super::simulcast::{self, Wanted};
 use super::{Encoding, MediaLayers, Requester, ViewerLayers};
 use crate::ids::{PeerId, RoomId, TrackId};
 
+/// What a WHEP viewer picks with the layer resource (see `select_layer`).
+pub(super) struct LayerChoice<'a> {
+    /// The video section (every one when `None`).
+    pub media_id: Option<&'a str>,
+    /// The encoding's RID (the best when `None`).
+    pub encoding: Option<&'a str>,
+    /// The highest VP8 temporal layer (every one when `None`).
+    pub temporal: Option<u8>,
+}
+
 /// How often targets are checked against the layers being sent.
 pub const LAYER_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -38,11 +48,18 @@ impl Engine {
         room: &RoomId,
         session: PeerId,
         requester: &Requester,
-        media_id: Option<&str>,
-        encoding: Option<&str>,
+        choice: LayerChoice<'_>,
         now: Instant,
     ) -> Result<(), SfuError> {
+        let LayerChoice {
+            media_id,
+            encoding,
+            temporal,
+        } = choice;
         self.owned_session(room, session, requester, false)?;
+        if temporal.is_some_and(|t| usize::from(t) >= simulcast::MAX_TEMPORAL) {
+            return Err(SfuError::UnknownEncoding);
+        }
         let chosen: Vec<(TrackId, Wanted)> = self
             .video_down_tracks(session, media_id)?
             .into_iter()
@@ -61,6 +78,8 @@ impl Engine {
             .collect::<Result<_, _>>()?;
         for (track, wanted) in chosen {
             self.set_wanted(session, track, wanted, now)?;
+            self.received_down_track(session, track)?.temporal_cap = temporal;
+            self.cap_frame_rate(track);
         }
         Ok(())
     }
@@ -100,6 +119,7 @@ impl Engine {
                         width: l.size.map(|s| s.0),
                         height: l.size.map(|s| s.1),
                         bitrate: l.rate.bits_per_second,
+                        temporal_frame_rates: l.frame_rates.known().to_vec(),
                     })
                     .collect(),
                 current: rid(down.layer),
@@ -161,6 +181,64 @@ impl Engine {
         for track in tracks {
             self.retarget(track, now, "");
         }
+        self.cap_frame_rates();
+    }
+
+    /// A subscriber's frame-rate cap (`set_track`'s `fps`) as the VP8 temporal layer each of
+    /// its legs forwards up to: the lowest whose frame rate, with the layers below it, reaches
+    /// the cap, measured on the layer the leg receives. Publishers without temporal layers
+    /// (and other codecs) are forwarded whole.
+    fn cap_frame_rates(&mut self) {
+        let tracks: Vec<TrackId> = self
+            .rooms
+            .tracks()
+            .filter(|t| t.switchable == super::keyframe::Codec::Vp8)
+            .map(|t| t.id)
+            .collect();
+        for track_id in tracks {
+            self.cap_frame_rate(track_id);
+        }
+    }
+
+    /// [`Engine::cap_frame_rates`] for one track's subscribers.
+    fn cap_frame_rate(&mut self, track_id: TrackId) {
+        let Some(room) = self.rooms.of_track_mut(track_id) else {
+            return;
+        };
+        let Some(track) = room.tracks.get(&track_id) else {
+            return;
+        };
+        for subscriber in &track.subscribers {
+            let Some(down) = room
+                .peers
+                .get_mut(&subscriber.peer)
+                .and_then(|p| p.down_tracks.get_mut(subscriber.slot))
+            else {
+                continue;
+            };
+            let layer = usize::from(down.layer.unwrap_or(down.target_layer));
+            let for_fps = down
+                .max_fps
+                .and_then(|fps| track.layers.get(layer)?.frame_rates.layer_for(fps));
+            let target = match (for_fps, down.temporal_cap) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            down.temporal_target = target.unwrap_or(super::subscriber::ALL_TEMPORAL);
+        }
+    }
+
+    /// A subscriber's frame-rate cap for one track it receives (`None`: no cap).
+    pub(super) fn set_frame_rate(
+        &mut self,
+        session: PeerId,
+        track: TrackId,
+        fps: Option<u16>,
+    ) -> Result<(), SfuError> {
+        self.received_down_track(session, track)?.max_fps = fps;
+        debug!(%session, %track, ?fps, "frame rate wanted");
+        self.cap_frame_rate(track);
+        Ok(())
     }
 
     /// Sets each subscriber's target layer of `track_id` to what it wants among the layers
@@ -177,6 +255,7 @@ impl Engine {
             return;
         }
         let mut keyframes = [false; simulcast::MAX_LAYERS];
+        let mut waiting = [false; simulcast::MAX_LAYERS];
         // Dynacast: the layers some subscriber wants (within its bandwidth), sent or not.
         let mut needed = vec![false; track.layers.len()];
         for subscriber in &track.subscribers {
@@ -200,6 +279,11 @@ impl Engine {
             };
             let target = target as u8;
             if target == down.target_layer {
+                // Still waiting for the target's keyframe (the one asked for was lost, or
+                // came before this leg could take it): ask again, within the throttle.
+                if down.layer != Some(target) && !down.held() && !down.removed {
+                    waiting[usize::from(target)] = true;
+                }
                 continue;
             }
             let why = if !reason.is_empty() {
@@ -237,6 +321,13 @@ impl Engine {
         }
         for (layer, _) in keyframes.iter().enumerate().filter(|(_, k)| **k) {
             self.request_keyframe(track_id, layer, "layer_switch", now);
+        }
+        for (layer, _) in waiting
+            .iter()
+            .enumerate()
+            .filter(|(l, w)| **w && !keyframes[*l])
+        {
+            self.request_keyframe(track_id, layer, "still_waiting", now);
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct Layer {
     /// From its last VP8 keyframe.
     pub size: Option<(u16, u16)>,
     pub rate: Rate,
+    /// VP8: frames per second in each temporal layer (what a frame-rate cap chooses from).
+    pub frame_rates: FrameRates,
 }
 
 impl Layer {
@@ -83,6 +85,7 @@ impl Layer {
             history,
             size: None,
             rate: Rate::default(),
+            frame_rates: FrameRates::default(),
         }
     }
 
@@ -130,6 +133,63 @@ impl Rate {
             self.window_bytes = 0;
         }
         self.window_bytes += bytes as u64;
+    }
+}
+
+/// Temporal layers a frame-rate cap can choose among (VP8 names at most four).
+pub const MAX_TEMPORAL: usize = 4;
+const FRAME_RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Frames per second of each temporal layer of one stream, counted from frame starts over one
+/// second windows.
+#[derive(Debug, Default, Clone)]
+pub struct FrameRates {
+    window_start: Option<Instant>,
+    counting: [u16; MAX_TEMPORAL],
+    /// Frames per second in each layer over the last full window.
+    pub per_layer: [u16; MAX_TEMPORAL],
+}
+
+impl FrameRates {
+    #[inline]
+    pub fn observe(&mut self, tid: u8, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= FRAME_RATE_WINDOW {
+            let scale = 1_000_000.0 / elapsed.as_micros().max(1) as f64;
+            for (rate, count) in self.per_layer.iter_mut().zip(&mut self.counting) {
+                *rate = (f64::from(*count) * scale).round() as u16;
+                *count = 0;
+            }
+            self.window_start = Some(now);
+        }
+        let slot = usize::from(tid).min(MAX_TEMPORAL - 1);
+        self.counting[slot] = self.counting[slot].saturating_add(1);
+    }
+
+    /// The frame rates of the layers seen, base first (empty: no temporal layers seen).
+    pub fn known(&self) -> &[u16] {
+        let seen = self
+            .per_layer
+            .iter()
+            .rposition(|r| *r > 0)
+            .map_or(0, |top| top + 1);
+        &self.per_layer[..seen]
+    }
+
+    /// The lowest temporal layer whose frame rate (with every layer below it) reaches `fps`,
+    /// or every layer (`None`) when only all of them together do, or none is known.
+    pub fn layer_for(&self, fps: u16) -> Option<u8> {
+        let known = self.known();
+        let mut total = 0u16;
+        for (tid, rate) in known.iter().enumerate().take(known.len().saturating_sub(1)) {
+            total = total.saturating_add(*rate);
+            // A tenth below the ask still counts (frame rates wobble).
+            if u32::from(total) * 10 >= u32::from(fps) * 9 {
+                return Some(tid as u8);
+            }
+        }
+        None
     }
 }
 

@@ -294,16 +294,15 @@ impl Engine {
                 "only a publishing session takes offers".into(),
             ));
         }
-        let remote_ufrag = {
-            let parsed = Sdp::parse(&offer)?;
-            parsed.check_offer()?;
-            parsed.attribute("ice-ufrag").unwrap_or_default().to_owned()
-        };
+        let parsed = Sdp::parse(&offer)?;
+        parsed.check_offer()?;
+        let remote_ufrag = parsed.attribute("ice-ufrag").unwrap_or_default().to_owned();
         let offer =
             RTCSessionDescription::offer(offer).map_err(|e| SfuError::BadOffer(e.to_string()))?;
         peer.pc
             .set_remote_description(now, offer)
             .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        super::codecs::prefer_red(&mut peer.pc, &parsed);
         let answer = peer
             .pc
             .create_answer(None)

@@ -24,6 +24,9 @@ pub struct PublishedTrack {
     pub kind: RtpCodecKind,
     /// The codec the publisher negotiated first for this m-line; subscribers are offered it.
     pub codec: RTCRtpCodec,
+    /// The payload type of redundant audio (`audio/red`) on the publisher's m-line, when
+    /// negotiated: packets carrying it are RED around `codec`.
+    pub red_payload_type: Option<u8>,
     /// Its RTP streams: one, or a simulcast publisher's layers (lowest first). Each has its
     /// SSRC (to address PLI/FIR), keyframe throttle, NACK history (video only: audio is not
     /// NACKed, Opus has its own FEC) and measured bitrate.

@@ -15,6 +15,8 @@ struct Descriptor {
     picture_id: Option<(u16, bool, usize)>,
     /// (value, byte offset)
     tl0_pic_idx: Option<(u8, usize)>,
+    /// (TID, layer sync): the temporal layer, when the descriptor names one (T bit).
+    temporal: Option<(u8, bool)>,
 }
 
 fn parse(payload: &[u8]) -> Option<Descriptor> {
@@ -22,6 +24,7 @@ fn parse(payload: &[u8]) -> Option<Descriptor> {
     let mut descriptor = Descriptor {
         picture_id: None,
         tl0_pic_idx: None,
+        temporal: None,
     };
     if first & 0x80 == 0 {
         return Some(descriptor); // no extension: nothing to rewrite
@@ -42,8 +45,39 @@ fn parse(payload: &[u8]) -> Option<Descriptor> {
     }
     if extension & 0x40 != 0 {
         descriptor.tl0_pic_idx = Some((*payload.get(at)?, at));
+        at += 1;
+    }
+    // TID|Y|KEYIDX is there when T or K is set; the TID means something only with T.
+    if extension & 0x30 != 0 {
+        let byte = *payload.get(at)?;
+        if extension & 0x20 != 0 {
+            descriptor.temporal = Some((byte >> 6, byte & 0x20 != 0));
+        }
     }
     Some(descriptor)
+}
+
+/// What temporal-layer dropping reads of one VP8 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Temporal {
+    /// The temporal layer (0 = base).
+    pub tid: u8,
+    /// Layer sync (Y): this frame refers only to the base layer.
+    pub sync: bool,
+    /// The first packet of a frame (S set, partition 0): where a leg may change its limit.
+    pub frame_start: bool,
+}
+
+/// The temporal layer of a VP8 packet; `None` when its descriptor names none (a publisher
+/// without temporal layers) or the payload is not VP8.
+pub fn temporal_of(payload: &[u8]) -> Option<Temporal> {
+    let (tid, sync) = parse(payload)?.temporal?;
+    let first = payload[0];
+    Some(Temporal {
+        tid,
+        sync,
+        frame_start: first & 0x10 != 0 && first & 0x07 == 0,
+    })
 }
 
 /// The picture id and TL0PICIDX a payload carries (tests read what a leg sent).
@@ -66,6 +100,9 @@ pub struct Vp8Munger {
     last_tl0: Option<u8>,
     /// The next packet comes from another source.
     pending: bool,
+    /// The source picture id of the last packet dropped on purpose (a temporal layer above
+    /// the leg's limit): each picture dropped moves the later ones down by one.
+    last_dropped: Option<u16>,
 }
 
 const PICTURE_MASK: u16 = 0x7fff;
@@ -73,6 +110,26 @@ const PICTURE_MASK: u16 = 0x7fff;
 impl Vp8Munger {
     pub fn switch_source(&mut self) {
         self.pending = true;
+    }
+
+    /// A packet of `payload`'s picture is not sent (its temporal layer is above the leg's
+    /// limit): the pictures after it are numbered as if it never was, so the receiver sees
+    /// consecutive picture ids (TL0PICIDX is untouched: base-layer pictures are never dropped).
+    pub fn drop_picture(&mut self, payload: &[u8]) {
+        let Some((picture, wide, _)) = parse(payload).and_then(|d| d.picture_id) else {
+            return;
+        };
+        if self.last_dropped != Some(picture) {
+            self.last_dropped = Some(picture);
+            let mask = if wide { PICTURE_MASK } else { 0x7f };
+            self.picture_offset = self.picture_offset.wrapping_add(1) & mask;
+        }
+    }
+
+    /// The picture-id offset in use now (a retransmission of a packet sent under another one
+    /// is rewritten with that one: [`Vp8Munger::map_with`]).
+    pub fn picture_offset(&self) -> u16 {
+        self.picture_offset
     }
 
     /// The payload as this leg must carry it.
@@ -116,8 +173,17 @@ impl Vp8Munger {
 
     /// The payload of a packet this leg sent before, again, without moving its state.
     pub fn map(&self, payload: &Bytes) -> Bytes {
+        self.map_with(payload, self.picture_offset)
+    }
+
+    /// The same, for a packet sent while the picture-id offset was `picture_offset`.
+    pub fn map_with(&self, payload: &Bytes, picture_offset: u16) -> Bytes {
+        let then = Self {
+            picture_offset,
+            ..self.clone()
+        };
         match parse(payload) {
-            Some(descriptor) => self.apply(payload, descriptor),
+            Some(descriptor) => then.apply(payload, descriptor),
             None => payload.clone(),
         }
     }

@@ -107,7 +107,8 @@ pub enum ClientMessage {
     /// What the client wants of one track it receives, without renegotiating: `paused` stops
     /// its media on the subscriber connection (a hidden tile), unpausing resumes it at once
     /// from a keyframe; `width`/`height` (a tile's size in device pixels) or `layer` (0 =
-    /// lowest) choose a simulcast publisher's layer. Fields left out keep their setting.
+    /// lowest) choose a simulcast publisher's layer; `fps` caps its frame rate (VP8 temporal
+    /// layers above it are dropped; 0 lifts the cap). Fields left out keep their setting.
     SetTrack {
         track_id: String,
         #[serde(default)]
@@ -118,6 +119,8 @@ pub enum ClientMessage {
         height: Option<u16>,
         #[serde(default)]
         layer: Option<u8>,
+        #[serde(default)]
+        fps: Option<u16>,
     },
     /// Mutes or unmutes one of the client's own sources.
     Mute {

@@ -41,6 +41,9 @@ use crate::store::{now_ms, StoreError};
 
 /// Times a session re-creates a subscriber connection that closed under it.
 const MAX_SUBSCRIBER_RESETS: u32 = 3;
+/// The highest frame-rate cap `set_track` takes.
+const MAX_FPS: u16 = 240;
+
 /// The largest tile side `set_track` takes, in pixels (8K).
 const MAX_TILE_SIDE: u16 = 8192;
 /// How long a join waits for the session it takes over to finish.
@@ -674,8 +677,9 @@ impl Session {
                 width,
                 height,
                 layer,
+                fps,
             } => {
-                self.set_track(&track_id, paused, width, height, layer)
+                self.set_track(&track_id, paused, width, height, layer, fps)
                     .await
             }
             ClientMessage::Mute { source, muted } => self.set_muted(source, muted).await,
@@ -928,7 +932,14 @@ impl Session {
         width: Option<u16>,
         height: Option<u16>,
         layer: Option<u8>,
+        fps: Option<u16>,
     ) -> Outcome {
+        if fps.is_some_and(|fps| fps > MAX_FPS) {
+            return Err(Refusal::new(
+                "invalid",
+                format!("set_track's fps is 1..={MAX_FPS}, or 0 for no cap"),
+            ));
+        }
         let wanted = match (width, height, layer) {
             (None, None, None) => None,
             (Some(width), Some(height), None)
@@ -955,6 +966,13 @@ impl Session {
             self.state
                 .sfu
                 .set_wanted(session, track, wanted)
+                .await
+                .map_err(unknown)?;
+        }
+        if let Some(fps) = fps {
+            self.state
+                .sfu
+                .set_frame_rate(session, track, (fps > 0).then_some(fps))
                 .await
                 .map_err(unknown)?;
         }

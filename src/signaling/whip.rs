@@ -67,8 +67,9 @@ const LAYER_REL: &str = "urn:ietf:params:whep:ext:core:layer";
 
 /// A viewer's choice (draft-ietf-wish-whep, layer selection): `encodingId` is a RID of the
 /// source; without it, the best the SFU can send. `mediaId` names the video section (every
-/// one when left out). Spatial/temporal SVC ids are not supported: VP9/AV1 are forwarded as
-/// one stream.
+/// one when left out). `temporalLayerId` caps a VP8 encoding's temporal layers (0 = base
+/// only; left out: every one). Spatial SVC ids are not supported: VP9/AV1 are forwarded as one
+/// stream.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LayerChoice {
@@ -76,6 +77,8 @@ struct LayerChoice {
     media_id: Option<String>,
     #[serde(rename = "encodingId", default)]
     encoding_id: Option<String>,
+    #[serde(rename = "temporalLayerId", default)]
+    temporal_layer_id: Option<u8>,
 }
 
 /// The layers a viewer's video sections can take and which each receives (JSON).
@@ -116,6 +119,7 @@ async fn select_layer(
             Requester::owner(ParticipantId(claims.sub)),
             choice.media_id,
             choice.encoding_id,
+            choice.temporal_layer_id,
         )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -87,6 +87,7 @@ async function main() {
     await phase('impair');
     const impairedAt = Date.now();
     let last = await stats();
+    const audioAtStart = last;
     let lastAdvance = Date.now();
     let worstFreeze = 0;
     let downgradedAfter = null;
@@ -120,7 +121,12 @@ async function main() {
       sizes_seen: [...seen].sort((a, b) => a - b), width_at_end: last.frameWidth,
       frames_decoded: last.framesDecoded, freezes_per_minute: (freezes.length * 60) / WATCH_SECONDS,
       freezes, switches, estimate_at_end: layers?.estimate, layers: layers?.layers?.[0],
+      viewer_video_at_end: last.video,
     };
+    // Audio the viewer's jitter buffer had to conceal during the impairment, in %.
+    const samples = (last.audioSamplesReceived || 0) - (audioAtStart.audioSamplesReceived || 0);
+    const hidden = (last.audioConcealedSamples || 0) - (audioAtStart.audioConcealedSamples || 0);
+    if (samples > 0) figures.audio_concealed_percent = (100 * hidden) / samples;
     info(`under impairment: ${JSON.stringify(figures)}`);
     if (env.EXPECT_DOWNGRADE === '1' && !(last.frameWidth < widths.f)) {
       throw new Error(`still on the top layer behind the limit: ${JSON.stringify(figures)}`);

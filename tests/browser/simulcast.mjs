@@ -85,6 +85,11 @@ async function main() {
         const [viewer, publisher] = [await stats(`viewer-${rid}`), await stats('publisher')];
         const want = publisher.encodings?.[rid]?.frameWidth;
         return viewer.framesDecoded > 0 && viewer.frameWidth > 0 && viewer.frameWidth === want && viewer.frameWidth;
+      }).catch(async (e) => {
+        // What each side saw, while the pages are still open.
+        const [viewer, publisher] = [await stats(`viewer-${rid}`), await stats('publisher')];
+        const layers = await pages[`viewer-${rid}`].evaluate(() => window.convene.layers()).catch((err) => err.message);
+        throw new Error(`${e.message}; viewer ${JSON.stringify(viewer)}; publisher ${JSON.stringify(publisher.encodings)}; layers ${JSON.stringify(layers)}`);
       });
       info(`viewer-${rid}: ${widths[rid]} px wide`);
     }
@@ -107,6 +112,25 @@ async function main() {
     });
     const after = await pages['viewer-q'].evaluate(() => window.convene.layers());
     if (after?.layers?.[0]?.current !== 'f') throw new Error(`after the switch: ${JSON.stringify(after)}`);
+
+    // A frame-rate cap: viewer-h keeps h but only its base temporal layer (VP8's L1T3 from
+    // Chromium: about a quarter of the frames), and goes on decoding what it gets.
+    const full = await until('viewer-h decodes at full frame rate', async () => {
+      const s = await stats('viewer-h');
+      return s.framesPerSecond >= 20 && s.framesPerSecond;
+    });
+    await pages['viewer-h'].evaluate(() => window.convene.selectLayer('h', 0));
+    const decodedBefore = (await stats('viewer-h')).framesDecoded;
+    const capped = await until('viewer-h decodes the base temporal layer only', async () => {
+      const s = await stats('viewer-h');
+      return s.framesPerSecond > 0 && s.framesPerSecond <= full / 2 && s.framesDecoded > decodedBefore + 5 && s.framesPerSecond;
+    });
+    info(`viewer-h: ${full} fps, ${capped} fps with temporalLayerId 0`);
+    await pages['viewer-h'].evaluate(() => window.convene.selectLayer('h'));
+    await until('viewer-h is back at the full frame rate', async () => {
+      const s = await stats('viewer-h');
+      return s.framesPerSecond >= full * 0.75 && s.framesPerSecond;
+    });
 
     await mkdir(ARTIFACT_DIR, { recursive: true });
     for (const [name, page] of Object.entries(pages)) {

@@ -36,6 +36,10 @@ const ARTIFACT_DIR = path.resolve(env.ARTIFACT_DIR || 'test-artifacts');
 const EXTRA_ARGS = (env.CHROMIUM_EXTRA_ARGS || '').split(/\s+/).filter(Boolean);
 const VIEWER_MDNS = env.VIEWER_MDNS === '1';
 const RETURNING_PUBLISHER = env.RETURNING_PUBLISHER === '1';
+// EXPECT_AUDIO=1: the viewer must also play a second of the publisher's audio with under 10% of
+// it concealed. (Chromium's stats name Opus as the codec even when RED carries it: which form
+// went out is the SFU's audio_red_total metric.)
+const EXPECT_AUDIO = env.EXPECT_AUDIO === '1';
 
 const t0 = Date.now();
 const elapsed = () => `${((Date.now() - t0) / 1000).toFixed(1)}s`;
@@ -245,9 +249,13 @@ async function main() {
   while (Date.now() < deadline) {
     const [state, stats] = await view.evaluate(async () => [window.convene.state, await window.convene.stats()]);
     last = stats;
-    if (stats.framesDecoded > 0) {
+    const audioPlays = !EXPECT_AUDIO || (stats.audioSamplesReceived > 48_000
+      && stats.audioConcealedSamples < stats.audioSamplesReceived / 10);
+    if (stats.framesDecoded > 0 && audioPlays) {
       info(`viewer: state=${state}, framesDecoded=${stats.framesDecoded}`);
-      return finish(true, `viewer decoded ${stats.framesDecoded} video frames from room "${ROOM}"`);
+      const audio = EXPECT_AUDIO
+        ? ` and played ${stats.audioSamplesReceived} audio samples (${stats.audioConcealedSamples} concealed)` : '';
+      return finish(true, `viewer decoded ${stats.framesDecoded} video frames${audio} from room "${ROOM}"`);
     }
     if (state === 'failed' || state === 'stopped') return finish(false, `viewer entered state "${state}"`);
     if (Date.now() - lastPrint > 5000) {

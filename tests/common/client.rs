@@ -49,6 +49,9 @@ use webrtc::runtime::{
 
 use super::TestServer;
 
+/// The payload type test clients register `audio/red` with (Chromium's).
+pub const RED_PAYLOAD_TYPE: u8 = 63;
+
 /// How long a connection may take to reach `connected` before the test fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,10 +75,37 @@ pub struct Peer {
 
 impl Peer {
     async fn build(with_keyframe_requests: bool, inboxes: Option<Arc<Inboxes>>) -> Self {
+        Self::build_with(with_keyframe_requests, inboxes, false).await
+    }
+
+    /// `red`: redundant audio (`audio/red` around Opus, as Chromium offers it) is registered
+    /// after the default codecs.
+    async fn build_with(
+        with_keyframe_requests: bool,
+        inboxes: Option<Arc<Inboxes>>,
+        red: bool,
+    ) -> Self {
         let mut media_engine = MediaEngine::default();
         media_engine
             .register_default_codecs()
             .expect("default codecs");
+        if red {
+            media_engine
+                .register_codec(
+                    rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters {
+                        rtp_codec: RTCRtpCodec {
+                            mime_type: "audio/red".to_owned(),
+                            clock_rate: 48_000,
+                            channels: 2,
+                            sdp_fmtp_line: "111/111".to_owned(),
+                            rtcp_feedback: vec![],
+                        },
+                        payload_type: RED_PAYLOAD_TYPE,
+                    },
+                    Kind::Audio,
+                )
+                .expect("red registers");
+        }
         let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)
             .expect("default interceptors");
         if with_keyframe_requests {
@@ -712,11 +742,15 @@ impl SendTrack {
     }
 
     async fn send(&self, sequence: u16, payload: Bytes) {
+        self.send_as(self.payload_type, sequence, payload).await;
+    }
+
+    async fn send_as(&self, payload_type: u8, sequence: u16, payload: Bytes) {
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
                 marker: true,
-                payload_type: self.payload_type,
+                payload_type,
                 sequence_number: sequence,
                 timestamp: u32::from(sequence).wrapping_mul(self.timestamp_step),
                 ssrc: self.ssrc,
@@ -776,7 +810,26 @@ impl WhipPublisher {
         token: &str,
         gathered: bool,
     ) -> Result<Self, HttpError> {
-        let peer = Peer::build(true, None).await;
+        Self::start_with(server, room, token, gathered, false).await
+    }
+
+    /// Publishes with redundant audio offered too (`red`), and waits until connected.
+    pub async fn connect_with_red(server: &TestServer, room: &str, token: &str) -> Self {
+        let publisher = Self::start_with(server, room, token, true, true)
+            .await
+            .unwrap_or_else(|e| panic!("WHIP POST failed: {e}"));
+        publisher.peer.wait_connected(CONNECT_TIMEOUT).await;
+        publisher
+    }
+
+    async fn start_with(
+        server: &TestServer,
+        room: &str,
+        token: &str,
+        gathered: bool,
+        red: bool,
+    ) -> Result<Self, HttpError> {
+        let peer = Peer::build_with(true, None, red).await;
         let mut audio = SendTrack::add(&peer, Kind::Audio, opus(), 960).await;
         let mut video = SendTrack::add(&peer, Kind::Video, vp8(), 3_000).await;
         let (requests, keyframe_requests) = watch::channel(0);
@@ -805,6 +858,14 @@ impl WhipPublisher {
             _ => &self.audio,
         };
         track.send(sequence, payload.into()).await;
+    }
+
+    /// Sends one audio packet as RED (`payload` is the whole RED payload, block headers and
+    /// all) with the payload type the answer gave `audio/red`.
+    pub async fn send_red(&self, sequence: u16, payload: impl Into<Bytes>) {
+        self.audio
+            .send_as(RED_PAYLOAD_TYPE, sequence, payload.into())
+            .await;
     }
 
     pub fn location(&self) -> &str {
@@ -1001,11 +1062,31 @@ impl WhepSubscriber {
         token: &str,
         publisher: Option<&str>,
     ) -> Result<Self, HttpError> {
+        Self::start_with(server, room, token, publisher, false).await
+    }
+
+    /// Watches the room's most recent publisher offering redundant audio too (`red`), and
+    /// waits until connected.
+    pub async fn connect_with_red(server: &TestServer, room: &str, token: &str) -> Self {
+        let subscriber = Self::start_with(server, room, token, None, true)
+            .await
+            .unwrap_or_else(|e| panic!("WHEP POST failed: {e}"));
+        subscriber.peer.wait_connected(CONNECT_TIMEOUT).await;
+        subscriber
+    }
+
+    async fn start_with(
+        server: &TestServer,
+        room: &str,
+        token: &str,
+        publisher: Option<&str>,
+        red: bool,
+    ) -> Result<Self, HttpError> {
         let inboxes = Arc::new(Inboxes {
             audio: watch::Sender::new(Inbox::default()),
             video: watch::Sender::new(Inbox::default()),
         });
-        let peer = Peer::build(false, Some(Arc::clone(&inboxes))).await;
+        let peer = Peer::build_with(false, Some(Arc::clone(&inboxes)), red).await;
         for kind in [Kind::Audio, Kind::Video] {
             peer.pc
                 .add_transceiver_from_kind(

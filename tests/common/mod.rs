@@ -27,10 +27,16 @@ impl TestServer {
 
     /// A server listening (HTTP and media) on the host's end of `link` only.
     pub async fn on_link(link: &netns::Link) -> Self {
+        Self::on_link_with(link, |_| {}).await
+    }
+
+    /// The same, after `adjust` edits the config.
+    pub async fn on_link_with(link: &netns::Link, adjust: impl FnOnce(&mut Config)) -> Self {
         let host_ip = link.host_ip;
         Self::start_with(|c| {
             c.http = std::net::SocketAddr::new(host_ip.into(), 0);
             c.media_bind_ip = host_ip.into();
+            adjust(c);
         })
         .await
     }

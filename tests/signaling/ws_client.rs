@@ -684,23 +684,32 @@ impl MediaClient {
     /// Sends one packet on each of the given tracks; the payload names the client, the track
     /// and the sequence number, so receivers can tell whose packet they got.
     pub async fn send_round(&self, track_ids: &[&str]) {
-        let mut tracks = self.tracks.lock().await;
         for track_id in track_ids {
+            self.send_payload(track_id, None).await;
+        }
+    }
+
+    /// One packet on `track_id`: `payload`, or (`None`) the tagged one `packets_from` counts.
+    pub async fn send_payload(&self, track_id: &str, payload: Option<Bytes>) {
+        let mut tracks = self.tracks.lock().await;
+        {
             let track = tracks
-                .get_mut(*track_id)
+                .get_mut(track_id)
                 .unwrap_or_else(|| panic!("no track {track_id}"));
             track.sequence = track.sequence.wrapping_add(1);
-            let payload = Bytes::from(format!(
-                "{}|{}|{:06}|{}",
-                self.name,
-                track_id,
-                track.sequence,
-                "x".repeat(if track.kind == RtpCodecKind::Video {
-                    600
-                } else {
-                    80
-                })
-            ));
+            let payload = payload.unwrap_or_else(|| {
+                Bytes::from(format!(
+                    "{}|{}|{:06}|{}",
+                    self.name,
+                    track_id,
+                    track.sequence,
+                    "x".repeat(if track.kind == RtpCodecKind::Video {
+                        600
+                    } else {
+                        80
+                    })
+                ))
+            });
             let step = if track.kind == RtpCodecKind::Video {
                 3_000
             } else {
