@@ -68,9 +68,31 @@ impl Server {
             .await
             .with_context(|| format!("binding HTTP {}", config.http))?;
         let http_addr = listener.local_addr()?;
+        // Recordings a crash left running are closed with what their files hold.
+        let recovered = crate::recording::recover::recover(&store)
+            .await
+            .context("closing interrupted recordings")?;
+        if recovered > 0 {
+            tracing::warn!(
+                recordings = recovered,
+                "closed recordings an earlier run left open"
+            );
+        }
+        let recorder = crate::recording::Recorder::new(
+            crate::recording::RecorderConfig {
+                dir: config.recordings_path(),
+                jitter: config.recording_jitter,
+                min_free_bytes: config.recording_min_free_bytes,
+            },
+            store.clone(),
+            sfu.clone(),
+            metrics.clone(),
+        )
+        .with_context(|| format!("recordings dir {}", config.recordings_path().display()))?;
         let signaling = crate::signaling::Signaling::new(crate::signaling::rooms::Services {
             store: store.clone(),
             sfu: sfu.clone(),
+            recorder: recorder.clone(),
             empty_timeout: config.meeting_empty_timeout,
         });
         let live = Live {
@@ -87,6 +109,7 @@ impl Server {
             live: Arc::new(live.rooms.clone()),
             metrics,
             sfu: sfu.clone(),
+            recorder,
             accepting: Arc::new(AtomicBool::new(true)),
         };
         tokio::spawn(crate::signaling::hub::run(

@@ -111,6 +111,15 @@ pub struct Config {
     pub max_addresses_per_peer: usize,
     /// RTP packets kept per published track for answering NACKs.
     pub nack_cache_packets: usize,
+    /// Where recordings are written. Empty: `data_dir/recordings`.
+    pub recordings_dir: PathBuf,
+    /// A recording stops (`failed`, reason `disk_full`) when the recordings disk has fewer free
+    /// bytes than this; a new one is refused (507).
+    pub recording_min_free_bytes: u64,
+    /// How long the recorder waits for a missing packet (its retransmission) before it counts
+    /// as lost and video skips to the next keyframe.
+    #[serde(with = "humantime_serde")]
+    pub recording_jitter: Duration,
     /// Redundant audio (RFC 2198 RED around Opus): asked of publishers that offer it, sent as
     /// RED to subscribers that accept it and as plain Opus to the others.
     pub audio_red: bool,
@@ -249,6 +258,9 @@ impl Default for Config {
             ice_failed_timeout: Duration::from_secs(15),
             max_addresses_per_peer: 8,
             nack_cache_packets: 1024,
+            recordings_dir: PathBuf::new(),
+            recording_min_free_bytes: 512 * 1024 * 1024,
+            recording_jitter: Duration::from_millis(200),
             audio_red: true,
             bwe_initial_bitrate: 1_000_000,
             bwe: true,
@@ -447,6 +459,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where recordings go: `recordings_dir`, else `data_dir/recordings`.
+    pub fn recordings_path(&self) -> PathBuf {
+        if self.recordings_dir.as_os_str().is_empty() {
+            self.data_dir.join("recordings")
+        } else {
+            self.recordings_dir.clone()
+        }
     }
 
     pub fn signing_key_path(&self) -> PathBuf {

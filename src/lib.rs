@@ -27,6 +27,7 @@ pub mod ids;
 pub mod load;
 pub mod metrics;
 pub mod ratelimit;
+pub mod recording;
 pub mod sfu;
 pub mod signaling;
 pub mod state;

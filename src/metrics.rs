@@ -25,6 +25,12 @@ pub struct Metrics {
     pub rtp_packets_in: IntCounter,
     pub rtp_bytes_in: IntCounter,
     pub rtp_packets_out: IntCounter,
+    /// Packets a tap (recorder, RTP forward) could not take: its consumer fell behind.
+    pub tap_dropped: IntCounter,
+    /// Recordings ended, by status (`ready`, `failed`).
+    pub recordings: IntCounterVec,
+    /// Frames written into recordings.
+    pub recorded_frames: IntCounter,
     pub rtp_bytes_out: IntCounter,
     /// NACKs by direction: `received` from subscribers. (Those sent to publishers are the
     /// NACK generator's of each publisher leg, inside `rtc`, and not counted here.)
@@ -126,6 +132,16 @@ impl Metrics {
                 "rtp_packets_out_total",
                 "RTP packets forwarded to subscribers",
             ),
+            tap_dropped: counter(
+                "tap_dropped_total",
+                "Packets a tap's consumer (recorder, RTP forward) was too slow to take",
+            ),
+            recordings: counter_vec(
+                "recordings_total",
+                "Recordings ended, by status",
+                &["status"],
+            ),
+            recorded_frames: counter("recorded_frames_total", "Frames written into recordings"),
             rtp_bytes_out: counter(
                 "rtp_bytes_out_total",
                 "RTP payload bytes forwarded to subscribers",

@@ -28,6 +28,8 @@ pub struct AppState {
     pub live: Arc<dyn LiveMeetings>,
     pub metrics: Metrics,
     pub sfu: Sfu,
+    /// Where recordings are written and read back.
+    pub recorder: crate::recording::Recorder,
     /// Cleared when shutdown starts, so /readyz turns away new load first.
     pub accepting: Arc<AtomicBool>,
 }

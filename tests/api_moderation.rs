@@ -841,6 +841,9 @@ async fn recordings_are_listed_for_moderators() {
         started_at: Some(started),
         ended_at: Some(started + 5 * MINUTE),
         created_at: started,
+        audio_only: false,
+        reason: None,
+        started_by: None,
     };
     store(&server).insert_recording(&recording).await.unwrap();
 

@@ -1,46 +1,123 @@
-//! Recordings metadata and meeting statistics, for the host and moderators.
+//! Recordings (start, stop, list, download, delete) and meeting statistics, for the host and
+//! moderators; recordings also for a join token with the `record` grant.
 //!
 //! Statistics are computed here from the participant rows (one per join) rather than kept as
 //! counters, so they are always consistent with the rows and need no bookkeeping on join/leave.
 
 use std::collections::HashSet;
 
-use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::body::Body;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
 use utoipa::{OpenApi, ToSchema};
 
-use super::extract::AuthUser;
-use super::moderation::{time, MeetingCaller};
+use super::extract::{ApiJson, AuthUser};
+use super::moderation::{meeting_not_found, time, MeetingCaller};
 use super::ApiError;
+use crate::domain::live::RecordingError;
+use crate::domain::meetings::Status;
+use crate::domain::roles::Action;
 use crate::state::AppState;
 use crate::store::meetings::Meeting;
 use crate::store::now_ms;
 use crate::store::participants::Participant;
-use crate::store::recordings::Recording;
+use crate::store::recordings::{Recording, RecordingFile};
+use crate::store::StoreError;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RecordingInfo {
     pub id: String,
-    /// `recording`, `processing`, `ready` or `failed`.
+    /// `recording`, `ready` or `failed`.
     pub status: String,
+    /// Why it failed (`disk_full`, `write_failed`), or `interrupted` (the server stopped
+    /// without closing it: its files hold what was written until then).
+    pub reason: Option<String>,
+    pub audio_only: bool,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub duration_ms: Option<i64>,
     pub size_bytes: Option<i64>,
+    /// One per participant and source (camera with microphone, or screen), in the order they
+    /// opened; a participant who publishes a new track mid-recording gets a new file.
+    pub files: Vec<RecordingFileInfo>,
 }
 
-impl From<Recording> for RecordingInfo {
-    fn from(r: Recording) -> Self {
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RecordingFileInfo {
+    pub id: String,
+    pub participant_id: String,
+    pub identity: String,
+    pub display_name: String,
+    /// `camera` (camera and microphone) or `screen`.
+    pub source: String,
+    /// `video/webm`, `video/x-matroska` (H264) or `audio/ogg`.
+    pub content_type: String,
+    /// `audio`, `video` or `audio,video`; empty while it is written.
+    pub kinds: Vec<String>,
+    /// In track order, e.g. `["vp8", "opus"]`.
+    pub codecs: Vec<String>,
+    pub duration_ms: Option<i64>,
+    pub size_bytes: Option<i64>,
+    /// `recording`, `ready` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Where to download it (same authorization as the recording).
+    pub url: String,
+}
+
+fn split(list: Option<&str>) -> Vec<String> {
+    list.map(|l| {
+        l.split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+impl RecordingInfo {
+    fn of(r: Recording, files: Vec<RecordingFile>) -> Self {
+        let files = files
+            .into_iter()
+            .map(|f| RecordingFileInfo {
+                url: format!(
+                    "/api/v1/meetings/{}/recordings/{}/files/{}",
+                    r.meeting_id, r.id, f.id
+                ),
+                kinds: split(f.kinds.as_deref()),
+                codecs: split(f.codecs.as_deref()),
+                id: f.id,
+                participant_id: f.participant_id,
+                identity: f.identity,
+                display_name: f.display_name,
+                source: f.source,
+                content_type: f.content_type,
+                duration_ms: f.duration_ms,
+                size_bytes: f.size_bytes,
+                status: f.status,
+                error: f.error,
+                started_at: time(f.started_at),
+                ended_at: f.ended_at.map(time),
+            })
+            .collect();
         Self {
             id: r.id,
             status: r.status,
+            reason: r.reason,
+            audio_only: r.audio_only,
             started_at: r.started_at.map(time),
             ended_at: r.ended_at.map(time),
             duration_ms: r.duration_ms,
             size_bytes: r.size_bytes,
+            files,
         }
     }
 }
@@ -119,6 +196,197 @@ pub fn meeting_stats(
     }
 }
 
+/// Who manages a meeting's recordings: its host or a moderator (access token), or the holder
+/// of a join token for this meeting with the `record` grant (a recording bot). Anyone else with
+/// a valid token gets 403 if they may see the meeting, else 404.
+struct RecordingCaller {
+    meeting: Meeting,
+    /// Who started it, for `recording_started.by`: the caller's identity in the meeting.
+    identity: Option<String>,
+}
+
+impl RecordingCaller {
+    async fn resolve(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Self, ApiError> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| ApiError::unauthorized("an access token or join token is required"))?;
+        if let Some(claims) = state.access.verify(token) {
+            let user = AuthUser {
+                user_id: claims.sub,
+                username: claims.username,
+            };
+            let caller = MeetingCaller::resolve(state, &user, id).await?;
+            let role = caller.require_role()?;
+            if !role.can(Action::ManageRecording) {
+                return Err(ApiError::forbidden(
+                    "only the host or a moderator manages recordings",
+                ));
+            }
+            let identity = caller.seat.map(|s| s.identity);
+            return Ok(Self {
+                meeting: caller.meeting,
+                identity,
+            });
+        }
+        let claims = state.keys.verify(token).map_err(|_| {
+            ApiError::unauthorized("the access token or join token is invalid or expired")
+        })?;
+        let meeting = match state.store.meeting(id).await {
+            Ok(meeting) => meeting,
+            Err(StoreError::NotFound) => return Err(meeting_not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        if claims.room != meeting.id {
+            return Err(meeting_not_found());
+        }
+        if !claims.grants.record {
+            return Err(ApiError::forbidden("the join token does not grant record"));
+        }
+        Ok(Self {
+            meeting,
+            identity: Some(claims.sub),
+        })
+    }
+}
+
+fn recording_error(error: RecordingError) -> ApiError {
+    match error {
+        RecordingError::AlreadyRunning => {
+            ApiError::conflict("recording_running", "a recording is already running")
+        }
+        RecordingError::NotRunning => {
+            ApiError::conflict("not_recording", "this recording is not running")
+        }
+        RecordingError::DiskFull => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "disk_full",
+            "the recordings disk is full",
+        ),
+        RecordingError::Closed => ApiError::conflict("meeting_closed", "the meeting is closed"),
+        RecordingError::Store(e) => e.into(),
+    }
+}
+
+async fn info(state: &AppState, recording: Recording) -> Result<RecordingInfo, ApiError> {
+    let files = state.store.recording_files(&recording.id).await?;
+    Ok(RecordingInfo::of(recording, files))
+}
+
+async fn find(state: &AppState, meeting: &Meeting, id: &str) -> Result<Recording, ApiError> {
+    match state.store.recording(&meeting.id, id).await {
+        Ok(r) => Ok(r),
+        Err(StoreError::NotFound) => Err(ApiError::not_found(
+            "recording_not_found",
+            "no such recording",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRecording {
+    /// Record only audio: one Ogg/Opus file per participant. Default false: WebM (Matroska for
+    /// H264) with camera and microphone, and screen shares in their own files.
+    #[serde(default)]
+    pub audio_only: bool,
+}
+
+#[utoipa::path(
+    post,
+    path = "/meetings/{id}/recordings",
+    tag = "recordings",
+    params(("id" = String, Path, description = "meeting id or code")),
+    request_body(content = StartRecording, description = "options (the body may be left out)"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "recording: every participant is told, files open as they publish", body = RecordingInfo),
+        (status = 401, description = "no or bad token"),
+        (status = 403, description = "neither host, moderator nor a join token with the record grant"),
+        (status = 404, description = "meeting_not_found"),
+        (status = 409, description = "recording_running, meeting_not_live, meeting_closed"),
+        (status = 422, description = "invalid body"),
+        (status = 507, description = "disk_full: less free space than recording_min_free_bytes"),
+    )
+)]
+async fn start_recording(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<(StatusCode, Json<RecordingInfo>), ApiError> {
+    let caller = RecordingCaller::resolve(&state, &headers, &id).await?;
+    // The body may be left out; when there is one it is checked like every JSON body.
+    let empty = !headers.contains_key(header::CONTENT_TYPE)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|l| l.as_bytes() == b"0");
+    let options = if empty {
+        StartRecording::default()
+    } else {
+        let ApiJson(options) = ApiJson::<StartRecording>::from_request(request, &state).await?;
+        options
+    };
+    if caller.meeting.status != Status::Live.as_str() {
+        return Err(ApiError::conflict(
+            "meeting_not_live",
+            "only a live meeting can be recorded",
+        ));
+    }
+    let recording = Recording::new(
+        caller.meeting.id.clone(),
+        options.audio_only,
+        caller.identity,
+    );
+    let started = state
+        .live
+        .start_recording(recording)
+        .await
+        .map_err(recording_error)?;
+    Ok((StatusCode::CREATED, Json(info(&state, started).await?)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/meetings/{id}/recordings/{recording_id}/stop",
+    tag = "recordings",
+    params(
+        ("id" = String, Path, description = "meeting id or code"),
+        ("recording_id" = String, Path, description = "recording id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "stopped: `ready` (files closed), or `failed` with a reason", body = RecordingInfo),
+        (status = 401, description = "no or bad token"),
+        (status = 403, description = "neither host, moderator nor a join token with the record grant"),
+        (status = 404, description = "meeting_not_found, recording_not_found"),
+        (status = 409, description = "not_recording: it has already stopped"),
+    )
+)]
+async fn stop_recording(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, recording_id)): Path<(String, String)>,
+) -> Result<Json<RecordingInfo>, ApiError> {
+    let caller = RecordingCaller::resolve(&state, &headers, &id).await?;
+    let recording = find(&state, &caller.meeting, &recording_id).await?;
+    if recording.status != "recording" {
+        return Err(recording_error(RecordingError::NotRunning));
+    }
+    let stopped = state
+        .live
+        .stop_recording(caller.meeting.id.clone(), recording.id)
+        .await
+        .map_err(recording_error)?;
+    Ok(Json(info(&state, stopped).await?))
+}
+
 #[utoipa::path(
     get,
     path = "/meetings/{id}/recordings",
@@ -126,23 +394,149 @@ pub fn meeting_stats(
     params(("id" = String, Path, description = "meeting id or code")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the meeting's recordings, oldest first", body = RecordingList),
-        (status = 401, description = "no or bad access token"),
-        (status = 403, description = "neither host nor moderator"),
+        (status = 200, description = "the meeting's recordings, oldest first, with their files", body = RecordingList),
+        (status = 401, description = "no or bad token"),
+        (status = 403, description = "neither host, moderator nor a join token with the record grant"),
         (status = 404, description = "meeting_not_found"),
     )
 )]
 async fn list_recordings(
     State(state): State<AppState>,
-    user: AuthUser,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<RecordingList>, ApiError> {
-    let caller = MeetingCaller::resolve(&state, &user, &id).await?;
-    caller.require_moderator()?;
+    let caller = RecordingCaller::resolve(&state, &headers, &id).await?;
     let rows = state.store.meeting_recordings(&caller.meeting.id).await?;
-    Ok(Json(RecordingList {
-        items: rows.into_iter().map(RecordingInfo::from).collect(),
-    }))
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        items.push(info(&state, row).await?);
+    }
+    Ok(Json(RecordingList { items }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/meetings/{id}/recordings/{recording_id}",
+    tag = "recordings",
+    params(
+        ("id" = String, Path, description = "meeting id or code"),
+        ("recording_id" = String, Path, description = "recording id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the recording and its files", body = RecordingInfo),
+        (status = 401, description = "no or bad token"),
+        (status = 403, description = "neither host, moderator nor a join token with the record grant"),
+        (status = 404, description = "meeting_not_found, recording_not_found"),
+    )
+)]
+async fn show_recording(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, recording_id)): Path<(String, String)>,
+) -> Result<Json<RecordingInfo>, ApiError> {
+    let caller = RecordingCaller::resolve(&state, &headers, &id).await?;
+    let recording = find(&state, &caller.meeting, &recording_id).await?;
+    Ok(Json(info(&state, recording).await?))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/meetings/{id}/recordings/{recording_id}",
+    tag = "recordings",
+    params(
+        ("id" = String, Path, description = "meeting id or code"),
+        ("recording_id" = String, Path, description = "recording id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "the recording and its files are gone"),
+        (status = 401, description = "no or bad token"),
+        (status = 403, description = "neither host, moderator nor a join token with the record grant"),
+        (status = 404, description = "meeting_not_found, recording_not_found"),
+        (status = 409, description = "recording_running: stop it first"),
+    )
+)]
+async fn delete_recording(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, recording_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let caller = RecordingCaller::resolve(&state, &headers, &id).await?;
+    let recording = find(&state, &caller.meeting, &recording_id).await?;
+    if recording.status == "recording" {
+        return Err(recording_error(RecordingError::AlreadyRunning));
+    }
+    let files = state.store.recording_files(&recording.id).await?;
+    for file in &files {
+        match tokio::fs::remove_file(&file.path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "removing a recording file: {e}"
+                )))
+            }
+        }
+    }
+    // The recording's own directory, once empty.
+    let _ = tokio::fs::remove_dir(state.recorder.dir().join(&recording.id)).await;
+    match state.store.delete_recording(&recording.id).await {
+        Ok(()) | Err(StoreError::NotFound) => Ok(StatusCode::NO_CONTENT),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/meetings/{id}/recordings/{recording_id}/files/{file_id}",
+    tag = "recordings",
+    params(
+        ("id" = String, Path, description = "meeting id or code"),
+        ("recording_id" = String, Path, description = "recording id"),
+        ("file_id" = String, Path, description = "file id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the file (`video/webm`, `video/x-matroska` or `audio/ogg`); a file still being written is served as far as it is written"),
+        (status = 206, description = "the requested byte range (`Range: bytes=…`)"),
+        (status = 401, description = "no or bad token"),
+        (status = 403, description = "neither host, moderator nor a join token with the record grant"),
+        (status = 404, description = "meeting_not_found, recording_not_found, file_not_found"),
+        (status = 416, description = "the range is outside the file"),
+    )
+)]
+async fn download_file(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, recording_id, file_id)): Path<(String, String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let caller = RecordingCaller::resolve(&state, &headers, &id).await?;
+    let recording = find(&state, &caller.meeting, &recording_id).await?;
+    let files = state.store.recording_files(&recording.id).await?;
+    let file = files
+        .into_iter()
+        .find(|f| f.id == file_id)
+        .ok_or_else(|| ApiError::not_found("file_not_found", "no such file"))?;
+    // Only a path the recorder wrote under its directory is ever served.
+    let path = std::path::PathBuf::from(&file.path);
+    if !path.starts_with(state.recorder.dir()) || !path.is_file() {
+        return Err(ApiError::not_found("file_not_found", "the file is gone"));
+    }
+    let content_type = HeaderValue::from_str(&file.content_type).map_err(ApiError::internal)?;
+    let mut response = tower_http::services::ServeFile::new(&path)
+        .oneshot(request)
+        .await
+        .map_err(ApiError::internal)?
+        .map(Body::new);
+    // ServeFile guesses from the extension; the row says what was written.
+    if response.status().is_success() {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -178,14 +572,43 @@ async fn stats(
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(list_recordings, stats),
-    components(schemas(RecordingInfo, RecordingList, MeetingStats))
+    paths(
+        start_recording,
+        stop_recording,
+        list_recordings,
+        show_recording,
+        delete_recording,
+        download_file,
+        stats
+    ),
+    components(schemas(
+        RecordingInfo,
+        RecordingFileInfo,
+        RecordingList,
+        StartRecording,
+        MeetingStats
+    ))
 )]
 struct Doc;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/meetings/{id}/recordings", get(list_recordings))
+        .route(
+            "/meetings/{id}/recordings",
+            get(list_recordings).post(start_recording),
+        )
+        .route(
+            "/meetings/{id}/recordings/{recording_id}",
+            get(show_recording).delete(delete_recording),
+        )
+        .route(
+            "/meetings/{id}/recordings/{recording_id}/stop",
+            post(stop_recording),
+        )
+        .route(
+            "/meetings/{id}/recordings/{recording_id}/files/{file_id}",
+            get(download_file),
+        )
         .route("/meetings/{id}/stats", get(stats))
 }
 

@@ -83,6 +83,8 @@ pub struct Engine {
     /// The rooms placed here, each owning its peers and tracks.
     pub(super) rooms: Rooms,
     pub(super) next_track_id: u64,
+    /// Tap ids, unique within the engine.
+    pub(super) next_tap: u64,
     /// (deadline, peer); stale entries are skipped by comparing with `Peer::next_timeout`.
     pub(super) timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
     /// Peers with input handled but output not yet polled.
@@ -145,6 +147,7 @@ impl Engine {
             demux: Demux::new(config.max_addresses_per_peer),
             rooms: Rooms::default(),
             next_track_id: 1,
+            next_tap: 0,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             outbox: Vec::new(),
@@ -250,6 +253,35 @@ impl Engine {
                 reply,
             } => {
                 let _ = reply.send(self.set_paused(session, track, paused, now));
+            }
+            Command::AttachTap {
+                track,
+                slot,
+                tx,
+                reply,
+            } => {
+                let _ = reply.send(self.attach_tap(track, slot, tx, now));
+            }
+            Command::DetachTap { track, tap, reply } => {
+                let result = match self.rooms.track_mut(track) {
+                    Some(track) => {
+                        track.taps.retain(|t| t.id != tap);
+                        Ok(())
+                    }
+                    None => Err(SfuError::TrackNotFound),
+                };
+                let _ = reply.send(result);
+            }
+            Command::RequestKeyframe { track, reply } => {
+                let result = match self.rooms.track_mut(track) {
+                    Some(t) => {
+                        let top = t.layers.len().saturating_sub(1);
+                        self.request_keyframe(track, top, "recorder", now);
+                        Ok(())
+                    }
+                    None => Err(SfuError::TrackNotFound),
+                };
+                let _ = reply.send(result);
             }
             Command::SetTrackPriority {
                 track,
@@ -623,6 +655,7 @@ impl Engine {
                     dynacast: Default::default(),
                     audio_level_extension,
                     audio_level: Default::default(),
+                    taps: Vec::new(),
                 },
             );
             peer.inbound.insert(rtc_track_id, id);
@@ -691,6 +724,37 @@ impl Engine {
         identities.sort_by(|a, b| a.0.cmp(&b.0));
         identities.dedup();
         !identities.contains(&identity) && identities.len() >= max
+    }
+
+    fn attach_tap(
+        &mut self,
+        track_id: TrackId,
+        slot: u8,
+        tx: tokio::sync::mpsc::Sender<super::tap::TapPacket>,
+        now: Instant,
+    ) -> Result<super::tap::TapInfo, SfuError> {
+        self.next_tap += 1;
+        let id = self.next_tap;
+        let track = self
+            .rooms
+            .track_mut(track_id)
+            .ok_or(SfuError::TrackNotFound)?;
+        track.taps.push(super::tap::Tap { id, slot, tx });
+        let info = super::tap::TapInfo {
+            id,
+            mime_type: track.codec.mime_type.clone(),
+            clock_rate: track.codec.clock_rate,
+            channels: track.codec.channels,
+            red_payload_type: track.red_payload_type,
+            fmtp: track.codec.sdp_fmtp_line.clone(),
+        };
+        let (video, top) = (track.is_video(), track.layers.len().saturating_sub(1));
+        if video {
+            self.request_keyframe(track_id, top, "recorder", now);
+            // Dynacast keeps the top layer encoded while it is tapped.
+            self.retarget(track_id, now, "");
+        }
+        Ok(info)
     }
 
     fn set_track_muted(
@@ -1335,6 +1399,12 @@ impl Engine {
                 &mut self.dirty,
                 &self.metrics,
             );
+            if !track.taps.is_empty() && layer + 1 == track.layers.len() {
+                let (dropped, _) = super::tap::offer(&mut track.taps, &packet, now);
+                if dropped > 0 {
+                    self.metrics.tap_dropped.inc_by(dropped);
+                }
+            }
             self.metrics.rtp_packets_out.inc_by(forwarded);
             self.metrics
                 .rtp_bytes_out

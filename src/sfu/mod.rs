@@ -27,6 +27,7 @@ pub mod simulcast;
 pub mod speaker;
 pub mod subscriber;
 mod subscription;
+pub mod tap;
 mod track;
 mod udp;
 mod viewer;
@@ -351,6 +352,21 @@ pub(crate) enum Command {
     SetTrackPriority {
         track: TrackId,
         priority: u8,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    AttachTap {
+        track: TrackId,
+        slot: u8,
+        tx: tokio::sync::mpsc::Sender<tap::TapPacket>,
+        reply: oneshot::Sender<Result<tap::TapInfo, SfuError>>,
+    },
+    DetachTap {
+        track: TrackId,
+        tap: u64,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    RequestKeyframe {
+        track: TrackId,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
     SetWanted {
@@ -763,6 +779,40 @@ impl Sfu {
                 priority,
                 reply,
             }
+        })
+        .await
+    }
+
+    /// Copies `track`'s packets (its top layer) into `tx`, tagged `slot`, until detached or
+    /// the track ends (then `tx`'s receiver sees the channel close). Asks for a keyframe.
+    pub async fn attach_tap(
+        &self,
+        track: TrackId,
+        slot: u8,
+        tx: tokio::sync::mpsc::Sender<tap::TapPacket>,
+    ) -> Result<tap::TapInfo, SfuError> {
+        self.call(Route::Track(track), no_track, |reply| Command::AttachTap {
+            track,
+            slot,
+            tx,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn detach_tap(&self, track: TrackId, tap: u64) -> Result<(), SfuError> {
+        self.call(Route::Track(track), no_track, |reply| Command::DetachTap {
+            track,
+            tap,
+            reply,
+        })
+        .await
+    }
+
+    /// Asks the publisher of `track` for a keyframe of its top layer (within the throttle).
+    pub async fn request_keyframe(&self, track: TrackId) -> Result<(), SfuError> {
+        self.call(Route::Track(track), no_track, |reply| {
+            Command::RequestKeyframe { track, reply }
         })
         .await
     }

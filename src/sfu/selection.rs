@@ -244,7 +244,7 @@ impl Engine {
     /// Sets each subscriber's target layer of `track_id` to what it wants among the layers
     /// sent now, and asks for a keyframe on every layer a leg must move to. `reason` labels a
     /// change the subscriber asked for; others are named by what happened to the layers.
-    fn retarget(&mut self, track_id: TrackId, now: Instant, reason: &'static str) {
+    pub(super) fn retarget(&mut self, track_id: TrackId, now: Instant, reason: &'static str) {
         let Some(room) = self.rooms.of_track_mut(track_id) else {
             return;
         };
@@ -305,6 +305,12 @@ impl Engine {
             down.target_layer = target;
             if down.layer != Some(target) {
                 keyframes[usize::from(target)] = true;
+            }
+        }
+        // A tap (the recorder) records the top layer: it stays encoded.
+        if !track.taps.is_empty() {
+            if let Some(top) = needed.last_mut() {
+                *top = true;
             }
         }
         let (publisher, publisher_track) = (track.publisher, track.publisher_track_id.clone());

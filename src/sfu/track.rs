@@ -46,6 +46,8 @@ pub struct PublishedTrack {
     /// Audio: the negotiated id of the audio-level header extension, if any.
     pub audio_level_extension: Option<u8>,
     pub audio_level: crate::sfu::speaker::AudioLevel,
+    /// Consumers of a copy of its packets (recorder, RTP forwards), fed its top layer.
+    pub taps: Vec<super::tap::Tap>,
 }
 
 impl PublishedTrack {

@@ -183,6 +183,9 @@ pub struct Moderation {
     /// `set_role`: `moderator`, `participant` or `guest`.
     #[serde(default)]
     pub role: Option<String>,
+    /// `start_recording`: Ogg/Opus of every microphone only.
+    #[serde(default)]
+    pub audio_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -194,6 +197,9 @@ pub enum ModerateAction {
     Deny,
     SetRole,
     EndMeeting,
+    /// Start recording the meeting (`audio_only` optional).
+    StartRecording,
+    StopRecording,
 }
 
 /// Which of the client's two connections a candidate belongs to.
@@ -368,6 +374,22 @@ pub enum ServerMessage {
     MeetingEnded {
         #[serde(skip_serializing_if = "Option::is_none")]
         by: Option<String>,
+    },
+    /// The meeting is being recorded (sent to everyone when it starts, and to each participant
+    /// who joins while it runs): the page shows its REC indicator.
+    RecordingStarted {
+        recording_id: String,
+        audio_only: bool,
+        /// The participant who started it, when it was one (not REST or auto-start).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// The recording ended: `status` `ready` or `failed` (with `reason`, e.g. `disk_full`).
+    RecordingStopped {
+        recording_id: String,
+        status: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     Error {
         code: String,

@@ -26,14 +26,17 @@ use super::protocol::{
 };
 use super::rooms::{frame, Frame, Services, Signaling, WaitEvent};
 use super::session::{kind_of, media_kind, Input};
+use crate::domain::live::RecordingError;
 use crate::domain::meetings::Status;
 use crate::domain::moderation::{self, ModerationError};
 use crate::domain::roles::Role;
 use crate::ids::{PeerId, TrackId};
+use crate::recording::{FileOwner, RecordingHandle};
 use crate::sfu::{MediaKind, SfuEvent};
 use crate::store::meetings::Meeting;
 use crate::store::moderation::MuteFlag;
 use crate::store::participants::Participant;
+use crate::store::recordings::Recording;
 use crate::store::{now_ms, StoreError};
 
 pub(crate) type Reply<T> = oneshot::Sender<T>;
@@ -147,6 +150,16 @@ pub(crate) enum Command {
     Shutdown,
     /// One of the room's SFU events.
     Media(SfuEvent),
+    /// Insert `recording` and start writing every member's tracks.
+    StartRecording {
+        recording: Recording,
+        reply: Reply<Result<Recording, RecordingError>>,
+    },
+    /// Stop the running recording (only if it is `recording_id`, when given).
+    StopRecording {
+        recording_id: Option<String>,
+        reply: Reply<Result<Recording, RecordingError>>,
+    },
 }
 
 struct Member {
@@ -194,6 +207,10 @@ pub(super) struct Room {
     /// The meeting was ended: nobody registers, its members leaving start no countdown.
     ended: bool,
     countdown: Option<Countdown>,
+    /// The meeting's running recording, owned here: members' tracks join it as they publish.
+    recording: Option<RecordingHandle>,
+    /// Whether the meeting's auto-record setting was looked at (once per task).
+    auto_record_checked: bool,
 }
 
 /// Serves the room's commands until it is idle and the directory let it go.
@@ -206,11 +223,25 @@ pub(super) async fn run(mut room: Room, mut commands: mpsc::UnboundedReceiver<Co
                 None => return,
             },
             _ = sleep_until(deadline), if deadline.is_some() => room.countdown_due().await,
+            reason = recording_failure(&mut room.recording) => {
+                let _ = room.stop_recording(None, Some(reason)).await;
+            }
         }
         if room.idle() && room.signaling.retire(&room.meeting_id, room.id, &commands) {
             tracing::debug!(meeting = %room.meeting_id, "room closed");
             return;
         }
+    }
+}
+
+/// The disk guard's reason to stop the running recording; pending while none runs.
+async fn recording_failure(recording: &mut Option<RecordingHandle>) -> &'static str {
+    match recording {
+        Some(handle) => match handle.failure().await {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -238,11 +269,16 @@ impl Room {
             waiting: HashMap::new(),
             ended: false,
             countdown: None,
+            recording: None,
+            auto_record_checked: false,
         }
     }
 
     fn idle(&self) -> bool {
-        self.members.is_empty() && self.waiting.is_empty() && self.countdown.is_none()
+        self.members.is_empty()
+            && self.waiting.is_empty()
+            && self.countdown.is_none()
+            && self.recording.is_none()
     }
 
     async fn on_command(&mut self, command: Command) {
@@ -252,7 +288,14 @@ impl Room {
                 session,
                 reply,
             } => {
-                let _ = reply.send(self.register(view, session));
+                let participant_id = view.participant_id.clone();
+                let registered = self.register(view, session);
+                let ok = registered.is_ok();
+                let _ = reply.send(registered);
+                if ok {
+                    self.auto_record().await;
+                    self.tell_recording(&participant_id);
+                }
             }
             Command::Unregister {
                 participant_id,
@@ -340,7 +383,10 @@ impl Room {
                 participant_id,
                 admitted,
             } => self.waiting_resolved(participant_id, admitted),
-            Command::MeetingEnded { by } => self.meeting_ended(by),
+            Command::MeetingEnded { by } => {
+                let _ = self.stop_recording(None, None).await;
+                self.meeting_ended(by);
+            }
             Command::MeetingUpdated(meeting) => {
                 self.broadcast(
                     &frame(&ServerMessage::MeetingUpdated {
@@ -360,6 +406,8 @@ impl Room {
                 }
             }
             Command::Shutdown => {
+                // Files are closed whole: the recording is ready, not interrupted.
+                let _ = self.stop_recording(None, None).await;
                 self.countdown = None;
                 for member in self.members.values() {
                     let _ = member.session.send(Input::Shutdown);
@@ -369,6 +417,21 @@ impl Room {
                 }
             }
             Command::Media(event) => self.on_media(event).await,
+            Command::StartRecording { recording, reply } => {
+                let _ = reply.send(self.start_recording(recording).await);
+            }
+            Command::StopRecording {
+                recording_id,
+                reply,
+            } => {
+                let result = match (&self.recording, &recording_id) {
+                    (Some(running), Some(id)) if running.recording_id != *id => {
+                        Err(RecordingError::NotRunning)
+                    }
+                    _ => self.stop_recording(None, None).await,
+                };
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -741,6 +804,7 @@ impl Room {
                 }
                 // A new track starts forwarding; it follows the participant's mute state.
                 self.apply_mute(participant_id, track.id, muted).await;
+                self.record_track(participant_id, track.id, source).await;
             }
             SfuEvent::TrackUnpublished { track, .. } => {
                 if member.tracks.remove(&track).is_none() {
@@ -758,6 +822,134 @@ impl Room {
             }
             _ => {}
         }
+    }
+
+    // ---- recording ----------------------------------------------------------------------------
+
+    async fn start_recording(&mut self, recording: Recording) -> Result<Recording, RecordingError> {
+        if self.ended || self.signaling.stopping() {
+            return Err(RecordingError::Closed);
+        }
+        if self.recording.is_some() {
+            return Err(RecordingError::AlreadyRunning);
+        }
+        let recorder = self.services.recorder.clone();
+        if recorder.disk_full() {
+            return Err(RecordingError::DiskFull);
+        }
+        match self.services.store.insert_recording(&recording).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => return Err(RecordingError::AlreadyRunning),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(meeting = %self.meeting_id, recording = %recording.id, audio_only = recording.audio_only, "recording started");
+        self.recording = Some(recorder.start(&recording));
+        let tracks: Vec<(String, TrackId, Source)> = self
+            .members
+            .iter()
+            .flat_map(|(id, m)| {
+                m.tracks
+                    .iter()
+                    .map(move |(track, (source, _))| (id.clone(), *track, *source))
+            })
+            .collect();
+        for (participant_id, track, source) in tracks {
+            self.record_track(&participant_id, track, source).await;
+        }
+        let by = recording
+            .started_by
+            .as_ref()
+            .and_then(|identity| self.by_identity.get(identity).cloned());
+        self.broadcast(
+            &frame(&ServerMessage::RecordingStarted {
+                recording_id: recording.id.clone(),
+                audio_only: recording.audio_only,
+                by,
+            }),
+            None,
+        );
+        Ok(recording)
+    }
+
+    /// Stops the running recording: files closed, rows written, everyone told.
+    async fn stop_recording(
+        &mut self,
+        _by: Option<String>,
+        reason: Option<&'static str>,
+    ) -> Result<Recording, RecordingError> {
+        let Some(handle) = self.recording.take() else {
+            return Err(RecordingError::NotRunning);
+        };
+        let recording = handle.stop(reason).await;
+        tracing::info!(meeting = %self.meeting_id, recording = %recording.id, status = %recording.status, reason = ?recording.reason, "recording stopped");
+        self.broadcast(
+            &frame(&ServerMessage::RecordingStopped {
+                recording_id: recording.id.clone(),
+                status: recording.status.clone(),
+                reason: recording.reason.clone(),
+            }),
+            None,
+        );
+        Ok(recording)
+    }
+
+    /// Adds one of a member's tracks to the running recording: camera and microphone share a
+    /// file, a screen share and its audio have their own.
+    async fn record_track(&mut self, participant_id: &str, track: TrackId, source: Source) {
+        let Some(handle) = &mut self.recording else {
+            return;
+        };
+        let Some(member) = self.members.get(participant_id) else {
+            return;
+        };
+        let file_source = match source {
+            Source::Screen | Source::ScreenAudio => "screen",
+            _ => "camera",
+        };
+        let owner = FileOwner {
+            participant_id: participant_id.to_owned(),
+            identity: member.view.identity.clone(),
+            display_name: member.view.display_name.clone(),
+            source: file_source,
+        };
+        handle.add_track(owner, track).await;
+    }
+
+    /// The meeting records itself once live when its `recording` setting says so: checked on
+    /// the first member of this task.
+    async fn auto_record(&mut self) {
+        if self.auto_record_checked || self.recording.is_some() {
+            return;
+        }
+        self.auto_record_checked = true;
+        let store = &self.services.store;
+        let Ok(meeting) = store.meeting(&self.meeting_id).await else {
+            return;
+        };
+        if !meeting.settings.recording || meeting.status != Status::Live.as_str() {
+            return;
+        }
+        if matches!(store.running_recording(&self.meeting_id).await, Ok(Some(_))) {
+            return;
+        }
+        let recording = Recording::new(self.meeting_id.clone(), false, None);
+        if let Err(e) = self.start_recording(recording).await {
+            tracing::warn!(meeting = %self.meeting_id, error = %e, "automatic recording not started");
+        }
+    }
+
+    /// A member who joins while the meeting is recorded is told at once.
+    fn tell_recording(&self, participant_id: &str) {
+        let (Some(handle), Some(member)) = (&self.recording, self.members.get(participant_id))
+        else {
+            return;
+        };
+        let message = ServerMessage::RecordingStarted {
+            recording_id: handle.recording_id.clone(),
+            audio_only: handle.audio_only,
+            by: None,
+        };
+        let _ = member.session.send(Input::Deliver(frame(&message)));
     }
 
     // ---- the waiting room and the end ----------------------------------------------------------

@@ -54,9 +54,21 @@ async fn fixture(empty_timeout: Duration) -> Fixture {
         })
         .await
         .unwrap();
+    let recorder = crate::recording::Recorder::new(
+        crate::recording::RecorderConfig {
+            dir: config.recordings_path(),
+            jitter: config.recording_jitter,
+            min_free_bytes: 0,
+        },
+        store.clone(),
+        sfu.clone(),
+        Default::default(),
+    )
+    .unwrap();
     let signaling = Signaling::new(Services {
         store: store.clone(),
         sfu,
+        recorder,
         empty_timeout,
     });
     Fixture {

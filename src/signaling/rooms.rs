@@ -8,6 +8,8 @@
 //! room that closes (under the same lock, once its queue is empty) never loses one: a command
 //! for a closed room opens a new one or finds nobody to tell.
 
+use crate::domain::live::{LiveFuture, RecordingError};
+use crate::store::recordings::Recording;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,7 @@ pub enum WaitEvent {
 pub struct Services {
     pub store: Store,
     pub sfu: Sfu,
+    pub recorder: crate::recording::Recorder,
     /// `meeting_empty_timeout`: how long a live meeting stays up with nobody connected; zero
     /// never ends one.
     pub empty_timeout: Duration,
@@ -506,5 +509,33 @@ impl crate::domain::live::LiveMeetings for Signaling {
     }
     fn chat_posted(&self, message: &Message) {
         Signaling::chat_posted(self, message);
+    }
+    fn start_recording(
+        &self,
+        recording: Recording,
+    ) -> LiveFuture<'_, Result<Recording, RecordingError>> {
+        Box::pin(async move {
+            let meeting_id = recording.meeting_id.clone();
+            self.ask(&meeting_id, true, |reply| Command::StartRecording {
+                recording,
+                reply,
+            })
+            .await
+            .unwrap_or(Err(RecordingError::Closed))
+        })
+    }
+    fn stop_recording(
+        &self,
+        meeting_id: String,
+        recording_id: String,
+    ) -> LiveFuture<'_, Result<Recording, RecordingError>> {
+        Box::pin(async move {
+            self.ask(&meeting_id, false, |reply| Command::StopRecording {
+                recording_id: Some(recording_id),
+                reply,
+            })
+            .await
+            .unwrap_or(Err(RecordingError::NotRunning))
+        })
     }
 }

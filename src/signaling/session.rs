@@ -1092,6 +1092,18 @@ impl Session {
             signaling.meeting_ended(&meeting_id, by);
             return Ok(());
         }
+        if matches!(
+            request.action,
+            ModerateAction::StartRecording | ModerateAction::StopRecording
+        ) {
+            if !self.role.can(Action::ManageRecording) && !self.grants.record {
+                return Err(Refusal::new(
+                    "forbidden",
+                    "only the host, a moderator or a token with the record grant may record",
+                ));
+            }
+            return self.recording(request.action, request.audio_only).await;
+        }
         let Some(participant_id) = request.participant_id.as_deref() else {
             return Err(Refusal::new("invalid", "participant_id is required"));
         };
@@ -1132,9 +1144,49 @@ impl Session {
                     .await?;
                 signaling.role_changed(&meeting_id, &target.id, role);
             }
-            ModerateAction::EndMeeting => {}
+            ModerateAction::EndMeeting
+            | ModerateAction::StartRecording
+            | ModerateAction::StopRecording => {}
         }
         Ok(())
+    }
+
+    /// Starts or stops the meeting's recording through its room (which tells everyone).
+    async fn recording(&mut self, action: ModerateAction, audio_only: bool) -> Outcome {
+        use crate::domain::live::RecordingError;
+        let live = self.state.live.rooms.clone();
+        let meeting_id = self.meeting.id.clone();
+        let result = if action == ModerateAction::StartRecording {
+            let recording = crate::store::recordings::Recording::new(
+                meeting_id,
+                audio_only,
+                Some(self.identity.clone()),
+            );
+            crate::domain::live::LiveMeetings::start_recording(&live, recording).await
+        } else {
+            let running = self.state.store.running_recording(&meeting_id).await?;
+            let Some(running) = running else {
+                return Err(Refusal::new("not_recording", "no recording is running"));
+            };
+            crate::domain::live::LiveMeetings::stop_recording(&live, meeting_id, running.id).await
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(RecordingError::AlreadyRunning) => Err(Refusal::new(
+                "recording_running",
+                "a recording is already running",
+            )),
+            Err(RecordingError::NotRunning) => {
+                Err(Refusal::new("not_recording", "no recording is running"))
+            }
+            Err(RecordingError::DiskFull) => {
+                Err(Refusal::new("disk_full", "the recordings disk is full"))
+            }
+            Err(RecordingError::Closed) => {
+                Err(Refusal::new("meeting_closed", "the meeting is closed"))
+            }
+            Err(RecordingError::Store(e)) => Err(e.into()),
+        }
     }
 
     // ---- SFU events ------------------------------------------------------------------------

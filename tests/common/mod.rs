@@ -4,6 +4,7 @@
 pub mod api;
 pub mod browser;
 pub mod client;
+pub mod media;
 pub mod netns;
 
 use std::time::Duration;

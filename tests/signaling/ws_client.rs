@@ -376,6 +376,17 @@ fn opus() -> RTCRtpCodec {
     }
 }
 
+pub fn h264() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/H264".to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+            .to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
 fn vp8() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "video/VP8".to_owned(),
@@ -407,6 +418,8 @@ pub struct MediaClient {
     audio_level_id: Option<u8>,
     /// The level (-dBov, 0 loudest) audio packets carry.
     pub audio_level: std::sync::atomic::AtomicU8,
+    /// The codec of video tracks published from now on (VP8 unless set).
+    pub video_codec: Option<RTCRtpCodec>,
 }
 
 impl MediaClient {
@@ -446,6 +459,7 @@ impl MediaClient {
             offers_sent: 0,
             audio_level_id: None,
             audio_level: std::sync::atomic::AtomicU8::new(127),
+            video_codec: None,
         }
     }
 
@@ -478,7 +492,7 @@ impl MediaClient {
             let codec = if kind == RtpCodecKind::Audio {
                 opus()
             } else {
-                vp8()
+                self.video_codec.clone().unwrap_or_else(vp8)
             };
             let ssrc = rand::random::<u32>();
             let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -734,6 +748,26 @@ impl MediaClient {
             let packet = rtc::rtp::Packet { header, payload };
             track.track.write_rtp(packet).await.expect("write_rtp");
         }
+    }
+
+    /// One packet of real media on `track_id`, with its own marker and RTP timestamp.
+    pub async fn send_packet(&self, track_id: &str, payload: Bytes, marker: bool, timestamp: u32) {
+        let mut tracks = self.tracks.lock().await;
+        let track = tracks
+            .get_mut(track_id)
+            .unwrap_or_else(|| panic!("no track {track_id}"));
+        track.sequence = track.sequence.wrapping_add(1);
+        let header = rtc::rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type: track.payload_type,
+            sequence_number: track.sequence,
+            timestamp,
+            ssrc: track.ssrc,
+            ..Default::default()
+        };
+        let packet = rtc::rtp::Packet { header, payload };
+        track.track.write_rtp(packet).await.expect("write_rtp");
     }
 
     /// Remote tracks received so far.

@@ -1,0 +1,400 @@
+//! Recordings, checked from the outside: a participant publishes real VP8 (or H264) and Opus
+//! over the WebSocket flow, the host records over REST, and Debian's ffprobe/ffmpeg read the
+//! files the download endpoint serves.
+
+mod common;
+#[path = "signaling/ws_client.rs"]
+mod ws_client;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::api::{assert_error, TestUser};
+use common::media::{self, Scratch};
+use common::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use ws_client::MediaClient;
+
+async fn seat(server: &TestServer, meeting: &Value, user: &TestUser) -> String {
+    let path = format!("/meetings/{}/join", meeting["code"].as_str().unwrap());
+    let reply = server
+        .call(Method::POST, &path, Some(&user.token), Some(json!({})))
+        .await;
+    assert_eq!(reply.0, StatusCode::OK, "{}", reply.1);
+    reply.1["join_token"].as_str().unwrap().to_owned()
+}
+
+struct Meeting {
+    host: TestUser,
+    meeting: Value,
+    id: String,
+}
+
+async fn live_meeting(server: &TestServer) -> Meeting {
+    let host = server.user("host").await;
+    let (status, meeting) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "recorded"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{meeting}");
+    let id = meeting["id"].as_str().unwrap().to_owned();
+    Meeting { host, meeting, id }
+}
+
+/// Sends `frames` and `packets` paced in real time on the client's `video`/`audio` tracks
+/// until `stop` (or the media runs out, then it loops from the start, timestamps going on).
+fn stream(
+    client: Arc<MediaClient>,
+    video: Option<(&'static str, Vec<Bytes>, bool)>,
+    audio: Option<(&'static str, Vec<Bytes>)>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let (mut frame, mut packet) = (0usize, 0usize);
+        while !stop.load(Ordering::Relaxed) {
+            let elapsed = start.elapsed();
+            if let Some((track, frames, h264)) = &video {
+                while media::FRAME_INTERVAL * frame as u32 <= elapsed {
+                    let data = &frames[frame % frames.len()];
+                    let payloads = media::packetize(*h264, data);
+                    let n = payloads.len();
+                    let ts = (frame as u32).wrapping_mul(media::VIDEO_STEP);
+                    for (i, payload) in payloads.into_iter().enumerate() {
+                        client.send_packet(track, payload, i + 1 == n, ts).await;
+                    }
+                    frame += 1;
+                }
+            }
+            if let Some((track, packets)) = &audio {
+                while Duration::from_millis(20) * packet as u32 <= elapsed {
+                    let data = packets[packet % packets.len()].clone();
+                    let ts = (packet as u32).wrapping_mul(media::AUDIO_STEP);
+                    client.send_packet(track, data, true, ts).await;
+                    packet += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// Downloads `url` into `to`; returns the response headers.
+async fn download(
+    server: &TestServer,
+    token: &str,
+    url: &str,
+    to: &Path,
+) -> reqwest::header::HeaderMap {
+    let response = server
+        .http
+        .get(format!("{}{url}", server.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    std::fs::write(to, &bytes).unwrap();
+    headers
+}
+
+async fn wait_recording(server: &TestServer, m: &Meeting, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, body) = server
+            .call(
+                Method::GET,
+                &format!("/meetings/{}/recordings/{id}", m.id),
+                Some(&m.host.token),
+                None,
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        if body["status"] == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recording never {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The file of `source` for participant `pid`.
+fn file_of<'a>(recording: &'a Value, pid: &str, source: &str) -> &'a Value {
+    recording["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["participant_id"] == pid && f["source"] == source)
+        .unwrap_or_else(|| panic!("no {source} file of {pid}: {recording}"))
+}
+
+fn streams_of(probe: &Value) -> Vec<(String, String)> {
+    probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["codec_type"].as_str().unwrap_or("").to_owned(),
+                s["codec_name"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn recorded_publisher(
+    server: &TestServer,
+    m: &Meeting,
+    user: &TestUser,
+    name: &str,
+    h264: bool,
+) -> MediaClient {
+    let mut client =
+        MediaClient::join(server, name, &seat(server, &m.meeting, user).await, false).await;
+    if h264 {
+        client.video_codec = Some(ws_client::h264());
+    }
+    client
+        .publish(&[("camera", "cam"), ("microphone", "mic")])
+        .await;
+    client.wait_publisher_connected().await;
+    client
+}
+
+fn skip_without_ffmpeg() -> bool {
+    if media::ffmpeg_available() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "ffmpeg/ffprobe are needed (scripts/test installs them as root)"
+    );
+    eprintln!("skipped: ffmpeg/ffprobe not installed (sudo apt-get install -y ffmpeg)");
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vp8_and_opus_participant_is_recorded_to_webm_that_decodes() {
+    if skip_without_ffmpeg() {
+        return;
+    }
+    let scratch = Scratch::new("recording");
+    let frames = media::vp8_frames(&scratch.0, 4);
+    let packets = media::opus_packets(&scratch.0, 4);
+    let server = TestServer::start().await;
+    let m = live_meeting(&server).await;
+    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", false).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = stream(
+        alice.clone(),
+        Some(("cam", frames, false)),
+        Some(("mic", packets)),
+        stop.clone(),
+    );
+
+    let recordings = format!("/meetings/{}/recordings", m.id);
+    // Nobody but the host and moderators: another user is refused.
+    let stranger = server.user("stranger").await;
+    let refused = server
+        .call(
+            Method::POST,
+            &recordings,
+            Some(&stranger.token),
+            Some(json!({})),
+        )
+        .await;
+    assert!(
+        refused.0 == StatusCode::FORBIDDEN || refused.0 == StatusCode::NOT_FOUND,
+        "{refused:?}"
+    );
+    let (status, started) = server
+        .call(
+            Method::POST,
+            &recordings,
+            Some(&m.host.token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert_eq!(started["status"], "recording");
+    let id = started["id"].as_str().unwrap().to_owned();
+    let began = Instant::now();
+    // Everyone is told (the page shows REC).
+    let told = alice_ws_expect(&alice, "recording_started").await;
+    assert_eq!(told["recording_id"], id.as_str());
+    // A second start while it runs is a conflict.
+    let again = server
+        .call(Method::POST, &recordings, Some(&m.host.token), None)
+        .await;
+    assert_error(&again, StatusCode::CONFLICT, "recording_running");
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (status, stopped) = server
+        .call(
+            Method::POST,
+            &format!("{recordings}/{id}/stop"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    let recorded_for = began.elapsed().as_secs_f64();
+    assert_eq!(status, StatusCode::OK, "{stopped}");
+    assert_eq!(stopped["status"], "ready", "{stopped}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.await;
+    let told = alice_ws_expect(&alice, "recording_stopped").await;
+    assert_eq!(told["status"], "ready");
+
+    let file = file_of(&stopped, &alice.participant_id(), "camera");
+    assert_eq!(file["content_type"], "video/webm", "{file}");
+    assert_eq!(file["codecs"], json!(["vp8", "opus"]));
+    assert_eq!(file["kinds"], json!(["audio", "video"]));
+    let path = scratch.0.join("out.webm");
+    let url = file["url"].as_str().unwrap();
+    let headers = download(&server, &m.host.token, url, &path).await;
+    assert_eq!(headers["content-type"], "video/webm");
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(file["size_bytes"].as_u64(), Some(size));
+    assert_eq!(
+        headers["content-length"].to_str().unwrap(),
+        size.to_string()
+    );
+
+    let probe = media::probe(&path);
+    let mut streams = streams_of(&probe);
+    streams.sort();
+    assert_eq!(
+        streams,
+        vec![
+            ("audio".to_owned(), "opus".to_owned()),
+            ("video".to_owned(), "vp8".to_owned())
+        ],
+        "{probe}"
+    );
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        (duration - recorded_for).abs() <= recorded_for * 0.1,
+        "duration {duration} s for {recorded_for:.1} s recorded"
+    );
+    let errors = media::decode_errors(&path);
+    assert!(errors.is_empty(), "decoding: {errors}");
+    // Audio and video cover the same time (within 100 ms at each end).
+    let (video_end, audio_end) = (
+        media::decoded_seconds(&path, "v:0"),
+        media::decoded_seconds(&path, "a:0"),
+    );
+    assert!(
+        (video_end - audio_end).abs() < 0.15,
+        "video ends {video_end}, audio {audio_end}"
+    );
+    // The file starts with the first audio; video joins at its first keyframe (this publisher
+    // ignores PLI and sends one every 2 s), at its true time.
+    let (video_start, audio_start) = (
+        media::first_seconds(&path, "v:0"),
+        media::first_seconds(&path, "a:0"),
+    );
+    assert!(audio_start < 0.1, "audio starts at {audio_start}");
+    assert!(video_start < 2.2, "video starts at {video_start}");
+
+    // Range: the bytes asked for, 206.
+    let ranged = server
+        .http
+        .get(format!("{}{url}", server.base))
+        .bearer_auth(&m.host.token)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        ranged.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 100-199/{size}")
+    );
+    let part = ranged.bytes().await.unwrap();
+    assert_eq!(&part[..], &std::fs::read(&path).unwrap()[100..200]);
+    // Another user's token gets nothing.
+    let theirs = server
+        .http
+        .get(format!("{}{url}", server.base))
+        .bearer_auth(&stranger.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        theirs.status() == StatusCode::FORBIDDEN || theirs.status() == StatusCode::NOT_FOUND,
+        "{}",
+        theirs.status()
+    );
+
+    // Delete removes the files.
+    let on_disk: Vec<PathBuf> = recording_files_on_disk(&server, &id);
+    assert!(!on_disk.is_empty());
+    let deleted = server
+        .call(
+            Method::DELETE,
+            &format!("{recordings}/{id}"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.0, StatusCode::NO_CONTENT, "{:?}", deleted.1);
+    assert!(on_disk.iter().all(|p| !p.exists()));
+    let gone = server
+        .call(
+            Method::GET,
+            &format!("{recordings}/{id}"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    assert_error(&gone, StatusCode::NOT_FOUND, "recording_not_found");
+}
+
+async fn alice_ws_expect(client: &MediaClient, kind: &str) -> Value {
+    // MediaClient's socket is behind a shared reference here: its log has every message.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = client
+            .ws
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|m| m["type"] == kind)
+            .cloned()
+        {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no {kind}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn recording_files_on_disk(server: &TestServer, recording_id: &str) -> Vec<PathBuf> {
+    let dir = server
+        .server
+        .state
+        .config
+        .recordings_path()
+        .join(recording_id);
+    std::fs::read_dir(&dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
