@@ -366,6 +366,242 @@ async fn a_vp8_and_opus_participant_is_recorded_to_webm_that_decodes() {
     assert_error(&gone, StatusCode::NOT_FOUND, "recording_not_found");
 }
 
+/// Starts a recording with `body`, lets `run` act while it records, stops it; the stopped
+/// recording.
+async fn record(server: &TestServer, m: &Meeting, body: Value, seconds: u64) -> Value {
+    let recordings = format!("/meetings/{}/recordings", m.id);
+    let (status, started) = server
+        .call(Method::POST, &recordings, Some(&m.host.token), Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (status, stopped) = server
+        .call(
+            Method::POST,
+            &format!("{recordings}/{id}/stop"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stopped}");
+    stopped
+}
+
+/// Every decoded frame time of one stream, in order.
+fn frame_times(path: &Path, stream: &str) -> Vec<f64> {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            stream,
+            "-show_entries",
+            "frame=pts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    let mut times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_h264_participant_gives_matroska_that_decodes() {
+    if skip_without_ffmpeg() {
+        return;
+    }
+    let scratch = Scratch::new("recording-h264");
+    let frames = media::h264_frames(&scratch.0, 4);
+    let packets = media::opus_packets(&scratch.0, 4);
+    let server = TestServer::start().await;
+    let m = live_meeting(&server).await;
+    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", true).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = stream(
+        alice.clone(),
+        Some(("cam", frames, true)),
+        Some(("mic", packets)),
+        stop.clone(),
+    );
+    let stopped = record(&server, &m, json!({}), 6).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.await;
+    assert_eq!(stopped["status"], "ready", "{stopped}");
+    let file = file_of(&stopped, &alice.participant_id(), "camera");
+    assert_eq!(file["content_type"], "video/x-matroska", "{file}");
+    let path = scratch.0.join("out.mkv");
+    let headers = download(&server, &m.host.token, file["url"].as_str().unwrap(), &path).await;
+    assert_eq!(headers["content-type"], "video/x-matroska");
+    let mut streams = streams_of(&media::probe(&path));
+    streams.sort();
+    assert_eq!(
+        streams,
+        vec![
+            ("audio".to_owned(), "opus".to_owned()),
+            ("video".to_owned(), "h264".to_owned())
+        ]
+    );
+    let errors = media::decode_errors(&path);
+    assert!(errors.is_empty(), "decoding: {errors}");
+    assert!(
+        frame_times(&path, "v:0").len() > 100,
+        "too few video frames"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audio_only_gives_ogg_opus_and_a_late_joiner_gets_a_file_from_then() {
+    if skip_without_ffmpeg() {
+        return;
+    }
+    let scratch = Scratch::new("recording-ogg");
+    let frames = media::vp8_frames(&scratch.0, 2);
+    let packets = media::opus_packets(&scratch.0, 4);
+    let server = TestServer::start().await;
+    let m = live_meeting(&server).await;
+    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", false).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let a = stream(
+        alice.clone(),
+        Some(("cam", frames.clone(), false)),
+        Some(("mic", packets.clone())),
+        stop.clone(),
+    );
+    let recordings = format!("/meetings/{}/recordings", m.id);
+    let (status, started) = server
+        .call(
+            Method::POST,
+            &recordings,
+            Some(&m.host.token),
+            Some(json!({"audio_only": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    assert_eq!(started["audio_only"], true);
+    let id = started["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Bob joins and publishes 3 s in.
+    let bob_user = server.user("bob").await;
+    let bob = Arc::new(recorded_publisher(&server, &m, &bob_user, "bob", false).await);
+    let b = stream(bob.clone(), None, Some(("mic", packets)), stop.clone());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, stopped) = server
+        .call(
+            Method::POST,
+            &format!("{recordings}/{id}/stop"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stopped}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = (a.await, b.await);
+    assert_eq!(stopped["status"], "ready", "{stopped}");
+    assert_eq!(stopped["files"].as_array().unwrap().len(), 2, "{stopped}");
+
+    let mut durations = Vec::new();
+    for (who, client) in [("alice", &alice), ("bob", &bob)] {
+        let file = file_of(&stopped, &client.participant_id(), "camera");
+        assert_eq!(file["content_type"], "audio/ogg", "{file}");
+        assert_eq!(file["kinds"], json!(["audio"]));
+        let path = scratch.0.join(format!("{who}.ogg"));
+        let headers = download(&server, &m.host.token, file["url"].as_str().unwrap(), &path).await;
+        assert_eq!(headers["content-type"], "audio/ogg");
+        assert_eq!(
+            streams_of(&media::probe(&path)),
+            vec![("audio".to_owned(), "opus".to_owned())]
+        );
+        let errors = media::decode_errors(&path);
+        assert!(errors.is_empty(), "decoding {who}: {errors}");
+        durations.push(media::decoded_seconds(&path, "a:0"));
+        let started_at =
+            chrono::DateTime::parse_from_rfc3339(file["started_at"].as_str().unwrap()).unwrap();
+        durations.push(started_at.timestamp_millis() as f64 / 1000.0);
+    }
+    // Alice's file covers the 7 s; Bob's starts about 3 s later and covers the rest.
+    let (alice_len, alice_start, bob_len, bob_start) =
+        (durations[0], durations[1], durations[2], durations[3]);
+    assert!((6.0..8.0).contains(&alice_len), "alice {alice_len} s");
+    assert!(
+        (bob_start - alice_start - 3.0).abs() < 1.5,
+        "bob starts {} s later",
+        bob_start - alice_start
+    );
+    assert!((2.5..5.0).contains(&bob_len), "bob {bob_len} s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mute_is_a_gap_in_time_not_a_skew() {
+    if skip_without_ffmpeg() {
+        return;
+    }
+    let scratch = Scratch::new("recording-mute");
+    let frames = media::vp8_frames(&scratch.0, 2);
+    let packets = media::opus_packets(&scratch.0, 4);
+    let server = TestServer::start().await;
+    let m = live_meeting(&server).await;
+    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", false).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = stream(
+        alice.clone(),
+        Some(("cam", frames, false)),
+        Some(("mic", packets)),
+        stop.clone(),
+    );
+    let recordings = format!("/meetings/{}/recordings", m.id);
+    let (status, started) = server
+        .call(Method::POST, &recordings, Some(&m.host.token), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The microphone is muted for 3 s (the SFU stops forwarding it: the recorder gets nothing).
+    alice
+        .ws
+        .send(json!({"type": "mute", "source": "microphone", "muted": true}));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    alice
+        .ws
+        .send(json!({"type": "mute", "source": "microphone", "muted": false}));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, stopped) = server
+        .call(
+            Method::POST,
+            &format!("{recordings}/{id}/stop"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stopped}");
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.await;
+    let file = file_of(&stopped, &alice.participant_id(), "camera");
+    let path = scratch.0.join("mute.webm");
+    download(&server, &m.host.token, file["url"].as_str().unwrap(), &path).await;
+    let audio = frame_times(&path, "a:0");
+    let video = frame_times(&path, "v:0");
+    let gap = audio.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    assert!(
+        (2.5..3.6).contains(&gap),
+        "the longest audio gap is {gap} s"
+    );
+    // After the gap audio is where it belongs: both end together.
+    let (audio_end, video_end) = (audio.last().unwrap(), video.last().unwrap());
+    assert!(
+        (audio_end - video_end).abs() < 0.15,
+        "audio ends {audio_end}, video {video_end}"
+    );
+    let errors = media::decode_errors(&path);
+    assert!(errors.is_empty(), "decoding: {errors}");
+}
+
 async fn alice_ws_expect(client: &MediaClient, kind: &str) -> Value {
     // MediaClient's socket is behind a shared reference here: its log has every message.
     let deadline = Instant::now() + Duration::from_secs(10);

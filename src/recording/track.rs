@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rtc::rtp::codec::h264::H264Packet;
-use rtc::rtp::codec::vp8::Vp8Packet;
 use rtc::rtp::codec::vp9::Vp9Packet;
 use rtc::rtp::packetizer::Depacketizer;
 
@@ -213,6 +212,7 @@ impl RecordedTrack {
     }
 
     fn lost(&mut self, count: i64) {
+        tracing::debug!(codec = ?self.codec, count, buffered = self.buffer.len(), "recorded track lost packets");
         self.lost_packets += count.max(0) as u64;
         self.next = None;
         if self.codec.is_video() {
@@ -273,7 +273,8 @@ impl RecordedTrack {
             }
             _ => {
                 // A new timestamp before the last frame's marker: that frame lost its end.
-                if self.frame.take().is_some() {
+                if let Some((ts, packets)) = self.frame.take() {
+                    tracing::debug!(ts, packets = packets.len(), "recorded frame without its end");
                     self.waiting_keyframe = true;
                     self.wants_keyframe = true;
                 }
@@ -294,6 +295,7 @@ impl RecordedTrack {
             return;
         }
         let Some(data) = depacketize(self.codec, &packets) else {
+            tracing::debug!(packets = packets.len(), "recorded frame not depacketized");
             self.waiting_keyframe = true;
             self.wants_keyframe = true;
             return;
@@ -314,10 +316,12 @@ impl RecordedTrack {
 fn depacketize(codec: Codec, packets: &[TapPacket]) -> Option<Bytes> {
     let mut frame = BytesMut::new();
     match codec {
+        // Our own descriptor reader: rtc's refuses packets under 4 bytes, and a frame's last
+        // fragment can be 2.
         Codec::Vp8 => {
-            let mut d = Vp8Packet::default();
             for p in packets {
-                frame.extend_from_slice(&d.depacketize(&p.payload).ok()?);
+                let at = crate::sfu::keyframe::vp8_descriptor_len(&p.payload)?;
+                frame.extend_from_slice(&p.payload[at..]);
             }
         }
         Codec::Vp9 => {

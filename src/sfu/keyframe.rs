@@ -42,6 +42,12 @@ fn vp8_frame_start(payload: &[u8]) -> Option<&[u8]> {
     if !start_of_partition || partition_index != 0 {
         return None;
     }
+    payload.get(vp8_descriptor_len(payload)?..)
+}
+
+/// The length of a VP8 payload descriptor (RFC 7741 §4.2): what precedes the VP8 bytes.
+pub fn vp8_descriptor_len(payload: &[u8]) -> Option<usize> {
+    let first = *payload.first()?;
     let mut at = 1;
     if first & 0x80 != 0 {
         let extension = *payload.get(1)?;
@@ -56,7 +62,7 @@ fn vp8_frame_start(payload: &[u8]) -> Option<&[u8]> {
             at += 1;
         }
     }
-    payload.get(at..)
+    (at <= payload.len()).then_some(at)
 }
 
 /// A VP8 keyframe's first packet: `Some(size)`, with the frame's width and height when the

@@ -81,6 +81,8 @@ pub fn h264_frames(dir: &Path, seconds: u32) -> Vec<Bytes> {
         &t,
         "-c:v",
         "libx264",
+        "-pix_fmt",
+        "yuv420p",
         "-profile:v",
         "baseline",
         "-tune",
