@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::api::{assert_error, TestUser};
 use common::media::{self, Scratch};
-use common::TestServer;
+use common::process::Process;
+use common::{PgSchema, TempDir, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use ws_client::MediaClient;
@@ -106,29 +107,6 @@ async fn download(
     let bytes = response.bytes().await.unwrap();
     std::fs::write(to, &bytes).unwrap();
     headers
-}
-
-async fn wait_recording(server: &TestServer, m: &Meeting, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, body) = server
-            .call(
-                Method::GET,
-                &format!("/meetings/{}/recordings/{id}", m.id),
-                Some(&m.host.token),
-                None,
-            )
-            .await;
-        assert_eq!(code, StatusCode::OK, "{body}");
-        if body["status"] == status {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "recording never {status}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The file of `source` for participant `pid`.
@@ -600,6 +578,111 @@ async fn a_mute_is_a_gap_in_time_not_a_skew() {
     );
     let errors = media::decode_errors(&path);
     assert!(errors.is_empty(), "decoding: {errors}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_kill_9_the_file_decodes_to_about_the_kill_and_the_restart_closes_it() {
+    if skip_without_ffmpeg() {
+        return;
+    }
+    let scratch = Scratch::new("recording-kill");
+    let frames = media::vp8_frames(&scratch.0, 2);
+    let packets = media::opus_packets(&scratch.0, 2);
+    let data_dir = TempDir::new();
+    let schema = PgSchema::create().await;
+    let database_url = schema.as_ref().map(|s| s.url.clone()).unwrap_or_default();
+    let server = Process::start(&data_dir, &database_url).await;
+    let (status, account) = server
+        .call(
+            "/auth/register",
+            None,
+            Some(json!({"email": "rec@example.test", "username": "rec", "display_name": "Rec", "password": "recording-pw-1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{account}");
+    let host = account["access_token"].as_str().unwrap().to_owned();
+    let (status, meeting) = server
+        .call("/meetings", Some(&host), Some(json!({"title": "crash"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{meeting}");
+    let id = meeting["id"].as_str().unwrap().to_owned();
+    let (status, seat) = server
+        .call(
+            &format!("/meetings/{}/join", meeting["code"].as_str().unwrap()),
+            Some(&host),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{seat}");
+    let mut alice = MediaClient::join_at(
+        server.addr,
+        "alice",
+        seat["join_token"].as_str().unwrap(),
+        false,
+    )
+    .await;
+    alice
+        .publish(&[("camera", "cam"), ("microphone", "mic")])
+        .await;
+    alice.wait_publisher_connected().await;
+    let alice = Arc::new(alice);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = stream(
+        alice.clone(),
+        Some(("cam", frames, false)),
+        Some(("mic", packets)),
+        stop.clone(),
+    );
+    let (status, started) = server
+        .call(
+            &format!("/meetings/{id}/recordings"),
+            Some(&host),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let recording = started["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    server.kill_9();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.await;
+
+    // What the dead process left decodes, up to about the kill (a cluster, 1 s, may be lost).
+    let dir = data_dir.0.join("recordings").join(&recording);
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let errors = media::decode_errors(&files[0]);
+    assert!(errors.is_empty(), "decoding what survived: {errors}");
+    let survived = media::decoded_seconds(&files[0], "a:0");
+    assert!((4.0..6.5).contains(&survived), "{survived} s survived of 6");
+
+    // The next start closes it with what survived.
+    let server = Process::start(&data_dir, &database_url).await;
+    let (status, closed) = server
+        .call(
+            &format!("/meetings/{id}/recordings/{recording}"),
+            Some(&host),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["status"], "ready", "{closed}");
+    assert_eq!(closed["reason"], "interrupted");
+    let file = &closed["files"][0];
+    assert_eq!(file["status"], "ready", "{file}");
+    let duration = file["duration_ms"].as_f64().unwrap() / 1000.0;
+    assert!(
+        (survived - duration).abs() < 0.5,
+        "{duration} s listed, {survived} s decoded"
+    );
+    assert_eq!(
+        file["size_bytes"].as_u64(),
+        Some(std::fs::metadata(&files[0]).unwrap().len())
+    );
+    server.terminate();
 }
 
 async fn alice_ws_expect(client: &MediaClient, kind: &str) -> Value {

@@ -274,7 +274,11 @@ impl RecordedTrack {
             _ => {
                 // A new timestamp before the last frame's marker: that frame lost its end.
                 if let Some((ts, packets)) = self.frame.take() {
-                    tracing::debug!(ts, packets = packets.len(), "recorded frame without its end");
+                    tracing::debug!(
+                        ts,
+                        packets = packets.len(),
+                        "recorded frame without its end"
+                    );
                     self.waiting_keyframe = true;
                     self.wants_keyframe = true;
                 }

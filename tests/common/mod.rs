@@ -6,6 +6,7 @@ pub mod browser;
 pub mod client;
 pub mod media;
 pub mod netns;
+pub mod process;
 
 use std::time::Duration;
 

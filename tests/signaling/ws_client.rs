@@ -62,7 +62,15 @@ impl Ws {
         query: &str,
         offers: Option<mpsc::UnboundedSender<Value>>,
     ) -> Result<Self, u16> {
-        let url = format!("ws://{}/ws{query}", server.server.http_addr);
+        Self::connect_diverting_to(server.server.http_addr, query, offers).await
+    }
+
+    async fn connect_diverting_to(
+        addr: std::net::SocketAddr,
+        query: &str,
+        offers: Option<mpsc::UnboundedSender<Value>>,
+    ) -> Result<Self, u16> {
+        let url = format!("ws://{addr}/ws{query}");
         let (stream, _) = match tokio_tungstenite::connect_async(&url).await {
             Ok(connected) => connected,
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -426,8 +434,18 @@ impl MediaClient {
     /// Connects with `token`, joins, and answers the server's offers from now on. `trickle`: the
     /// publisher's offers carry no candidates; they follow as `candidate` messages.
     pub async fn join(server: &TestServer, name: &str, token: &str, trickle: bool) -> Self {
+        Self::join_at(server.server.http_addr, name, token, trickle).await
+    }
+
+    /// The same, to a server at `addr` (one running as its own process).
+    pub async fn join_at(
+        addr: std::net::SocketAddr,
+        name: &str,
+        token: &str,
+        trickle: bool,
+    ) -> Self {
         let (offers_tx, offers) = mpsc::unbounded_channel();
-        let mut ws = Ws::connect_diverting(server, &format!("?token={token}"), Some(offers_tx))
+        let mut ws = Ws::connect_diverting_to(addr, &format!("?token={token}"), Some(offers_tx))
             .await
             .expect("upgrade accepted");
         ws.send(json!({"type": "join"}));
