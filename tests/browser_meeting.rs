@@ -93,6 +93,75 @@ async fn participants_meet_chat_share_and_are_moderated_in_chromium() {
         "meeting audio went out as RED"
     );
 
+    // The recording the host made through the page: the host's camera and microphone in one
+    // WebM that ffprobe reads (VP8 + Opus, the time recorded) and ffmpeg decodes cleanly.
+    let recordings = format!("/meetings/{}/recordings", open["id"].as_str().unwrap());
+    let (status, list) = server
+        .call(Method::GET, &recordings, Some(&host.token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let recording = &list["items"][0];
+    assert_eq!(recording["status"], "ready", "{list}");
+    let at = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(recording[field].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis() as f64
+            / 1000.0
+    };
+    let recorded_for = at("ended_at") - at("started_at");
+    let files = recording["files"].as_array().unwrap();
+    assert!(files.len() >= 3, "host, Bob and Cara: {recording}");
+    let scratch = common::media::Scratch::new("browser-recording");
+    let camera = files
+        .iter()
+        .find(|f| f["display_name"] == "Hana" && f["source"] == "camera")
+        .unwrap_or_else(|| panic!("the host's camera file: {recording}"));
+    let path = scratch.0.join("host.webm");
+    let bytes = server
+        .http
+        .get(format!(
+            "{}{}",
+            server.base,
+            camera["url"].as_str().unwrap()
+        ))
+        .bearer_auth(&host.token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let probe = common::media::probe(&path);
+    let mut streams: Vec<String> = probe["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s["codec_type"].as_str().unwrap(),
+                s["codec_name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    streams.sort();
+    assert_eq!(streams, ["audio/opus", "video/vp8"], "{probe}");
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (duration - recorded_for).abs() <= recorded_for * 0.1,
+        "{duration} s in the file, {recorded_for} s recorded"
+    );
+    let errors = common::media::decode_errors(&path);
+    assert!(
+        errors.is_empty(),
+        "decoding the Chromium recording: {errors}"
+    );
+
     // The kick went through the server, not only the page.
     let (status, people) = server
         .call(

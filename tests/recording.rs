@@ -685,6 +685,112 @@ async fn after_kill_9_the_file_decodes_to_about_the_kill_and_the_restart_closes_
     server.terminate();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderators_record_over_the_socket_auto_start_and_the_end_of_the_meeting_stops_it() {
+    let server = TestServer::start().await;
+    let host = server.user("host").await;
+    let (status, meeting) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "auto", "settings": {"recording": true}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{meeting}");
+    let id = meeting["id"].as_str().unwrap().to_owned();
+    let m = Meeting {
+        host,
+        meeting,
+        id: id.clone(),
+    };
+    // The meeting records itself once live: its first member is told.
+    let mut host_client = MediaClient::join(
+        &server,
+        "host",
+        &seat(&server, &m.meeting, &m.host).await,
+        false,
+    )
+    .await;
+    let auto = host_client.ws.expect("recording_started").await;
+    assert!(auto.get("by").is_none(), "{auto}");
+    let guest = server.user("guest").await;
+    let mut guest_client = MediaClient::join(
+        &server,
+        "guest",
+        &seat(&server, &m.meeting, &guest).await,
+        false,
+    )
+    .await;
+    // Joining while it records: told at once.
+    let told = guest_client.ws.expect("recording_started").await;
+    assert_eq!(told["recording_id"], auto["recording_id"]);
+    // A participant may not stop it.
+    guest_client
+        .ws
+        .send(json!({"type": "moderate", "action": "stop_recording"}));
+    let refused = guest_client.ws.expect("error").await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    // The host stops it and starts another over the socket.
+    host_client
+        .ws
+        .send(json!({"type": "moderate", "action": "stop_recording"}));
+    let stopped = guest_client.ws.expect("recording_stopped").await;
+    assert_eq!(stopped["recording_id"], auto["recording_id"]);
+    assert_eq!(stopped["status"], "ready");
+    host_client
+        .ws
+        .send(json!({"type": "moderate", "action": "start_recording", "audio_only": true}));
+    let second = guest_client.ws.expect("recording_started").await;
+    assert_eq!(second["audio_only"], true);
+    assert_eq!(second["by"], host_client.participant_id().as_str());
+    host_client
+        .ws
+        .send(json!({"type": "moderate", "action": "start_recording"}));
+    let again = host_client.ws.expect("error").await;
+    assert_eq!(again["code"], "recording_running", "{again}");
+    // Ending the meeting stops it.
+    let (status, _) = server
+        .call(
+            Method::POST,
+            &format!("/meetings/{id}/end"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = guest_client.ws.expect("recording_stopped").await;
+    assert_eq!(ended["recording_id"], second["recording_id"]);
+    let (status, list) = server
+        .call(
+            Method::GET,
+            &format!("/meetings/{id}/recordings"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let statuses: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 2, "{list}");
+    assert!(!statuses.contains(&"recording"), "{list}");
+    // A meeting that is not live is not recorded.
+    let (status, not_live) = server
+        .call(
+            Method::POST,
+            &format!("/meetings/{id}/recordings"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{not_live}");
+    assert_eq!(not_live["error"]["code"], "meeting_not_live");
+}
+
 async fn alice_ws_expect(client: &MediaClient, kind: &str) -> Value {
     // MediaClient's socket is behind a shared reference here: its log has every message.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -245,6 +245,25 @@ impl State {
                 }
                 continue;
             }
+            let late_video = self.slots[index].number.is_none()
+                && self.slots[index].recorded.codec().is_video()
+                && frame.keyframe;
+            if late_video {
+                // A track left out of this file's header (H264 whose parameter sets came late)
+                // starts the next file.
+                self.finish_current();
+                for slot in &mut self.slots {
+                    slot.number = None;
+                    slot.first_frame = None;
+                    if slot.recorded.codec().is_video() {
+                        slot.recorded.wants_keyframe = true;
+                    }
+                }
+                self.slots[index].first_frame = Some(frame.clone());
+                self.held.push((index, frame));
+                self.header_deadline = Some(Instant::now() + HEADER_WAIT);
+                continue;
+            }
             self.write(index, &frame);
         }
     }
@@ -276,10 +295,18 @@ impl State {
     /// Writes the header with the tracks that have a first frame, then the held frames.
     fn open(&mut self) {
         self.header_deadline = None;
+        // A VP8/VP9 track still waiting for its first keyframe (a simulcast layer dynacast is
+        // turning back on) is named anyway: its video starts when the keyframe comes. H264
+        // needs its parameter sets in the header, so it waits for the next file.
         let ready: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].first_frame.is_some())
+            .filter(|&i| {
+                let slot = &self.slots[i];
+                slot.first_frame.is_some()
+                    || (!self.task.audio_only
+                        && matches!(slot.recorded.codec(), Codec::Vp8 | Codec::Vp9))
+            })
             .collect();
-        if ready.is_empty() {
+        if !ready.iter().any(|&i| self.slots[i].first_frame.is_some()) {
             // Nothing arrived yet: wait for the first frame without a deadline.
             return;
         }
@@ -366,7 +393,7 @@ impl State {
             let number = n as u64 + 1;
             slot.number = Some(number);
             let codec = slot.recorded.codec();
-            let first = slot.first_frame.as_ref().expect("ready");
+            let first = slot.first_frame.as_ref();
             let (kind, private) = match codec {
                 Codec::Opus => (
                     TrackKind::Audio {
@@ -377,7 +404,9 @@ impl State {
                 ),
                 Codec::H264 => {
                     container = Container::Matroska;
-                    let (sps, pps) = h264_parameter_sets(&first.data);
+                    let (sps, pps) = first
+                        .map(|f| h264_parameter_sets(&f.data))
+                        .unwrap_or((None, None));
                     let private = match (sps, pps) {
                         (Some(sps), Some(pps)) => avc_configuration(sps, pps),
                         _ => None,
@@ -391,7 +420,8 @@ impl State {
                     )
                 }
                 Codec::Vp8 => {
-                    let size = crate::sfu::keyframe::vp8_keyframe(&vp8_as_rtp(&first.data))
+                    let size = first
+                        .and_then(|f| crate::sfu::keyframe::vp8_keyframe(&vp8_as_rtp(&f.data)))
                         .flatten()
                         .unwrap_or((0, 0));
                     (

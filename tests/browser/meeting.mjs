@@ -10,7 +10,8 @@
 // the host's camera goes out as simulcast and Bob's tile size picks its layer (dynacast turns
 // the unneeded top layer off and on again); then three participants see each other's
 // video decoding (framesDecoded > 0 via getStats); chat reaches the others; screen share reaches
-// the others; hand raise, moderator mute and promotion show; a dropped socket resumes; a schedule
+// the others; hand raise, moderator mute and promotion show; the host records 10 s and everyone
+// sees REC; a dropped socket resumes; a schedule
 // change shows live; the host removes a participant, whose page says so;
 // the passcode prompt (wrong, then right); a refused camera; an unknown code; a guest waits in the waiting room
 // until the host admits them; the host ends the meeting for everyone. Saves screenshots in ARTIFACT_DIR (three.png: the
@@ -237,6 +238,17 @@ async function main() {
   await until(bob, "Bob's grid shows the host's screen tile", (n) =>
     !!document.querySelector(`#grid .tile[aria-label="${n}"] video`) && [...document.querySelectorAll('#grid .tile')].some((t) => t.dataset.key.endsWith(':screen')), hostName);
   info('PASS screen share reaches the others');
+
+  // The host records for 10 s: everyone sees REC while it runs (tests/browser_meeting.rs then
+  // checks the files with ffprobe).
+  await host.getByRole('button', { name: 'Record' }).click();
+  for (const [n, p] of [['host', host], ['Bob', bob], ['Cara', cara]]) {
+    await until(p, `${n} sees the REC indicator`, () => !document.querySelector('#rec').hidden);
+  }
+  await host.waitForTimeout(10_000);
+  await host.getByRole('button', { name: 'Stop recording' }).click();
+  await until(bob, 'Bob sees the recording stop', () => document.querySelector('#rec').hidden);
+  info('PASS recording shows REC to everyone');
 
   // The host removes Cara.
   await host.getByRole('button', { name: 'Remove Cara' }).click();

@@ -391,6 +391,16 @@ function onEvent(msg) {
       return finish(msg.banned ? 'You were removed from the meeting and may not rejoin.' : 'You were removed from the meeting by a moderator.', 'kicked');
     case 'meeting_ended':
       return finish('The host ended the meeting for everyone.', 'meeting_ended');
+    case 'recording_started':
+      st.recording = msg.recording_id;
+      status(msg.audio_only ? 'This meeting is being recorded (audio only).' : 'This meeting is being recorded.');
+      render();
+      return;
+    case 'recording_stopped':
+      st.recording = null;
+      status(msg.status === 'failed' ? `The recording stopped: ${msg.reason || 'failed'}.` : 'The recording stopped.');
+      render();
+      return;
     case 'meeting_updated':
       st.meeting = msg.meeting;
       st.permissions.chat = msg.meeting.settings?.chat !== false;
@@ -399,7 +409,7 @@ function onEvent(msg) {
       render();
       return;
     case 'error':
-      if (['forbidden', 'forbidden_source', 'chat_disabled', 'rate_limited', 'invalid', 'participant_not_found', 'not_waiting'].includes(msg.code)) fail(msg.message);
+      if (['forbidden', 'forbidden_source', 'chat_disabled', 'rate_limited', 'invalid', 'participant_not_found', 'not_waiting', 'recording_running', 'not_recording', 'disk_full'].includes(msg.code)) fail(msg.message);
       else if (['kicked', 'meeting_ended', 'banned', 'session_gone', 'meeting_not_found'].includes(msg.code)) st.error = msg.code;
       return;
     case 'closed': {
@@ -579,6 +589,12 @@ function render() {
       el('button', { type: 'button', 'aria-label': `Deny ${w.display_name}`, onclick: () => st.session.send({ type: 'moderate', action: 'deny', participant_id: w.participant_id }) }, 'Deny'))) : []));
   $('#end-btn').hidden = st.me.role !== 'host';
   $('#screen-btn').hidden = !st.permissions.publish_sources?.includes('screen');
+  // Consent: everyone sees while the meeting is recorded; moderators (or the record grant) start and stop it.
+  $('#rec').hidden = !st.recording;
+  const recBtn = $('#rec-btn');
+  recBtn.hidden = !st.permissions.moderate;
+  recBtn.textContent = st.recording ? 'Stop recording' : 'Record';
+  recBtn.setAttribute('aria-pressed', String(!!st.recording));
   $('#chat-form').hidden = !st.permissions.chat;
 }
 
@@ -610,6 +626,7 @@ function bindMeeting() {
   $('#panel-btn').onclick = () => $('#side').classList.toggle('collapsed');
   $('#leave-btn').onclick = () => { st.session?.leave(); finish('You left the meeting.', 'left'); };
   $('#end-btn').onclick = () => st.session?.send({ type: 'moderate', action: 'end_meeting' });
+  $('#rec-btn').onclick = () => st.session?.send({ type: 'moderate', action: st.recording ? 'stop_recording' : 'start_recording' });
   let typingTimer = null;
   $('#chat-input').addEventListener('input', () => {
     if (!typingTimer) st.session?.send({ type: 'typing', active: true });
