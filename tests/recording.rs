@@ -791,6 +791,114 @@ async fn moderators_record_over_the_socket_auto_start_and_the_end_of_the_meeting
     assert_eq!(not_live["error"]["code"], "meeting_not_live");
 }
 
+/// A small tmpfs the test mounts (as root) and unmounts when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<Self> {
+        let dir = std::env::temp_dir().join(format!("convene-disk-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(Self(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_stops_the_recording_cleanly_and_refuses_a_new_one() {
+    if skip_without_ffmpeg() {
+        return;
+    }
+    let Some(disk) = SmallDisk::mount(2 * 1024 * 1024) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let scratch = Scratch::new("recording-full");
+    let frames = media::vp8_frames(&scratch.0, 2);
+    let packets = media::opus_packets(&scratch.0, 2);
+    let dir = disk.0.clone();
+    let server = TestServer::start_with(|c| {
+        c.recordings_dir = dir;
+        // 2 MiB disk: the guard trips after about 300 KB are written.
+        c.recording_min_free_bytes = 1_750 * 1024;
+    })
+    .await;
+    let m = live_meeting(&server).await;
+    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", false).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = stream(
+        alice.clone(),
+        Some(("cam", frames, false)),
+        Some(("mic", packets)),
+        stop.clone(),
+    );
+    let recordings = format!("/meetings/{}/recordings", m.id);
+    let (status, started) = server
+        .call(Method::POST, &recordings, Some(&m.host.token), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().unwrap().to_owned();
+    // Everyone is told why it stopped.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let stopped = loop {
+        let found = alice
+            .ws
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["type"] == "recording_stopped")
+            .cloned();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the full disk never stopped it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stopped["status"], "failed", "{stopped}");
+    assert_eq!(stopped["reason"], "disk_full");
+    let (status, shown) = server
+        .call(
+            Method::GET,
+            &format!("{recordings}/{id}"),
+            Some(&m.host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(
+        (&shown["status"], &shown["reason"]),
+        (&json!("failed"), &json!("disk_full"))
+    );
+    // What was written is closed whole and decodes.
+    let file = file_of(&shown, &alice.participant_id(), "camera");
+    let path = scratch.0.join("full.webm");
+    download(&server, &m.host.token, file["url"].as_str().unwrap(), &path).await;
+    let errors = media::decode_errors(&path);
+    assert!(errors.is_empty(), "decoding: {errors}");
+    // No new recording while the disk is full.
+    let refused = server
+        .call(Method::POST, &recordings, Some(&m.host.token), None)
+        .await;
+    assert_error(&refused, StatusCode::INSUFFICIENT_STORAGE, "disk_full");
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.await;
+}
+
 async fn alice_ws_expect(client: &MediaClient, kind: &str) -> Value {
     // MediaClient's socket is behind a shared reference here: its log has every message.
     let deadline = Instant::now() + Duration::from_secs(10);
