@@ -100,6 +100,11 @@ impl Server {
             rooms: signaling,
             sockets: Default::default(),
         };
+        let forwards = crate::recording::rtp_forward::Forwards::new(
+            sfu.clone(),
+            config.rtp_forward_max,
+            metrics.clone(),
+        );
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -110,6 +115,7 @@ impl Server {
             metrics,
             sfu: sfu.clone(),
             recorder,
+            forwards,
             accepting: Arc::new(AtomicBool::new(true)),
         };
         tokio::spawn(crate::signaling::hub::run(

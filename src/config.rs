@@ -111,6 +111,11 @@ pub struct Config {
     pub max_addresses_per_peer: usize,
     /// RTP packets kept per published track for answering NACKs.
     pub nack_cache_packets: usize,
+    /// Networks RTP forwards may send to (CIDR). Default: loopback only, so the API cannot aim
+    /// UDP at arbitrary hosts; add a pipeline's network to reach it.
+    pub rtp_forward_allowed_networks: Vec<ipnet::IpNet>,
+    /// RTP forwards one meeting may run at once.
+    pub rtp_forward_max: usize,
     /// Where recordings are written. Empty: `data_dir/recordings`.
     pub recordings_dir: PathBuf,
     /// A recording stops (`failed`, reason `disk_full`) when the recordings disk has fewer free
@@ -258,6 +263,11 @@ impl Default for Config {
             ice_failed_timeout: Duration::from_secs(15),
             max_addresses_per_peer: 8,
             nack_cache_packets: 1024,
+            rtp_forward_allowed_networks: vec![
+                "127.0.0.0/8".parse().expect("literal"),
+                "::1/128".parse().expect("literal"),
+            ],
+            rtp_forward_max: 16,
             recordings_dir: PathBuf::new(),
             recording_min_free_bytes: 512 * 1024 * 1024,
             recording_jitter: Duration::from_millis(200),

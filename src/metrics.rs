@@ -27,6 +27,9 @@ pub struct Metrics {
     pub rtp_packets_out: IntCounter,
     /// Packets a tap (recorder, RTP forward) could not take: its consumer fell behind.
     pub tap_dropped: IntCounter,
+    /// RTP forwards running now, and the packets they sent.
+    pub rtp_forwards: IntGauge,
+    pub rtp_forward_packets: IntCounter,
     /// Recordings ended, by status (`ready`, `failed`).
     pub recordings: IntCounterVec,
     /// Frames written into recordings.
@@ -140,6 +143,11 @@ impl Metrics {
                 "recordings_total",
                 "Recordings ended, by status",
                 &["status"],
+            ),
+            rtp_forwards: gauge("rtp_forwards", "RTP forwards to external pipelines running"),
+            rtp_forward_packets: counter(
+                "rtp_forward_packets_total",
+                "RTP packets sent by RTP forwards",
             ),
             recorded_frames: counter("recorded_frames_total", "Frames written into recordings"),
             rtp_bytes_out: counter(

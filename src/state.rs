@@ -30,6 +30,8 @@ pub struct AppState {
     pub sfu: Sfu,
     /// Where recordings are written and read back.
     pub recorder: crate::recording::Recorder,
+    /// Running RTP forwards to external pipelines.
+    pub forwards: crate::recording::rtp_forward::Forwards,
     /// Cleared when shutdown starts, so /readyz turns away new load first.
     pub accepting: Arc<AtomicBool>,
 }

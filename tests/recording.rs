@@ -791,6 +791,158 @@ async fn moderators_record_over_the_socket_auto_start_and_the_end_of_the_meeting
     assert_eq!(not_live["error"]["code"], "meeting_not_live");
 }
 
+/// Runs ffmpeg on `sdp` copying `seconds` of what arrives into `out`; the errors it printed.
+async fn receive_with_ffmpeg(sdp: &str, dir: &Path, name: &str, seconds: u32) -> (PathBuf, String) {
+    let sdp_path = dir.join(format!("{name}.sdp"));
+    std::fs::write(&sdp_path, sdp).unwrap();
+    let out = dir.join(format!("{name}.mkv"));
+    let child = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-v",
+            "error",
+            "-y",
+            "-protocol_whitelist",
+            "file,udp,rtp",
+            "-i",
+        ])
+        .arg(&sdp_path)
+        .args(["-t", &seconds.to_string(), "-c", "copy"])
+        .arg(&out)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 20), child)
+        .await
+        .expect("ffmpeg received the stream in time")
+        .unwrap();
+    (out, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rtp_forwards_are_received_by_ffmpeg_from_the_returned_sdp() {
+    if skip_without_ffmpeg() {
+        return;
+    }
+    let scratch = Scratch::new("rtp-forward");
+    let frames = media::vp8_frames(&scratch.0, 2);
+    let packets = media::opus_packets(&scratch.0, 2);
+    let server = TestServer::start().await;
+    let m = live_meeting(&server).await;
+    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", false).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = stream(
+        alice.clone(),
+        Some(("cam", frames, false)),
+        Some(("mic", packets)),
+        stop.clone(),
+    );
+    let forwards = format!("/meetings/{}/rtp-forwards", m.id);
+    let pid = alice.participant_id();
+    // Only networks on the allow-list (loopback by default).
+    let outside = server
+        .call(
+            Method::POST,
+            &forwards,
+            Some(&m.host.token),
+            Some(json!({"participant_id": pid, "kind": "video", "host": "10.9.8.7", "port": 5004})),
+        )
+        .await;
+    assert_error(
+        &outside,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert!(outside.1.to_string().contains("host"), "{}", outside.1);
+    let stranger = server.user("stranger").await;
+    let theirs = server
+        .call(
+            Method::POST,
+            &forwards,
+            Some(&stranger.token),
+            Some(
+                json!({"participant_id": pid, "kind": "video", "host": "127.0.0.1", "port": 5004}),
+            ),
+        )
+        .await;
+    assert!(
+        theirs.0 == StatusCode::FORBIDDEN || theirs.0 == StatusCode::NOT_FOUND,
+        "{theirs:?}"
+    );
+
+    // Video as plain RTP, audio as SRTP: both open in ffmpeg from the SDP alone.
+    let (status, video) = server
+        .call(
+            Method::POST,
+            &forwards,
+            Some(&m.host.token),
+            Some(json!({"participant_id": pid, "kind": "video", "host": "127.0.0.1", "port": free_udp_port()})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{video}");
+    let (status, audio) = server
+        .call(
+            Method::POST,
+            &forwards,
+            Some(&m.host.token),
+            Some(json!({"participant_id": pid, "kind": "audio", "host": "127.0.0.1", "port": free_udp_port(), "srtp": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{audio}");
+    assert!(audio["srtp_key"].is_string(), "{audio}");
+    let (video_out, audio_out) = tokio::join!(
+        receive_with_ffmpeg(video["sdp"].as_str().unwrap(), &scratch.0, "video", 4),
+        receive_with_ffmpeg(audio["sdp"].as_str().unwrap(), &scratch.0, "audio", 4),
+    );
+    for (what, (path, stderr)) in [("video", &video_out), ("audio", &audio_out)] {
+        let probe = media::probe(path);
+        let streams = streams_of(&probe);
+        let expected = if what == "video" {
+            ("video", "vp8")
+        } else {
+            ("audio", "opus")
+        };
+        assert_eq!(
+            streams,
+            vec![(expected.0.to_owned(), expected.1.to_owned())],
+            "{what}: {probe} {stderr}"
+        );
+        let errors = media::decode_errors(path);
+        assert!(errors.is_empty(), "decoding the {what} forward: {errors}");
+        let seconds = media::decoded_seconds(path, if what == "video" { "v:0" } else { "a:0" });
+        assert!(seconds > 2.0, "{what}: {seconds} s received");
+    }
+    let (status, list) = server
+        .call(Method::GET, &forwards, Some(&m.host.token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
+    for forward in [&video, &audio] {
+        let (status, _) = server
+            .call(
+                Method::DELETE,
+                &format!("{forwards}/{}", forward["id"].as_str().unwrap()),
+                Some(&m.host.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    let (_, list) = server
+        .call(Method::GET, &forwards, Some(&m.host.token), None)
+        .await;
+    assert_eq!(list["items"], json!([]));
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.await;
+}
+
 /// A small tmpfs the test mounts (as root) and unmounts when dropped.
 struct SmallDisk(PathBuf);
 

@@ -8,6 +8,7 @@ pub mod health;
 pub mod meetings;
 pub mod moderation;
 pub mod recordings;
+pub mod rtp_forwards;
 pub mod users;
 
 use axum::response::{Html, IntoResponse};
@@ -28,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .merge(moderation::router())
         .merge(chat::router())
         .merge(recordings::router())
+        .merge(rtp_forwards::router())
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(docs_page));
     Router::new().nest("/api/v1", v1)
@@ -69,6 +71,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         moderation::openapi(),
         chat::openapi(),
         recordings::openapi(),
+        rtp_forwards::openapi(),
     ] {
         doc.merge(part);
     }

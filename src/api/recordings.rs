@@ -199,14 +199,18 @@ pub fn meeting_stats(
 /// Who manages a meeting's recordings: its host or a moderator (access token), or the holder
 /// of a join token for this meeting with the `record` grant (a recording bot). Anyone else with
 /// a valid token gets 403 if they may see the meeting, else 404.
-struct RecordingCaller {
-    meeting: Meeting,
+pub(super) struct RecordingCaller {
+    pub meeting: Meeting,
     /// Who started it, for `recording_started.by`: the caller's identity in the meeting.
-    identity: Option<String>,
+    pub identity: Option<String>,
 }
 
 impl RecordingCaller {
-    async fn resolve(state: &AppState, headers: &HeaderMap, id: &str) -> Result<Self, ApiError> {
+    pub(super) async fn resolve(
+        state: &AppState,
+        headers: &HeaderMap,
+        id: &str,
+    ) -> Result<Self, ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

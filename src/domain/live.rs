@@ -15,6 +15,16 @@ use crate::store::participants::Participant;
 use crate::store::recordings::Recording;
 use crate::store::StoreError;
 
+/// A track published in a live meeting now.
+#[derive(Debug, Clone)]
+pub struct LiveTrack {
+    pub participant_id: String,
+    pub track: crate::ids::TrackId,
+    /// `camera`, `microphone`, `screen` or `screen_audio`.
+    pub source: &'static str,
+    pub kind: MediaKind,
+}
+
 pub type LiveFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +59,8 @@ pub trait LiveMeetings: Send + Sync {
         &self,
         recording: Recording,
     ) -> LiveFuture<'_, Result<Recording, RecordingError>>;
+    /// The tracks published in the meeting now (none when nobody is connected).
+    fn tracks(&self, meeting_id: String) -> LiveFuture<'_, Vec<LiveTrack>>;
     /// Stops the meeting's running recording `recording_id`; returns it `ready` or `failed`.
     fn stop_recording(
         &self,

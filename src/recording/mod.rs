@@ -12,6 +12,7 @@
 pub mod file;
 pub mod ogg;
 pub mod recover;
+pub mod rtp_forward;
 pub mod track;
 pub mod webm;
 

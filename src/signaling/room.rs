@@ -155,6 +155,10 @@ pub(crate) enum Command {
         recording: Recording,
         reply: Reply<Result<Recording, RecordingError>>,
     },
+    /// The tracks every member publishes now.
+    Tracks {
+        reply: Reply<Vec<crate::domain::live::LiveTrack>>,
+    },
     /// Stop the running recording (only if it is `recording_id`, when given).
     StopRecording {
         recording_id: Option<String>,
@@ -417,6 +421,23 @@ impl Room {
                 }
             }
             Command::Media(event) => self.on_media(event).await,
+            Command::Tracks { reply } => {
+                let tracks = self
+                    .members
+                    .iter()
+                    .flat_map(|(id, m)| {
+                        m.tracks.iter().map(move |(track, (source, kind))| {
+                            crate::domain::live::LiveTrack {
+                                participant_id: id.clone(),
+                                track: *track,
+                                source: source.as_str(),
+                                kind: media_kind(*kind),
+                            }
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(tracks);
+            }
             Command::StartRecording { recording, reply } => {
                 let _ = reply.send(self.start_recording(recording).await);
             }

@@ -524,6 +524,13 @@ impl crate::domain::live::LiveMeetings for Signaling {
             .unwrap_or(Err(RecordingError::Closed))
         })
     }
+    fn tracks(&self, meeting_id: String) -> LiveFuture<'_, Vec<crate::domain::live::LiveTrack>> {
+        Box::pin(async move {
+            self.ask(&meeting_id, false, |reply| Command::Tracks { reply })
+                .await
+                .unwrap_or_default()
+        })
+    }
     fn stop_recording(
         &self,
         meeting_id: String,
