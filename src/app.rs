@@ -53,7 +53,11 @@ impl Server {
             })?;
         let store = Store::connect(&config.database_url, &config.data_dir)
             .await
-            .context("opening the database")?;
+            .context("opening the database")?
+            .with_outbox(crate::store::webhooks::Outbox {
+                endpoints: Arc::new(config.webhooks.iter().map(|e| e.url.clone()).collect()),
+                written: Default::default(),
+            });
         let access = keys.access_keys(config.access_token_ttl);
         let limits = RateLimits::from_config(&config);
         let metrics = Metrics::new();
@@ -124,6 +128,19 @@ impl Server {
             sfu_events,
         ));
         reconcile_seats(&state, &live, "startup").await?;
+        // Events pending from an earlier run (a crash included) go out first.
+        if !state.config.webhooks.is_empty() {
+            tokio::spawn(
+                crate::webhooks::Worker {
+                    store: state.store.clone(),
+                    endpoints: state.config.webhooks.clone(),
+                    max_age: state.config.webhook_max_age,
+                    timeout: state.config.webhook_timeout,
+                    metrics: state.metrics.clone(),
+                }
+                .run(),
+            );
+        }
         let pruning = tokio::spawn(maintain(
             state.limits.clone(),
             state.metrics.clone(),

@@ -42,6 +42,24 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// A receiver of webhook events, with its signing secret (Standard Webhooks: `whsec_` and the
+/// base64 key; any other string is the key's bytes).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpoint {
+    pub url: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("url", &self.url)
+            .field("secret", &"…")
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -111,6 +129,14 @@ pub struct Config {
     pub max_addresses_per_peer: usize,
     /// RTP packets kept per published track for answering NACKs.
     pub nack_cache_packets: usize,
+    /// Where events (meetings, participants, tracks, recordings) are POSTed, signed.
+    pub webhooks: Vec<WebhookEndpoint>,
+    /// An event not acknowledged (2xx) within this long is given up.
+    #[serde(with = "humantime_serde")]
+    pub webhook_max_age: Duration,
+    /// One delivery attempt's time limit.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
     /// Networks RTP forwards may send to (CIDR). Default: loopback only, so the API cannot aim
     /// UDP at arbitrary hosts; add a pipeline's network to reach it.
     pub rtp_forward_allowed_networks: Vec<ipnet::IpNet>,
@@ -263,6 +289,9 @@ impl Default for Config {
             ice_failed_timeout: Duration::from_secs(15),
             max_addresses_per_peer: 8,
             nack_cache_packets: 1024,
+            webhooks: Vec::new(),
+            webhook_max_age: Duration::from_secs(24 * 3600),
+            webhook_timeout: Duration::from_secs(10),
             rtp_forward_allowed_networks: vec![
                 "127.0.0.0/8".parse().expect("literal"),
                 "::1/128".parse().expect("literal"),
@@ -459,6 +488,19 @@ impl Config {
         }
         if self.ws_send_queue < 16 {
             return Err(invalid("ws_send_queue", "must be at least 16"));
+        }
+        for endpoint in &self.webhooks {
+            if !(endpoint.url.starts_with("http://") || endpoint.url.starts_with("https://")) {
+                return Err(invalid("webhooks", "every url must be http:// or https://"));
+            }
+            if endpoint.secret.is_empty() {
+                return Err(invalid("webhooks", "every endpoint needs a secret"));
+            }
+        }
+        if self.recording_jitter < Duration::from_millis(10)
+            || self.recording_jitter > Duration::from_secs(5)
+        {
+            return Err(invalid("recording_jitter", "must be 10ms to 5s"));
         }
         for server in &self.ice_servers {
             if server.urls.is_empty() {

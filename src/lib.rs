@@ -34,6 +34,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod web;
+pub mod webhooks;
 
 pub use app::Server;
 pub use config::Config;

@@ -27,6 +27,13 @@ pub struct Metrics {
     pub rtp_packets_out: IntCounter,
     /// Packets a tap (recorder, RTP forward) could not take: its consumer fell behind.
     pub tap_dropped: IntCounter,
+    /// Webhook attempts by result: `delivered`, `retried` (failed, tried again later),
+    /// `given_up` (older than webhook_max_age).
+    pub webhooks: IntCounterVec,
+    /// Webhook events not yet delivered nor given up.
+    pub webhooks_pending: IntGauge,
+    /// Seconds from an event's write to its acknowledged delivery.
+    pub webhook_latency: prometheus::Histogram,
     /// RTP forwards running now, and the packets they sent.
     pub rtp_forwards: IntGauge,
     pub rtp_forward_packets: IntCounter,
@@ -144,6 +151,28 @@ impl Metrics {
                 "Recordings ended, by status",
                 &["status"],
             ),
+            webhooks: counter_vec(
+                "webhook_attempts_total",
+                "Webhook delivery attempts, by result",
+                &["result"],
+            ),
+            webhooks_pending: gauge("webhooks_pending", "Webhook events awaiting delivery"),
+            webhook_latency: {
+                let h = prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "webhook_delivery_seconds",
+                        "From an event's write to its acknowledged delivery",
+                    )
+                    .buckets(vec![
+                        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0,
+                    ]),
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
             rtp_forwards: gauge("rtp_forwards", "RTP forwards to external pipelines running"),
             rtp_forward_packets: counter(
                 "rtp_forward_packets_total",

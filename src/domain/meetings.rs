@@ -19,6 +19,7 @@ use crate::store::participants::{
     count_joined, insert_participant, leave_user_sessions, user_is_joined, Participant,
 };
 use crate::store::users::User;
+use crate::store::webhooks::enqueue_on;
 use crate::store::{new_id, now_ms, Store, StoreError};
 
 /// Bounds of meeting fields (the API's 422 checks).
@@ -445,7 +446,17 @@ pub async fn join(
     participant.status = "joined".to_owned();
     participant.joined_at = Some(now);
     insert_participant(&mut *tx, &participant).await?;
-    start_meeting_on(&mut *tx, &meeting.id, now).await?;
+    let outbox = &store.outbox;
+    if start_meeting_on(&mut *tx, &meeting.id, now).await? {
+        let data = serde_json::json!({"meeting_id": meeting.id});
+        enqueue_on(&mut *tx, outbox, "meeting_started", &data).await?;
+    }
+    let data = serde_json::json!({
+        "meeting_id": meeting.id, "participant_id": participant.id,
+        "identity": participant.identity, "display_name": participant.display_name,
+        "role": participant.role,
+    });
+    enqueue_on(&mut *tx, outbox, "participant_joined", &data).await?;
     tx.commit().await.map_err(StoreError::from)?;
 
     Ok(JoinOutcome::Joined(admit(

@@ -801,6 +801,7 @@ impl Room {
                     publisher_track_id: track.publisher_track_id,
                     mime_type: track.mime_type,
                 };
+                let view_track_mime = view_track.mime_type.clone();
                 member.view.tracks.push(view_track.clone());
                 self.broadcast(
                     &frame(&ServerMessage::TrackPublished {
@@ -810,6 +811,19 @@ impl Room {
                     None,
                 );
                 tracing::debug!(participant = %participant_id, track = %track.id, source = source.as_str(), "track published");
+                let data = serde_json::json!({
+                    "meeting_id": self.meeting_id, "participant_id": participant_id,
+                    "track_id": track.id.to_string(), "source": source.as_str(),
+                    "mime_type": view_track_mime,
+                });
+                if let Err(e) = self
+                    .services
+                    .store
+                    .enqueue_event("track_published", &data)
+                    .await
+                {
+                    tracing::warn!(error = %e, "track_published event not written");
+                }
                 // A screen share is what viewers most need to read: it gets its share of each
                 // subscriber's bandwidth before cameras do.
                 if source == Source::Screen {
@@ -833,6 +847,18 @@ impl Room {
                 }
                 let track_id = track.to_string();
                 member.view.tracks.retain(|t| t.track_id != track_id);
+                let data = serde_json::json!({
+                    "meeting_id": self.meeting_id, "participant_id": participant_id,
+                    "track_id": track_id,
+                });
+                if let Err(e) = self
+                    .services
+                    .store
+                    .enqueue_event("track_unpublished", &data)
+                    .await
+                {
+                    tracing::warn!(error = %e, "track_unpublished event not written");
+                }
                 self.broadcast(
                     &frame(&ServerMessage::TrackUnpublished {
                         participant_id: participant_id.to_owned(),

@@ -367,7 +367,14 @@ impl Store {
     /// `scheduled → live`. Returns false when the meeting was not scheduled (already live, or
     /// closed); the caller tells those apart.
     pub async fn start_meeting(&self, meeting_id: &str, now: i64) -> StoreResult<bool> {
-        start_meeting_on(&self.pool, meeting_id, now).await
+        let mut tx = self.pool.begin().await?;
+        let started = start_meeting_on(&mut *tx, meeting_id, now).await?;
+        if started {
+            let data = serde_json::json!({"meeting_id": meeting_id});
+            super::webhooks::enqueue_on(&mut *tx, &self.outbox, "meeting_started", &data).await?;
+        }
+        tx.commit().await?;
+        Ok(started)
     }
 
     /// Closes a scheduled or live meeting as `status` (`ended` or `cancelled`) and marks every
@@ -401,6 +408,8 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let data = serde_json::json!({"meeting_id": meeting_id, "status": status});
+        super::webhooks::enqueue_on(&mut *tx, &self.outbox, "meeting_ended", &data).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -14,6 +14,7 @@ pub mod recordings;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub enum Backend {
 pub struct Store {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// Where webhook events are written (no endpoints: nowhere).
+    pub outbox: webhooks::Outbox,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +73,11 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect(&url)
             .await?;
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            outbox: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -85,6 +92,12 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The same store, writing webhook events for `endpoints`.
+    pub fn with_outbox(mut self, outbox: webhooks::Outbox) -> Self {
+        self.outbox = outbox;
+        self
     }
 
     /// Readiness: the database answers.

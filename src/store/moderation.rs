@@ -102,6 +102,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let data = serde_json::json!({
+            "meeting_id": meeting_id, "participant_id": target.id, "identity": target.identity,
+            "reason": if ban { "banned" } else { "kicked" }
+        });
+        super::webhooks::enqueue_on(&mut *tx, &self.outbox, "participant_left", &data).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -157,12 +162,21 @@ impl Store {
             "UPDATE participants SET status = 'denied', left_at = $1 \
              WHERE meeting_id = $2 AND id = $3 AND status = 'waiting'"
         };
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(sql)
             .bind(now)
             .bind(meeting_id)
             .bind(participant_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(result.rows_affected() > 0)
+        let resolved = result.rows_affected() > 0;
+        if resolved && admit {
+            let data =
+                serde_json::json!({"meeting_id": meeting_id, "participant_id": participant_id});
+            super::webhooks::enqueue_on(&mut *tx, &self.outbox, "participant_joined", &data)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(resolved)
     }
 }

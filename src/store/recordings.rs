@@ -6,6 +6,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::webhooks::enqueue_on;
 use super::{flag, now_ms, opt, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +125,7 @@ impl Store {
             "INSERT INTO recordings ({RECORDING_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(&sql)
             .bind(&r.id)
             .bind(&r.meeting_id)
@@ -137,14 +139,22 @@ impl Store {
             .bind(i64::from(r.audio_only))
             .bind(r.reason.as_deref())
             .bind(r.started_by.as_deref())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
         match result {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Conflict("recording_running".into()))
+                return Err(StoreError::Conflict("recording_running".into()))
             }
-            other => other.map(|_| ()).map_err(Into::into),
+            other => other.map(|_| ())?,
         }
+        if r.status == "recording" {
+            let data = serde_json::json!({
+                "meeting_id": r.meeting_id, "recording_id": r.id, "audio_only": r.audio_only,
+            });
+            enqueue_on(&mut *tx, &self.outbox, "recording_started", &data).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A meeting's recordings, oldest first.
@@ -200,7 +210,8 @@ impl Store {
         duration_ms: i64,
         ended_at: i64,
     ) -> StoreResult<Recording> {
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
             "UPDATE recordings SET status = $1, reason = $2, size_bytes = $3, duration_ms = $4, \
              ended_at = $5 WHERE id = $6",
         )
@@ -210,15 +221,38 @@ impl Store {
         .bind(duration_ms)
         .bind(ended_at)
         .bind(id)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let sql = format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE id = $1");
         let row = sqlx::query(&sql)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound)?;
-        recording_from_row(&row)
+        let recording = recording_from_row(&row)?;
+        if changed > 0 {
+            let files = self.recording_files(id).await?;
+            let data = serde_json::json!({
+                "meeting_id": recording.meeting_id, "recording_id": recording.id,
+                "status": recording.status, "reason": recording.reason,
+                "duration_ms": recording.duration_ms, "size_bytes": recording.size_bytes,
+                "files": files.iter().map(|f| serde_json::json!({
+                    "id": f.id, "participant_id": f.participant_id, "source": f.source,
+                    "content_type": f.content_type, "duration_ms": f.duration_ms,
+                    "size_bytes": f.size_bytes, "status": f.status,
+                    "url": format!("/api/v1/meetings/{}/recordings/{}/files/{}", recording.meeting_id, recording.id, f.id),
+                })).collect::<Vec<_>>(),
+            });
+            let event = if recording.status == "failed" {
+                "recording_failed"
+            } else {
+                "recording_ready"
+            };
+            enqueue_on(&mut *tx, &self.outbox, event, &data).await?;
+        }
+        tx.commit().await?;
+        Ok(recording)
     }
 
     pub async fn delete_recording(&self, id: &str) -> StoreResult<()> {

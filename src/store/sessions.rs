@@ -34,6 +34,7 @@ impl Store {
         participant_id: &str,
         now: i64,
     ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "UPDATE participants SET status = 'left', left_at = $1 \
              WHERE meeting_id = $2 AND id = $3 AND status = 'joined'",
@@ -41,9 +42,17 @@ impl Store {
         .bind(now)
         .bind(meeting_id)
         .bind(participant_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(result.rows_affected() > 0)
+        let left = result.rows_affected() > 0;
+        if left {
+            let data = serde_json::json!({
+                "meeting_id": meeting_id, "participant_id": participant_id, "reason": "left"
+            });
+            super::webhooks::enqueue_on(&mut *tx, &self.outbox, "participant_left", &data).await?;
+        }
+        tx.commit().await?;
+        Ok(left)
     }
 
     /// Closes the seats a previous process left `joined` (its sockets and media died with it):
