@@ -1086,6 +1086,7 @@ impl Room {
         match moderation::close_meeting(store, sfu, &self.meeting_id, "ended").await {
             Ok(()) => {
                 tracing::info!(meeting = %self.meeting_id, timeout = ?self.services.empty_timeout, "empty meeting ended");
+                let _ = self.stop_recording(None, None).await;
                 self.meeting_ended(None);
             }
             // Ended meanwhile by its host.

@@ -83,12 +83,18 @@ impl Fixture {
     async fn live_meeting(&self) -> String {
         let now = now_ms();
         let id = uuid::Uuid::now_v7().to_string();
+        let sample = Meeting::sample(&id, &self.host_id);
         let meeting = Meeting {
             code: format!("c{}", &id[id.len() - 10..]),
             started_at: Some(now),
             created_at: now,
             updated_at: now,
-            ..Meeting::sample(&id, &self.host_id)
+            // Not recorded by itself: these tests count the messages members get.
+            settings: crate::store::meetings::MeetingSettings {
+                recording: false,
+                ..sample.settings.clone()
+            },
+            ..sample
         };
         self.store.insert_meeting(&meeting).await.unwrap();
         id
