@@ -116,6 +116,13 @@ async fn participants_meet_chat_share_and_are_moderated_in_chromium() {
         .iter()
         .find(|f| f["display_name"] == "Hana" && f["source"] == "camera")
         .unwrap_or_else(|| panic!("the host's camera file: {recording}"));
+    // The host was sharing the screen meanwhile: it has its own file.
+    assert!(
+        files
+            .iter()
+            .any(|f| f["display_name"] == "Hana" && f["source"] == "screen"),
+        "the host's screen share file: {recording}"
+    );
     let path = scratch.0.join("host.webm");
     let bytes = server
         .http

@@ -778,6 +778,50 @@ async fn moderators_record_over_the_socket_auto_start_and_the_end_of_the_meeting
         .collect();
     assert_eq!(statuses.len(), 2, "{list}");
     assert!(!statuses.contains(&"recording"), "{list}");
+    // A recording bot: a join token of this meeting with the record grant manages recordings
+    // over REST; the same token without it, or for another room, does not.
+    let bot = |room: &str, record: bool| {
+        server
+            .server
+            .state
+            .keys
+            .sign(&convene::domain::token::JoinClaims::new(
+                room,
+                "recorder-bot",
+                convene::domain::token::Grants {
+                    record,
+                    ..Default::default()
+                },
+                Duration::from_secs(600),
+            ))
+    };
+    let listed = server
+        .call(
+            Method::GET,
+            &format!("/meetings/{id}/recordings"),
+            Some(&bot(&id, true)),
+            None,
+        )
+        .await;
+    assert_eq!(listed.0, StatusCode::OK, "{}", listed.1);
+    let no_grant = server
+        .call(
+            Method::GET,
+            &format!("/meetings/{id}/recordings"),
+            Some(&bot(&id, false)),
+            None,
+        )
+        .await;
+    assert_error(&no_grant, StatusCode::FORBIDDEN, "forbidden");
+    let other_room = server
+        .call(
+            Method::GET,
+            &format!("/meetings/{id}/recordings"),
+            Some(&bot("elsewhere", true)),
+            None,
+        )
+        .await;
+    assert_error(&other_room, StatusCode::NOT_FOUND, "meeting_not_found");
     // A meeting that is not live is not recorded.
     let (status, not_live) = server
         .call(

@@ -20,6 +20,9 @@ use crate::sfu::tap::{TapInfo, TapPacket};
 
 /// How long a file waits for each of its tracks' first frame before writing its header.
 pub const HEADER_WAIT: Duration = Duration::from_secs(3);
+/// The tracks of one source are added one after another (each an SFU round trip): the header
+/// waits at least this long after the first, so a fast first track does not start a file alone.
+const SETTLE: Duration = Duration::from_millis(500);
 /// Frames held while the header waits, at most.
 const MAX_HELD_FRAMES: usize = 4_096;
 /// Keyframe requests per track, at most one per this.
@@ -112,6 +115,8 @@ struct State {
     /// Frames waiting for the header, in arrival order: (slot index, frame).
     held: Vec<(usize, Frame)>,
     header_deadline: Option<Instant>,
+    /// No header before this (see [`SETTLE`]).
+    settle_until: Option<Instant>,
     done: Vec<Outcome>,
     index: u32,
     failed: Option<String>,
@@ -125,6 +130,7 @@ pub async fn run(task: FileTask) {
         current: None,
         held: Vec::new(),
         header_deadline: None,
+        settle_until: None,
         done: Vec::new(),
         index: 0,
         failed: None,
@@ -161,7 +167,7 @@ pub async fn run(task: FileTask) {
                 }
                 state.ask_keyframes(now).await;
                 if state.current.is_none()
-                    && state.header_deadline.is_some_and(|d| now >= d)
+                    && (state.header_deadline.is_some_and(|d| now >= d) || state.all_ready(now))
                 {
                     state.open();
                 }
@@ -213,6 +219,8 @@ impl State {
         }
         if self.current.is_some() {
             // The file's tracks are fixed: this one starts the next file.
+            self.settle_until = Some(Instant::now() + SETTLE);
+            self.header_deadline = Some(Instant::now() + HEADER_WAIT);
             self.finish_current();
             for slot in &mut self.slots {
                 slot.number = None;
@@ -224,6 +232,15 @@ impl State {
         }
         self.header_deadline
             .get_or_insert_with(|| Instant::now() + HEADER_WAIT);
+        self.settle_until
+            .get_or_insert_with(|| Instant::now() + SETTLE);
+    }
+
+    /// Every track added has its first frame, and the others of its source had time to come.
+    fn all_ready(&self, now: Instant) -> bool {
+        !self.slots.is_empty()
+            && self.settle_until.is_some_and(|at| now >= at)
+            && self.slots.iter().all(|s| s.first_frame.is_some())
     }
 
     fn take(&mut self, index: usize, frames: &mut Vec<Frame>) {
@@ -240,7 +257,7 @@ impl State {
                 if slot.first_frame.is_some() && self.held.len() < MAX_HELD_FRAMES {
                     self.held.push((index, frame));
                 }
-                if self.slots.iter().all(|s| s.first_frame.is_some()) {
+                if self.all_ready(Instant::now()) {
                     self.open();
                 }
                 continue;
