@@ -210,6 +210,9 @@ impl Store {
         duration_ms: i64,
         ended_at: i64,
     ) -> StoreResult<Recording> {
+        // The files are final before their recording is: read outside the transaction, which
+        // (on SQLite) holds the write lock and must not wait for a second connection.
+        let files = self.recording_files(id).await?;
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE recordings SET status = $1, reason = $2, size_bytes = $3, duration_ms = $4, \
@@ -232,7 +235,6 @@ impl Store {
             .ok_or(StoreError::NotFound)?;
         let recording = recording_from_row(&row)?;
         if changed > 0 {
-            let files = self.recording_files(id).await?;
             let data = serde_json::json!({
                 "meeting_id": recording.meeting_id, "recording_id": recording.id,
                 "status": recording.status, "reason": recording.reason,
