@@ -152,6 +152,52 @@ async fn recorded_publisher(
     client
 }
 
+/// A live meeting whose host, alice, publishes real camera (VP8, or H264) and microphone
+/// media in real time until `stop` is set and `sender` awaited.
+struct Publishing {
+    scratch: Scratch,
+    server: TestServer,
+    m: Meeting,
+    alice: Arc<MediaClient>,
+    stop: Arc<AtomicBool>,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+impl Publishing {
+    async fn start(
+        name: &str,
+        h264: bool,
+        adjust: impl FnOnce(&mut convene::config::Config),
+    ) -> Self {
+        let scratch = Scratch::new(name);
+        // Two seconds, looped: each lap starts with a keyframe.
+        let frames = if h264 {
+            media::h264_frames(&scratch.0, 2)
+        } else {
+            media::vp8_frames(&scratch.0, 2)
+        };
+        let packets = media::opus_packets(&scratch.0, 2);
+        let server = TestServer::start_with(adjust).await;
+        let m = live_meeting(&server).await;
+        let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", h264).await);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = stream(
+            alice.clone(),
+            Some(("cam", frames, h264)),
+            Some(("mic", packets)),
+            stop.clone(),
+        );
+        Self {
+            scratch,
+            server,
+            m,
+            alice,
+            stop,
+            sender,
+        }
+    }
+}
+
 fn skip_without_ffmpeg() -> bool {
     if media::ffmpeg_available() {
         return false;
@@ -169,19 +215,14 @@ async fn a_vp8_and_opus_participant_is_recorded_to_webm_that_decodes() {
     if skip_without_ffmpeg() {
         return;
     }
-    let scratch = Scratch::new("recording");
-    let frames = media::vp8_frames(&scratch.0, 4);
-    let packets = media::opus_packets(&scratch.0, 4);
-    let server = TestServer::start().await;
-    let m = live_meeting(&server).await;
-    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", false).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = stream(
-        alice.clone(),
-        Some(("cam", frames, false)),
-        Some(("mic", packets)),
-        stop.clone(),
-    );
+    let Publishing {
+        scratch,
+        server,
+        m,
+        alice,
+        stop,
+        sender,
+    } = Publishing::start("recording", false, |_| {}).await;
 
     let recordings = format!("/meetings/{}/recordings", m.id);
     // Nobody but the host and moderators: another user is refused.
@@ -284,8 +325,8 @@ async fn a_vp8_and_opus_participant_is_recorded_to_webm_that_decodes() {
     // The file starts with the first audio; video joins at its first keyframe (this publisher
     // ignores PLI and sends one every 2 s), at its true time.
     let (video_start, audio_start) = (
-        media::first_seconds(&path, "v:0"),
-        media::first_seconds(&path, "a:0"),
+        media::frame_times(&path, "v:0")[0],
+        media::frame_times(&path, "a:0")[0],
     );
     assert!(audio_start < 0.1, "audio starts at {audio_start}");
     assert!(video_start < 2.2, "video starts at {video_start}");
@@ -366,48 +407,19 @@ async fn record(server: &TestServer, m: &Meeting, body: Value, seconds: u64) -> 
     stopped
 }
 
-/// Every decoded frame time of one stream, in order.
-fn frame_times(path: &Path, stream: &str) -> Vec<f64> {
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            stream,
-            "-show_entries",
-            "frame=pts_time",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    let mut times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_h264_participant_gives_matroska_that_decodes() {
     if skip_without_ffmpeg() {
         return;
     }
-    let scratch = Scratch::new("recording-h264");
-    let frames = media::h264_frames(&scratch.0, 4);
-    let packets = media::opus_packets(&scratch.0, 4);
-    let server = TestServer::start().await;
-    let m = live_meeting(&server).await;
-    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", true).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = stream(
-        alice.clone(),
-        Some(("cam", frames, true)),
-        Some(("mic", packets)),
-        stop.clone(),
-    );
+    let Publishing {
+        scratch,
+        server,
+        m,
+        alice,
+        stop,
+        sender,
+    } = Publishing::start("recording-h264", true, |_| {}).await;
     let stopped = record(&server, &m, json!({}), 6).await;
     stop.store(true, Ordering::Relaxed);
     let _ = sender.await;
@@ -429,7 +441,7 @@ async fn an_h264_participant_gives_matroska_that_decodes() {
     let errors = media::decode_errors(&path);
     assert!(errors.is_empty(), "decoding: {errors}");
     assert!(
-        frame_times(&path, "v:0").len() > 100,
+        media::frame_times(&path, "v:0").len() > 100,
         "too few video frames"
     );
 }
@@ -520,19 +532,14 @@ async fn a_mute_is_a_gap_in_time_not_a_skew() {
     if skip_without_ffmpeg() {
         return;
     }
-    let scratch = Scratch::new("recording-mute");
-    let frames = media::vp8_frames(&scratch.0, 2);
-    let packets = media::opus_packets(&scratch.0, 4);
-    let server = TestServer::start().await;
-    let m = live_meeting(&server).await;
-    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", false).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = stream(
-        alice.clone(),
-        Some(("cam", frames, false)),
-        Some(("mic", packets)),
-        stop.clone(),
-    );
+    let Publishing {
+        scratch,
+        server,
+        m,
+        alice,
+        stop,
+        sender,
+    } = Publishing::start("recording-mute", false, |_| {}).await;
     let recordings = format!("/meetings/{}/recordings", m.id);
     let (status, started) = server
         .call(Method::POST, &recordings, Some(&m.host.token), None)
@@ -563,8 +570,8 @@ async fn a_mute_is_a_gap_in_time_not_a_skew() {
     let file = file_of(&stopped, &alice.participant_id(), "camera");
     let path = scratch.0.join("mute.webm");
     download(&server, &m.host.token, file["url"].as_str().unwrap(), &path).await;
-    let audio = frame_times(&path, "a:0");
-    let video = frame_times(&path, "v:0");
+    let audio = media::frame_times(&path, "a:0");
+    let video = media::frame_times(&path, "v:0");
     let gap = audio.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
     assert!(
         (2.5..3.6).contains(&gap),
@@ -592,15 +599,7 @@ async fn after_kill_9_the_file_decodes_to_about_the_kill_and_the_restart_closes_
     let schema = PgSchema::create().await;
     let database_url = schema.as_ref().map(|s| s.url.clone()).unwrap_or_default();
     let server = Process::start(&data_dir, &database_url).await;
-    let (status, account) = server
-        .call(
-            "/auth/register",
-            None,
-            Some(json!({"email": "rec@example.test", "username": "rec", "display_name": "Rec", "password": "recording-pw-1"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{account}");
-    let host = account["access_token"].as_str().unwrap().to_owned();
+    let host = server.register("rec").await;
     let (status, meeting) = server
         .call("/meetings", Some(&host), Some(json!({"title": "crash"})))
         .await;
@@ -875,19 +874,14 @@ async fn rtp_forwards_are_received_by_ffmpeg_from_the_returned_sdp() {
     if skip_without_ffmpeg() {
         return;
     }
-    let scratch = Scratch::new("rtp-forward");
-    let frames = media::vp8_frames(&scratch.0, 2);
-    let packets = media::opus_packets(&scratch.0, 2);
-    let server = TestServer::start().await;
-    let m = live_meeting(&server).await;
-    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", false).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = stream(
-        alice.clone(),
-        Some(("cam", frames, false)),
-        Some(("mic", packets)),
-        stop.clone(),
-    );
+    let Publishing {
+        scratch,
+        server,
+        m,
+        alice,
+        stop,
+        sender,
+    } = Publishing::start("rtp-forward", false, |_| {}).await;
     let forwards = format!("/meetings/{}/rtp-forwards", m.id);
     let pid = alice.participant_id();
     // Only networks on the allow-list (loopback by default).
@@ -1023,25 +1017,20 @@ async fn a_full_disk_stops_the_recording_cleanly_and_refuses_a_new_one() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
-    let scratch = Scratch::new("recording-full");
-    let frames = media::vp8_frames(&scratch.0, 2);
-    let packets = media::opus_packets(&scratch.0, 2);
     let dir = disk.0.clone();
-    let server = TestServer::start_with(|c| {
+    let Publishing {
+        scratch,
+        server,
+        m,
+        alice,
+        stop,
+        sender,
+    } = Publishing::start("recording-full", false, |c| {
         c.recordings_dir = dir;
         // 2 MiB disk: the guard trips after about 300 KB are written.
         c.recording_min_free_bytes = 1_750 * 1024;
     })
     .await;
-    let m = live_meeting(&server).await;
-    let alice = Arc::new(recorded_publisher(&server, &m, &m.host, "alice", false).await);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = stream(
-        alice.clone(),
-        Some(("cam", frames, false)),
-        Some(("mic", packets)),
-        stop.clone(),
-    );
     let recordings = format!("/meetings/{}/recordings", m.id);
     let (status, started) = server
         .call(Method::POST, &recordings, Some(&m.host.token), None)

@@ -47,15 +47,7 @@ async fn seats_are_free_after_a_crash_and_after_a_graceful_stop() {
     let database_url = schema.as_ref().map(|s| s.url.clone()).unwrap_or_default();
 
     let server = Process::start(&data_dir, &database_url).await;
-    let (status, account) = server
-        .call(
-            "/auth/register",
-            None,
-            Some(json!({"email": "host@example.test", "username": "host", "display_name": "Host", "password": "restart-pw-1"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{account}");
-    let host = account["access_token"].as_str().unwrap().to_owned();
+    let host = server.register("host").await;
     let (status, meeting) = server
         .call(
             "/meetings",

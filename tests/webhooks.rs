@@ -246,15 +246,7 @@ async fn events_pending_at_a_kill_9_arrive_after_the_restart() {
     let env = [("CONVENE_WEBHOOKS", hooks.as_str())];
     // Nobody listens yet: events wait in the outbox.
     let server = Process::start_with(&data_dir, &database_url, &env).await;
-    let (status, account) = server
-        .call(
-            "/auth/register",
-            None,
-            Some(json!({"email": "hooks@example.test", "username": "hooks", "display_name": "Hooks", "password": "webhooks-pw-1"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{account}");
-    let host = account["access_token"].as_str().unwrap().to_owned();
+    let host = server.register("hooks").await;
     let (status, meeting) = server
         .call("/meetings", Some(&host), Some(json!({"title": "pending"})))
         .await;

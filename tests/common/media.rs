@@ -195,48 +195,25 @@ pub fn decode_errors(path: &Path) -> String {
     errors
 }
 
-/// Decoded duration of each stream (seconds): the last frame's time, as ffmpeg decodes it.
-pub fn decoded_seconds(path: &Path, stream: &str) -> f64 {
+/// Every decoded frame time (seconds) of one stream (`v:0`, `a:0`), in order.
+pub fn frame_times(path: &Path, stream: &str) -> Vec<f64> {
     let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            stream,
-            "-show_entries",
-            "frame=pts_time",
-            "-of",
-            "csv=p=0",
-        ])
+        .args(["-v", "error", "-select_streams", stream])
+        .args(["-show_entries", "frame=pts_time", "-of", "csv=p=0"])
         .arg(path)
         .output()
         .expect("ffprobe runs");
-    String::from_utf8_lossy(&out.stdout)
+    let mut times: Vec<f64> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse::<f64>().ok())
-        .fold(0.0, f64::max)
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
 }
 
-/// First decoded frame time of a stream (seconds).
-pub fn first_seconds(path: &Path, stream: &str) -> f64 {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            stream,
-            "-show_entries",
-            "frame=pts_time",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse::<f64>().ok())
-        .fold(f64::MAX, f64::min)
+/// The last decoded frame's time of a stream: how far it decodes.
+pub fn decoded_seconds(path: &Path, stream: &str) -> f64 {
+    frame_times(path, stream).last().copied().unwrap_or(0.0)
 }
 
 /// A scratch directory removed when dropped.

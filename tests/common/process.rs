@@ -88,6 +88,22 @@ impl Process {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Signs up `name` through the API; their access token.
+    pub async fn register(&self, name: &str) -> String {
+        let (status, account) = self
+            .call(
+                "/auth/register",
+                None,
+                Some(serde_json::json!({
+                    "email": format!("{name}@example.test"), "username": name,
+                    "display_name": name, "password": format!("{name}-password-1"),
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{account}");
+        account["access_token"].as_str().unwrap().to_owned()
+    }
+
     pub fn kill_9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
