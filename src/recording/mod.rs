@@ -240,16 +240,21 @@ impl RecordingHandle {
     /// `reason`), each file with its size and duration.
     pub async fn stop(self, reason: Option<&'static str>) -> Recording {
         let inner = &self.recorder.inner;
-        let mut outcomes = Vec::new();
+        // Every file is told first, then their answers are collected: files close side by side.
+        let mut closing = Vec::new();
         for (_, open) in self.files {
             for (track, tap) in &open.taps {
                 let _ = inner.sfu.detach_tap(*track, *tap).await;
             }
             let (tx, rx) = oneshot::channel();
             if open.control.send(file::Control::Stop { reply: tx }).is_ok() {
-                if let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(10), rx).await {
-                    outcomes.extend(done.into_iter().map(|o| (open.owner.clone(), o)));
-                }
+                closing.push((open.owner, rx));
+            }
+        }
+        let mut outcomes = Vec::new();
+        for (owner, rx) in closing {
+            if let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(10), rx).await {
+                outcomes.extend(done.into_iter().map(|o| (owner.clone(), o)));
             }
         }
         drop(self.opened);

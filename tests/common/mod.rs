@@ -62,6 +62,8 @@ impl TestServer {
             rate_limit_meeting_create_per_hour: 100_000,
             rate_limit_media_per_minute: 100_000,
             rate_limit_media_per_identity_per_minute: 100_000,
+            // A test machine's disk may be small: recordings here are a few MB.
+            recording_min_free_bytes: 16 * 1024 * 1024,
             ..Config::default()
         };
         adjust(&mut config);
@@ -70,7 +72,12 @@ impl TestServer {
         Self {
             server,
             base,
-            http: reqwest::Client::new(),
+            // The server closes a keep-alive connection idle for `http_header_read_timeout` (10 s):
+            // a pooled one is never kept that long, or a request sent as it closes is reset.
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
             _data_dir: data_dir,
             _schema: schema,
         }

@@ -40,6 +40,7 @@ impl Process {
             .env("CONVENE_RATE_LIMIT_AUTH_PER_MINUTE", "0")
             .env("CONVENE_RATE_LIMIT_GENERAL_PER_MINUTE", "0")
             .env("DATABASE_URL", database_url)
+            .env("CONVENE_RECORDING_MIN_FREE_BYTES", "16777216")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -48,7 +49,12 @@ impl Process {
             child,
             base: format!("http://127.0.0.1:{port}"),
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            http: reqwest::Client::new(),
+            // The server closes a keep-alive connection idle for `http_header_read_timeout` (10 s):
+            // a pooled one is never kept that long, or a request sent as it closes is reset.
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
