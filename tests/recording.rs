@@ -261,16 +261,8 @@ async fn a_vp8_and_opus_participant_is_recorded_to_webm_that_decodes() {
     assert_error(&again, StatusCode::CONFLICT, "recording_running");
 
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let (status, stopped) = server
-        .call(
-            Method::POST,
-            &format!("{recordings}/{id}/stop"),
-            Some(&m.host.token),
-            None,
-        )
-        .await;
+    let stopped = stop_recording(&server, &m, &id).await;
     let recorded_for = began.elapsed().as_secs_f64();
-    assert_eq!(status, StatusCode::OK, "{stopped}");
     assert_eq!(stopped["status"], "ready", "{stopped}");
     stop.store(true, Ordering::Relaxed);
     let _ = sender.await;
@@ -395,10 +387,15 @@ async fn record(server: &TestServer, m: &Meeting, body: Value, seconds: u64) -> 
     assert_eq!(status, StatusCode::CREATED, "{started}");
     let id = started["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop_recording(server, m, &id).await
+}
+
+/// Stops recording `id` of `m` as its host; the stopped recording (200 checked).
+async fn stop_recording(server: &TestServer, m: &Meeting, id: &str) -> Value {
     let (status, stopped) = server
         .call(
             Method::POST,
-            &format!("{recordings}/{id}/stop"),
+            &format!("/meetings/{}/recordings/{id}/stop", m.id),
             Some(&m.host.token),
             None,
         )
@@ -482,15 +479,7 @@ async fn audio_only_gives_ogg_opus_and_a_late_joiner_gets_a_file_from_then() {
     let bob = Arc::new(recorded_publisher(&server, &m, &bob_user, "bob", false).await);
     let b = stream(bob.clone(), None, Some(("mic", packets)), stop.clone());
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let (status, stopped) = server
-        .call(
-            Method::POST,
-            &format!("{recordings}/{id}/stop"),
-            Some(&m.host.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{stopped}");
+    let stopped = stop_recording(&server, &m, &id).await;
     stop.store(true, Ordering::Relaxed);
     let _ = (a.await, b.await);
     assert_eq!(stopped["status"], "ready", "{stopped}");
@@ -556,15 +545,7 @@ async fn a_mute_is_a_gap_in_time_not_a_skew() {
         .ws
         .send(json!({"type": "mute", "source": "microphone", "muted": false}));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (status, stopped) = server
-        .call(
-            Method::POST,
-            &format!("{recordings}/{id}/stop"),
-            Some(&m.host.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{stopped}");
+    let stopped = stop_recording(&server, &m, &id).await;
     stop.store(true, Ordering::Relaxed);
     let _ = sender.await;
     let file = file_of(&stopped, &alice.participant_id(), "camera");
