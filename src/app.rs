@@ -30,6 +30,8 @@ pub struct Server {
     pub http_addr: SocketAddr,
     pub media_addr: SocketAddr,
     pub state: AppState,
+    /// The embedded TURN server, when `turn.enabled`.
+    pub turn: Option<crate::turn::Turn>,
     /// Signaling's tables (live meetings, open sockets, the SFU event hub).
     pub live: Live,
     stop: Option<oneshot::Sender<()>>,
@@ -68,6 +70,7 @@ impl Server {
         );
         let (sfu, sfu_events) = Sfu::start(sfu_config.clone(), metrics.clone())
             .with_context(|| format!("binding media UDP {}", sfu_config.bind))?;
+        let (turn, ice) = start_turn(&config, &sfu, &sfu_config, &metrics).await?;
         let listener = TcpListener::bind(config.http)
             .await
             .with_context(|| format!("binding HTTP {}", config.http))?;
@@ -120,6 +123,7 @@ impl Server {
             sfu: sfu.clone(),
             recorder,
             forwards,
+            ice: Arc::new(ice),
             accepting: Arc::new(AtomicBool::new(true)),
         };
         tokio::spawn(crate::signaling::hub::run(
@@ -167,6 +171,7 @@ impl Server {
             http_addr,
             media_addr: sfu.media_addr(),
             state,
+            turn,
             live,
             stop: Some(stop),
             http,
@@ -192,6 +197,62 @@ impl Server {
         self.pruning.abort();
         info!("convene stopped");
     }
+}
+
+/// The embedded TURN server (when enabled) and the ICE servers clients are handed: the static
+/// `ice_servers`, then the embedded server's URLs or `turn.urls`, with credentials of the TURN
+/// secret.
+async fn start_turn(
+    config: &Config,
+    sfu: &Sfu,
+    sfu_config: &SfuConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<(Option<crate::turn::Turn>, crate::turn::IceServers)> {
+    use crate::turn::{IceServers, MediaAddresses, Turn};
+    let turn_config = &config.turn;
+    if !turn_config.enabled && turn_config.urls.is_empty() {
+        return Ok((
+            None,
+            IceServers::new(
+                config.ice_servers.clone(),
+                Vec::new(),
+                Vec::new(),
+                turn_config.credential_ttl,
+            ),
+        ));
+    }
+    let secret =
+        crate::turn::load_or_create_secret(&turn_config.secret, &config.turn_secret_path())
+            .with_context(|| {
+                format!(
+                    "loading the TURN secret {}",
+                    config.turn_secret_path().display()
+                )
+            })?;
+    let mut urls = turn_config.urls.clone();
+    let mut turn = None;
+    if turn_config.enabled {
+        let media = MediaAddresses {
+            announced: sfu_config.announced_ips.clone(),
+            ports: sfu.media_addrs().iter().map(|a| a.port()).collect(),
+            bind: sfu_config.bind.ip(),
+        };
+        let server = Turn::start(config, &secret, &media, metrics.clone()).await?;
+        let host = if turn_config.public_host.is_empty() {
+            sfu_config.announced_ips[0].to_string()
+        } else {
+            turn_config.public_host.clone()
+        };
+        urls.splice(0..0, IceServers::embedded_urls(&host, &server));
+        turn = Some(server);
+    }
+    let ice = IceServers::new(
+        config.ice_servers.clone(),
+        urls,
+        secret,
+        turn_config.credential_ttl,
+    );
+    Ok((turn, ice))
 }
 
 /// Seats left `joined` belong to sockets and media that no longer exist (after `kill -9`, or

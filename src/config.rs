@@ -42,6 +42,71 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// The embedded TURN server, and the TURN URLs handed to clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// Run the embedded TURN server.
+    pub enabled: bool,
+    /// UDP and TCP address of the embedded server (the same port for both).
+    pub listen: SocketAddr,
+    /// TLS address, served when `tls_cert` is set.
+    pub tls_listen: SocketAddr,
+    /// PEM certificate chain and private key for TURN over TLS (`turns:`).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Shared secret of the credentials (coturn's `static-auth-secret`). Empty: generated once
+    /// into `data_dir/turn.secret`.
+    pub secret: String,
+    pub realm: String,
+    /// Host (name or address) in the TURN URLs handed to clients. Empty: the first announced
+    /// media address.
+    pub public_host: String,
+    /// Addresses announced as relayed addresses, one per family. Empty: the announced media
+    /// addresses.
+    pub relay_ip: Vec<IpAddr>,
+    /// How long a handed-out credential is valid (checked on every TURN request, refreshes
+    /// included, so it bounds how long one relayed session can last).
+    #[serde(with = "humantime_serde")]
+    pub credential_ttl: Duration,
+    /// TURN URLs of an external server (coturn with `use-auth-secret` and the same `secret`),
+    /// handed to clients with credentials when the embedded server is off.
+    pub urls: Vec<String>,
+    /// Networks relayed to besides Convene's own media addresses (never needed for Convene
+    /// itself; an open relay is never the default).
+    pub allowed_peer_networks: Vec<ipnet::IpNet>,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    /// TCP and TLS connections open at once.
+    pub max_connections: usize,
+    /// The longest allocation lifetime a client may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "0.0.0.0:3478".parse().expect("literal"),
+            tls_listen: "0.0.0.0:5349".parse().expect("literal"),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            secret: String::new(),
+            realm: "convene".to_owned(),
+            public_host: String::new(),
+            relay_ip: Vec::new(),
+            credential_ttl: Duration::from_secs(24 * 3600),
+            urls: Vec::new(),
+            allowed_peer_networks: Vec::new(),
+            max_allocations: 1000,
+            max_allocations_per_user: 10,
+            max_connections: 2000,
+            max_lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// A receiver of webhook events, with its signing secret (Standard Webhooks: `whsec_` and the
 /// base64 key; any other string is the key's bytes).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +149,8 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// STUN/TURN servers advertised to clients.
     pub ice_servers: Vec<IceServer>,
+    /// The embedded TURN server and the TURN URLs handed to clients.
+    pub turn: TurnConfig,
     /// HTTP connections open at once; past it new ones are closed at accept.
     pub http_max_connections: usize,
     /// A request head (line and headers) must arrive within this, or the connection closes.
@@ -273,6 +340,7 @@ impl Default for Config {
             jwt_secret: String::new(),
             cors_allowed_origins: vec!["*".to_owned()],
             ice_servers: Vec::new(),
+            turn: TurnConfig::default(),
             http_max_connections: 8192,
             http_header_read_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(75),
@@ -369,7 +437,11 @@ impl Config {
                     .only(&["DATABASE_URL"])
                     .map(|k| k.as_str().to_ascii_lowercase().into()),
             )
-            .merge(Env::prefixed("CONVENE_").map(|k| k.as_str().to_ascii_lowercase().into()))
+            .merge(
+                Env::prefixed("CONVENE_")
+                    .map(|k| k.as_str().to_ascii_lowercase().into())
+                    .split("__"),
+            )
             .merge(Serialized::defaults(overrides));
         let config: Config = figment
             .extract()
@@ -502,6 +574,39 @@ impl Config {
         {
             return Err(invalid("recording_jitter", "must be 10ms to 5s"));
         }
+        let turn = &self.turn;
+        if turn.credential_ttl < Duration::from_secs(60) {
+            return Err(invalid("turn.credential_ttl", "must be at least 60s"));
+        }
+        if turn.realm.is_empty() || turn.realm.len() > 127 {
+            return Err(invalid("turn.realm", "must be 1 to 127 characters"));
+        }
+        if turn.tls_cert.as_os_str().is_empty() != turn.tls_key.as_os_str().is_empty() {
+            return Err(invalid(
+                "turn.tls_cert",
+                "needs turn.tls_key, and the other way round",
+            ));
+        }
+        if turn.max_allocations == 0
+            || turn.max_allocations_per_user == 0
+            || turn.max_connections == 0
+        {
+            return Err(invalid(
+                "turn.max_allocations",
+                "the TURN limits must be at least 1",
+            ));
+        }
+        if turn.max_lifetime < Duration::from_secs(600) {
+            return Err(invalid(
+                "turn.max_lifetime",
+                "must be at least 10m (TURN's default lifetime)",
+            ));
+        }
+        for url in &turn.urls {
+            if !(url.starts_with("turn:") || url.starts_with("turns:")) {
+                return Err(invalid("turn.urls", "every url must be turn:… or turns:…"));
+            }
+        }
         for server in &self.ice_servers {
             if server.urls.is_empty() {
                 return Err(invalid(
@@ -520,6 +625,10 @@ impl Config {
         } else {
             self.recordings_dir.clone()
         }
+    }
+
+    pub fn turn_secret_path(&self) -> PathBuf {
+        self.data_dir.join("turn.secret")
     }
 
     pub fn signing_key_path(&self) -> PathBuf {

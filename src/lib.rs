@@ -33,6 +33,7 @@ pub mod signaling;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod turn;
 pub mod web;
 pub mod webhooks;
 

@@ -80,6 +80,16 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     /// Connections closed at accept because `http_max_connections` were open.
     pub http_connections_refused: IntCounter,
+    /// Embedded TURN: allocations held now.
+    pub turn_allocations: IntGauge,
+    /// Embedded TURN: packets relayed, by direction (`to_peer`, `to_client`).
+    pub turn_relayed_packets: IntCounterVec,
+    pub turn_relayed_bytes: IntCounterVec,
+    /// Embedded TURN: requests refused, by reason (`unauthenticated`, `stale_nonce`,
+    /// `bad_credentials`, `expired`, `forbidden_peer`, `quota`, `capacity`, `bad_request`).
+    pub turn_refused: IntCounterVec,
+    /// Embedded TURN: datagrams or frames dropped (a full queue or socket buffer).
+    pub turn_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -145,6 +155,26 @@ impl Metrics {
             tap_dropped: counter(
                 "tap_dropped_total",
                 "Packets a tap's consumer (recorder, RTP forward) was too slow to take",
+            ),
+            turn_allocations: gauge("turn_allocations", "Embedded TURN allocations held"),
+            turn_relayed_packets: counter_vec(
+                "turn_relayed_packets_total",
+                "Packets relayed by the embedded TURN server",
+                &["direction"],
+            ),
+            turn_relayed_bytes: counter_vec(
+                "turn_relayed_bytes_total",
+                "Payload bytes relayed by the embedded TURN server",
+                &["direction"],
+            ),
+            turn_refused: counter_vec(
+                "turn_refused_total",
+                "TURN requests refused, by reason",
+                &["reason"],
+            ),
+            turn_dropped: counter(
+                "turn_dropped_total",
+                "TURN datagrams dropped because a queue or socket buffer was full",
             ),
             recordings: counter_vec(
                 "recordings_total",

@@ -32,6 +32,8 @@ pub struct AppState {
     pub recorder: crate::recording::Recorder,
     /// Running RTP forwards to external pipelines.
     pub forwards: crate::recording::rtp_forward::Forwards,
+    /// The ICE servers (STUN/TURN, with fresh TURN credentials) handed to clients.
+    pub ice: Arc<crate::turn::IceServers>,
     /// Cleared when shutdown starts, so /readyz turns away new load first.
     pub accepting: Arc<AtomicBool>,
 }

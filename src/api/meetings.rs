@@ -231,6 +231,16 @@ pub struct IceServerView {
     pub credential: Option<String>,
 }
 
+impl From<crate::config::IceServer> for IceServerView {
+    fn from(server: crate::config::IceServer) -> Self {
+        Self {
+            urls: server.urls,
+            username: server.username,
+            credential: server.credential,
+        }
+    }
+}
+
 /// Admitted: the join token opens the WebSocket and the WHIP/WHEP resources of the room.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JoinResponse {
@@ -1084,6 +1094,12 @@ async fn join_meeting(
     match rules::join(context, &id, request).await? {
         JoinOutcome::Joined(admission) => {
             let room = admission.meeting_id.clone();
+            let ice_servers = state
+                .ice
+                .for_identity(&admission.identity)
+                .into_iter()
+                .map(IceServerView::from)
+                .collect();
             let response = JoinResponse {
                 join_token: admission.join_token,
                 role: admission.role,
@@ -1097,16 +1113,7 @@ async fn join_meeting(
                 display_name: admission.display_name,
                 mic_muted: admission.mic_muted,
                 camera_off: admission.camera_off,
-                ice_servers: state
-                    .config
-                    .ice_servers
-                    .iter()
-                    .map(|s| IceServerView {
-                        urls: s.urls.clone(),
-                        username: s.username.clone(),
-                        credential: s.credential.clone(),
-                    })
-                    .collect(),
+                ice_servers,
             };
             Ok((StatusCode::OK, Json(response)).into_response())
         }

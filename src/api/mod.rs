@@ -5,6 +5,7 @@ pub mod auth;
 pub mod chat;
 pub mod extract;
 pub mod health;
+pub mod ice;
 pub mod meetings;
 pub mod moderation;
 pub mod recordings;
@@ -30,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .merge(chat::router())
         .merge(recordings::router())
         .merge(rtp_forwards::router())
+        .merge(ice::router())
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(docs_page));
     Router::new().nest("/api/v1", v1)
@@ -72,6 +74,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         chat::openapi(),
         recordings::openapi(),
         rtp_forwards::openapi(),
+        ice::openapi(),
     ] {
         doc.merge(part);
     }

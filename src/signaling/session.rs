@@ -1341,7 +1341,7 @@ impl Session {
                 moderate: self.role.is_moderator(),
             },
             participants,
-            ice_servers: self.state.config.ice_servers.clone(),
+            ice_servers: self.state.ice.for_identity(&self.identity),
             meeting: (&self.meeting).into(),
             chat,
             waiting,

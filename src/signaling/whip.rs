@@ -204,6 +204,7 @@ async fn create(
             publisher: query.get("publisher").map(|p| ParticipantId(p.clone())),
         },
     };
+    let ice_servers = state.ice.for_identity(&claims.sub);
     let negotiated = state
         .sfu
         .offer(
@@ -234,7 +235,7 @@ async fn create(
         );
         headers.append(header::LINK, header_value(&layer)?);
     }
-    for link in ice_server_links(&state.config.ice_servers) {
+    for link in ice_server_links(&ice_servers) {
         headers.append(header::LINK, header_value(&link)?);
     }
     Ok(response)
@@ -317,7 +318,9 @@ async fn delete(
 }
 
 /// Non-preflight OPTIONS on an endpoint (RFC 9725 §4.2): what it accepts and which ICE servers
-/// to use. CORS preflights are answered by the CORS layer before reaching here.
+/// to use. CORS preflights are answered by the CORS layer before reaching here. The caller is
+/// not authenticated, so it gets the configured servers only: TURN credentials go to callers
+/// with a token (the POST's answer).
 async fn endpoint_options(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();

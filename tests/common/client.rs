@@ -21,7 +21,7 @@ use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
 use reqwest::StatusCode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
-use rtc::peer_connection::configuration::RTCOfferOptions;
+use rtc::peer_connection::configuration::{RTCConfiguration, RTCOfferOptions};
 use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -85,6 +85,16 @@ impl Peer {
         inboxes: Option<Arc<Inboxes>>,
         red: bool,
     ) -> Self {
+        Self::build_configured(with_keyframe_requests, inboxes, red, None).await
+    }
+
+    /// `configuration`: ICE servers and transport policy (relay-only through TURN, say).
+    async fn build_configured(
+        with_keyframe_requests: bool,
+        inboxes: Option<Arc<Inboxes>>,
+        red: bool,
+        configuration: Option<RTCConfiguration>,
+    ) -> Self {
         let mut media_engine = MediaEngine::default();
         media_engine
             .register_default_codecs()
@@ -125,7 +135,11 @@ impl Peer {
             cut: Arc::clone(&network_cut),
             loss: Arc::clone(&inbound_loss),
         };
-        let pc = PeerConnectionBuilder::new()
+        let mut builder = PeerConnectionBuilder::new();
+        if let Some(configuration) = configuration {
+            builder = builder.with_configuration(configuration);
+        }
+        let pc = builder
             .with_runtime(Arc::new(runtime))
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
@@ -513,6 +527,8 @@ pub struct Session {
     /// The SDP offer POSTed, and the server's answer.
     pub offer: String,
     pub answer: String,
+    /// Every `Link` header of the 201.
+    pub links: Vec<String>,
 }
 
 impl Session {
@@ -541,6 +557,12 @@ impl Session {
                 .map(str::to_owned)
         };
         let (location, etag) = (header(LOCATION), header(ETAG));
+        let links = response
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
         let body = response.text().await.expect("POST body");
         if status != StatusCode::CREATED {
             return Err(HttpError { status, body });
@@ -554,6 +576,7 @@ impl Session {
             etag: etag.expect("201 carries ETag"),
             offer,
             answer: body,
+            links,
         })
     }
 
@@ -822,6 +845,21 @@ impl WhipPublisher {
         publisher
     }
 
+    /// Publishes with `configuration` (ICE servers, transport policy), and waits until connected.
+    pub async fn connect_configured(
+        server: &TestServer,
+        room: &str,
+        token: &str,
+        configuration: RTCConfiguration,
+    ) -> Self {
+        let peer = Peer::build_configured(true, None, false, Some(configuration)).await;
+        let publisher = Self::start_on(peer, server, room, token, true)
+            .await
+            .unwrap_or_else(|e| panic!("WHIP POST failed: {e}"));
+        publisher.peer.wait_connected(CONNECT_TIMEOUT).await;
+        publisher
+    }
+
     async fn start_with(
         server: &TestServer,
         room: &str,
@@ -830,6 +868,16 @@ impl WhipPublisher {
         red: bool,
     ) -> Result<Self, HttpError> {
         let peer = Peer::build_with(true, None, red).await;
+        Self::start_on(peer, server, room, token, gathered).await
+    }
+
+    async fn start_on(
+        peer: Peer,
+        server: &TestServer,
+        room: &str,
+        token: &str,
+        gathered: bool,
+    ) -> Result<Self, HttpError> {
         let mut audio = SendTrack::add(&peer, Kind::Audio, opus(), 960).await;
         let mut video = SendTrack::add(&peer, Kind::Video, vp8(), 3_000).await;
         let (requests, keyframe_requests) = watch::channel(0);
