@@ -80,8 +80,9 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     /// Connections closed at accept because `http_max_connections` were open.
     pub http_connections_refused: IntCounter,
-    /// Embedded TURN: allocations held now.
+    /// Embedded TURN: allocations held now, and made, by client transport (`udp`, `tcp`, `tls`).
     pub turn_allocations: IntGauge,
+    pub turn_allocations_made: IntCounterVec,
     /// Embedded TURN: packets relayed, by direction (`to_peer`, `to_client`).
     pub turn_relayed_packets: IntCounterVec,
     pub turn_relayed_bytes: IntCounterVec,
@@ -157,6 +158,11 @@ impl Metrics {
                 "Packets a tap's consumer (recorder, RTP forward) was too slow to take",
             ),
             turn_allocations: gauge("turn_allocations", "Embedded TURN allocations held"),
+            turn_allocations_made: counter_vec(
+                "turn_allocations_total",
+                "Embedded TURN allocations made, by client transport",
+                &["transport"],
+            ),
             turn_relayed_packets: counter_vec(
                 "turn_relayed_packets_total",
                 "Packets relayed by the embedded TURN server",

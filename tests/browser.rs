@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::client::{Kind, WhepSubscriber};
@@ -14,42 +13,23 @@ use common::TestServer;
 
 /// Runs `tests/browser/whip_whep.mjs` against `server` with `extra` environment.
 async fn run_browser_test(server: &TestServer, name: &str, extra: &[(&str, &str)]) {
-    let chromium = common::browser::chromium();
-    let root = common::browser::root();
-
-    let artifacts = root.join("test-artifacts").join(name);
-    let mut command = tokio::process::Command::new("node");
-    command.envs(extra.iter().copied());
-    let output = command
-        .arg(root.join("tests/browser/whip_whep.mjs"))
-        .current_dir(&root)
-        .env("CONVENE_URL", &server.base)
-        .env("ROOM", "browser")
-        .env(
+    let artifacts = common::browser::root().join("test-artifacts").join(name);
+    let mut env = vec![
+        ("CONVENE_URL", server.base.clone()),
+        ("ROOM", "browser".to_owned()),
+        (
             "PUBLISH_TOKEN",
             server.token("browser", "chromium-publisher", true, false),
-        )
-        .env(
+        ),
+        (
             "WATCH_TOKEN",
             server.token("browser", "chromium-viewer", false, true),
-        )
-        .env("CHROMIUM", &chromium)
-        .env("ARTIFACT_DIR", &artifacts)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(90), output)
-        .await
-        .expect("browser test finishes")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}\n{stderr}");
-    assert!(
-        output.status.success() && stdout.contains("PASS"),
-        "browser test failed:\n{stdout}\n{stderr}"
-    );
+        ),
+        ("ARTIFACT_DIR", artifacts.display().to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    common::browser::run_script("whip_whep.mjs", &env, Duration::from_secs(90)).await;
     assert!(
         server.metric("convene_rtp_packets_out_total").await > 0.0,
         "media went through the SFU"
@@ -103,4 +83,35 @@ async fn chromium_publishes_via_whip_and_another_page_decodes_via_whep() {
 async fn a_chromium_viewer_decodes_a_returning_publisher_without_reposting() {
     let server = TestServer::start().await;
     run_browser_test(&server, "whep-returning", &[("RETURNING_PUBLISHER", "1")]).await;
+}
+
+/// Chromium publishes through WHIP with relay candidates only, through the embedded TURN server
+/// the answer's `Link` headers name (an ICE restart by PATCH gathers them): over UDP, then over
+/// TCP; a Chromium viewer decodes it each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_through_the_embedded_turn_over_udp_and_tcp() {
+    for transport in ["udp", "tcp"] {
+        let server = TestServer::start_with(|c| {
+            c.turn.enabled = true;
+            c.turn.listen = "127.0.0.1:0".parse().unwrap();
+        })
+        .await;
+        let query = format!("relay=1&turn={transport}");
+        run_browser_test(
+            &server,
+            &format!("whip-relay-{transport}"),
+            &[("PUBLISH_QUERY", &query)],
+        )
+        .await;
+        let made = server
+            .metric(&format!(
+                "convene_turn_allocations_total{{transport=\"{transport}\"}}"
+            ))
+            .await;
+        assert!(made >= 1.0, "no {transport} allocation");
+        let relayed = server
+            .metric("convene_turn_relayed_packets_total{direction=\"to_peer\"}")
+            .await;
+        assert!(relayed > 100.0, "{relayed} packets relayed");
+    }
 }

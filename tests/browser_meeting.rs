@@ -198,3 +198,46 @@ async fn participants_meet_chat_share_and_are_moderated_in_chromium() {
         .await;
     assert_eq!(ended["status"], "ended", "{ended}");
 }
+
+/// A participant whose page may only use TURN relay candidates (`?relay=1`, the servers its join
+/// named: the embedded TURN) and one connecting directly see each other's camera.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_participant_meets_a_direct_one_in_chromium() {
+    let server = TestServer::start_with(|c| {
+        c.turn.enabled = true;
+        c.turn.listen = "127.0.0.1:0".parse().unwrap();
+    })
+    .await;
+    let host = server.user("Host").await;
+    let (status, meeting) = server
+        .call(
+            Method::POST,
+            "/meetings",
+            Some(&host.token),
+            Some(json!({"title": "Through TURN"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{meeting}");
+    common::browser::run_script(
+        "relay_meeting.mjs",
+        &[
+            ("CONVENE_URL", &server.base),
+            ("CODE", meeting["code"].as_str().unwrap()),
+        ],
+        Duration::from_secs(120),
+    )
+    .await;
+    // Ray's two connections (publisher and subscriber) each took an allocation.
+    assert!(
+        server
+            .metric("convene_turn_allocations_total{transport=\"udp\"}")
+            .await
+            >= 2.0
+    );
+    assert!(
+        server
+            .metric("convene_turn_relayed_packets_total{direction=\"to_client\"}")
+            .await
+            > 100.0
+    );
+}

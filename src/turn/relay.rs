@@ -50,6 +50,14 @@ pub enum Transport {
 }
 
 impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
     fn is_stream(self) -> bool {
         !matches!(self, Transport::Udp)
     }
@@ -713,6 +721,10 @@ impl Relay {
         self.metrics
             .turn_allocations
             .set(self.allocations.len() as i64);
+        self.metrics
+            .turn_allocations_made
+            .with_label_values(&[client.transport.label()])
+            .inc();
         info!(client = %client.addr, transport = ?client.transport, %relayed, user = username, "turn allocation");
         Ok(vec![
             Box::new(RelayedAddress {

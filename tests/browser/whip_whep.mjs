@@ -12,6 +12,8 @@
 // RETURNING_PUBLISHER=1: the viewer opens first (nothing to watch yet), then the publisher;
 // once the viewer decodes, the publisher stops (DELETE) and publishes again from a reloaded
 // page, and the same viewer session must decode the new publisher's video (no new POST).
+// PUBLISH_QUERY: extra query of the publisher's page (e.g. `relay=1&turn=tcp`: media only
+// through the TURN servers the WHIP answer names, over TCP).
 // Exit code: 0 = PASS, 1 = FAIL (including configuration errors and timeouts).
 
 import { chromium } from 'playwright-core';
@@ -59,6 +61,8 @@ let finished = false;
 
 function pageUrl(mode, token) {
   const q = new URLSearchParams({ room: ROOM, token, mode, autostart: '1' });
+  // PUBLISH_QUERY=relay=1&turn=tcp: the publisher page's extra query (TURN relay only, say).
+  if (mode === 'publish') for (const [k, v] of new URLSearchParams(env.PUBLISH_QUERY || '')) q.set(k, v);
   return `${CONVENE_URL}/whip?${q}`;
 }
 

@@ -22,3 +22,31 @@ pub fn chromium() -> String {
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Runs `tests/browser/{script}` with `env` (and `CHROMIUM`) and returns its stdout; fails the
+/// test unless it exits 0 with a PASS line within `limit`.
+pub async fn run_script(script: &str, env: &[(&str, &str)], limit: std::time::Duration) -> String {
+    let chromium = chromium();
+    let root = root();
+    let output = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser").join(script))
+        .current_dir(&root)
+        .envs(env.iter().copied())
+        .env("CHROMIUM", &chromium)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(limit, output)
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within {limit:?}"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(
+        output.status.success() && stdout.lines().any(|l| l.starts_with("PASS")),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}

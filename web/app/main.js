@@ -263,6 +263,8 @@ async function enterMeeting(data) {
   const s = new Session({
     token: data.join_token,
     iceServers: data.ice_servers,
+    // ?relay=1: media only through TURN, as behind a firewall that lets nothing else out.
+    relay: new URLSearchParams(location.search).get('relay') === '1',
     onEvent,
     onTrack,
     onStatus: (kind, text) => {

@@ -6,7 +6,7 @@
 const FINAL = new Set([1000, 4001, 4002, 4003, 4004, 4005, 4010, 4401, 4403]);
 
 export class Session {
-  /** opts: {token, iceServers, onEvent(msg), onTrack(track, identity), onStatus(kind, text)} */
+  /** opts: {token, iceServers, relay, onEvent(msg), onTrack(track, identity), onStatus(kind, text)} */
   constructor(opts) {
     this.opts = opts;
     this.token = opts.token;
@@ -92,7 +92,12 @@ export class Session {
   }
 
   newPc() {
-    return new RTCPeerConnection({ iceServers: this.opts.iceServers || [] });
+    // relay: media only through TURN (the servers the join named); otherwise ICE still falls
+    // back to their relay candidates when a direct path fails (UDP blocked, say).
+    return new RTCPeerConnection({
+      iceServers: this.opts.iceServers || [],
+      iceTransportPolicy: this.opts.relay ? 'relay' : 'all',
+    });
   }
 
   async answerOffer(msg) {
