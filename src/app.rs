@@ -383,7 +383,7 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 /// The media engines' part of the config.
 pub(crate) fn sfu_config(config: &Config) -> SfuConfig {
     SfuConfig {
-        bind: SocketAddr::new(config.media_bind_ip, config.media_udp_port),
+        bind: SocketAddr::new(media_bind_ip(config), config.media_udp_port),
         workers: config.media_workers(),
         announced_ips: announced_ips(config),
         max_peers: config.max_peers,
@@ -407,26 +407,43 @@ pub(crate) fn sfu_config(config: &Config) -> SfuConfig {
     }
 }
 
-/// Configured public addresses, else the address we bind to, else every IPv4 address of the
-/// host (loopback included, so local clients connect).
+/// `media_bind_ip`; the default `::` (dual-stack) becomes `0.0.0.0` on a host without IPv6.
+fn media_bind_ip(config: &Config) -> IpAddr {
+    let ip = config.media_bind_ip;
+    if ip.is_ipv6() && ip.is_unspecified() && std::net::UdpSocket::bind("[::]:0").is_err() {
+        return IpAddr::from([0, 0, 0, 0]);
+    }
+    ip
+}
+
+/// Configured public addresses, else the address we bind to, else every address of the host
+/// the socket can take: IPv4, and IPv6 (not link-local) on a dual-stack socket, loopback
+/// included so local clients connect.
 fn announced_ips(config: &Config) -> Vec<IpAddr> {
     if !config.public_ip.is_empty() {
         return config.public_ip.clone();
     }
-    if !config.media_bind_ip.is_unspecified() {
-        return vec![config.media_bind_ip];
+    let bind = media_bind_ip(config);
+    if !bind.is_unspecified() {
+        return vec![bind];
     }
+    let ipv6 = bind.is_ipv6();
     let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
         .map(|interfaces| {
             interfaces
                 .into_iter()
                 .map(|i| i.ip())
-                .filter(IpAddr::is_ipv4)
+                .filter(|ip| match ip {
+                    IpAddr::V4(_) => true,
+                    // Link-local needs a scope a candidate cannot carry.
+                    IpAddr::V6(v6) => ipv6 && !v6.is_unicast_link_local(),
+                })
                 .collect()
         })
         .unwrap_or_default();
-    // Non-loopback first: ICE tries candidates in priority order and remote clients need those.
-    ips.sort_by_key(|ip| ip.is_loopback());
+    // Non-loopback first (ICE tries candidates in priority order and remote clients need
+    // those), IPv4 before IPv6 within each.
+    ips.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6()));
     ips.dedup();
     if ips.is_empty() {
         ips.push(IpAddr::from([127, 0, 0, 1]));

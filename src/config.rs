@@ -135,7 +135,8 @@ pub struct Config {
     pub media_udp_port: u16,
     /// Media engines, each a thread owning the rooms placed on it. 0: one per CPU core.
     pub media_workers: usize,
-    /// IP the media socket binds to. `0.0.0.0` receives on every interface.
+    /// IP the media socket binds to. `::` (the default) receives IPv4 and IPv6 on every
+    /// interface (dual-stack; `0.0.0.0` on a host without IPv6); `0.0.0.0` IPv4 only.
     pub media_bind_ip: IpAddr,
     /// Addresses announced in ICE candidates (NAT 1:1). Empty: the host's own addresses,
     /// loopback included so local clients work.
@@ -333,7 +334,7 @@ impl Default for Config {
             http: "0.0.0.0:8080".parse().expect("valid literal address"),
             media_udp_port: 50000,
             media_workers: 0,
-            media_bind_ip: IpAddr::from([0, 0, 0, 0]),
+            media_bind_ip: IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
             public_ip: Vec::new(),
             data_dir: PathBuf::from("./data"),
             log_format: LogFormat::Pretty,
@@ -539,6 +540,12 @@ impl Config {
         }
         if self.public_ip.iter().any(|ip| ip.is_unspecified()) {
             return Err(invalid("public_ip", "0.0.0.0 / :: cannot be announced"));
+        }
+        if self.media_bind_ip.is_ipv4() && self.public_ip.iter().any(IpAddr::is_ipv6) {
+            return Err(invalid(
+                "public_ip",
+                "an IPv6 address needs an IPv6 media_bind_ip (:: for IPv4 and IPv6)",
+            ));
         }
         if self.ws_max_message_bytes < 4096 {
             return Err(invalid("ws_max_message_bytes", "must be at least 4096"));

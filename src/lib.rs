@@ -15,7 +15,9 @@
 //! - [`store`]: sqlx repositories over SQLite (default) or PostgreSQL.
 //! - [`web`]: the browser meeting client (embedded static files) and the WHIP/WHEP demo page.
 //! - [`load`]: `convene load`, a WHIP/WHEP load generator (any server, not only ours).
-//! - [`metrics`], [`telemetry`], [`ids`]: Prometheus metrics, logging, typed ids.
+//! - [`turn`]: the embedded TURN server and the ICE servers (with TURN credentials) clients get.
+//! - [`metrics`], [`telemetry`], [`ids`], [`net`]: Prometheus metrics, logging, typed ids,
+//!   address helpers.
 
 pub mod api;
 pub mod app;
@@ -26,6 +28,7 @@ pub mod http_server;
 pub mod ids;
 pub mod load;
 pub mod metrics;
+pub mod net;
 pub mod ratelimit;
 pub mod recording;
 pub mod sfu;

@@ -9,26 +9,20 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::client::{Kind, WhepSubscriber, WhipPublisher};
+use common::client::{Kind, PeerOptions, WhepSubscriber, WhipPublisher};
+use common::turn_client::{RawClient, Wire};
 use common::TestServer;
 use rtc::peer_connection::configuration::{
     RTCConfigurationBuilder, RTCIceServer, RTCIceTransportPolicy,
 };
-use rtc::stun::attributes::*;
-use rtc::stun::error_code::ErrorCodeAttribute;
-use rtc::stun::fingerprint::FINGERPRINT;
-use rtc::stun::integrity::MessageIntegrity;
+
 use rtc::stun::message::*;
-use rtc::stun::textattrs::TextAttribute;
 use rtc::turn::proto::lifetime::Lifetime;
 use rtc::turn::proto::peeraddr::PeerAddress;
 use rtc::turn::proto::relayaddr::RelayedAddress;
-use rtc::turn::proto::reqtrans::RequestedTransport;
-use rtc::turn::proto::PROTO_UDP;
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
 
 const SECRET: &str = "turn-test-secret";
 
@@ -46,163 +40,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
-
-/// A TURN client written from the RFC, over UDP, TCP or TLS.
-enum Wire {
-    Udp(UdpSocket, SocketAddr),
-    Stream(Box<dyn Stream>),
-}
-
-struct RawClient {
-    wire: Wire,
-    realm: String,
-    nonce: String,
-}
-
-/// What the server answered: success or the error code, and the message.
-struct Answer {
-    code: Option<u16>,
-    msg: Message,
-}
-
-impl RawClient {
-    async fn udp(server: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        Self::new(Wire::Udp(socket, server))
-    }
-
-    async fn tcp(server: SocketAddr) -> Self {
-        Self::new(Wire::Stream(Box::new(
-            TcpStream::connect(server).await.unwrap(),
-        )))
-    }
-
-    /// TLS to `server`, trusting the certificate in `cert` (PEM) for 127.0.0.1.
-    async fn tls(server: SocketAddr, cert: &std::path::Path) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, ServerName};
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(cert).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-        let tcp = TcpStream::connect(server).await.unwrap();
-        let name = ServerName::IpAddress(server.ip().into());
-        let stream = connector.connect(name, tcp).await.expect("TLS handshake");
-        Self::new(Wire::Stream(Box::new(stream)))
-    }
-
-    fn new(wire: Wire) -> Self {
-        Self {
-            wire,
-            realm: String::new(),
-            nonce: String::new(),
-        }
-    }
-
-    async fn exchange(&mut self, request: &Message) -> Answer {
-        let raw = match &mut self.wire {
-            Wire::Udp(socket, server) => {
-                socket.send_to(&request.raw, *server).await.unwrap();
-                let mut buf = vec![0u8; 2048];
-                let (n, _) =
-                    tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
-                        .await
-                        .expect("the TURN server answers")
-                        .unwrap();
-                buf.truncate(n);
-                buf
-            }
-            Wire::Stream(stream) => {
-                stream.write_all(&request.raw).await.unwrap();
-                let mut header = [0u8; 20];
-                tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut header))
-                    .await
-                    .expect("the TURN server answers")
-                    .unwrap();
-                let len = u16::from_be_bytes([header[2], header[3]]) as usize;
-                let mut body = vec![0u8; len];
-                stream.read_exact(&mut body).await.unwrap();
-                [header.to_vec(), body].concat()
-            }
-        };
-        let mut msg = Message::new();
-        msg.unmarshal_binary(&raw).unwrap();
-        assert_eq!(msg.transaction_id, request.transaction_id);
-        let code = if msg.typ.class == CLASS_ERROR_RESPONSE {
-            let mut error = ErrorCodeAttribute::default();
-            error.get_from(&msg).unwrap();
-            Some(error.code.0)
-        } else {
-            None
-        };
-        if let (Ok(realm), Ok(nonce)) = (
-            TextAttribute::get_from_as(&msg, ATTR_REALM),
-            TextAttribute::get_from_as(&msg, ATTR_NONCE),
-        ) {
-            self.realm = realm.text;
-            self.nonce = nonce.text;
-        }
-        Answer { code, msg }
-    }
-
-    /// A request of `method` with `attributes`, signed with `username`/`password` when given.
-    fn request(
-        &self,
-        method: Method,
-        attributes: Vec<Box<dyn Setter>>,
-        credential: Option<(&str, &str)>,
-    ) -> Message {
-        let provider = rtc::crypto::default_provider().unwrap();
-        let mut msg = Message::new();
-        let mut setters: Vec<Box<dyn Setter>> = vec![
-            Box::new(TransactionId::new()),
-            Box::new(MessageType::new(method, CLASS_REQUEST)),
-        ];
-        setters.extend(attributes);
-        if let Some((username, password)) = credential {
-            setters.push(Box::new(TextAttribute::new(
-                ATTR_USERNAME,
-                username.to_owned(),
-            )));
-            setters.push(Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())));
-            setters.push(Box::new(TextAttribute::new(ATTR_NONCE, self.nonce.clone())));
-            setters.push(Box::new(
-                MessageIntegrity::new_long_term_integrity_with_provider(
-                    username.to_owned(),
-                    self.realm.clone(),
-                    password.to_owned(),
-                    provider.crypto(),
-                )
-                .unwrap(),
-            ));
-        }
-        setters.push(Box::new(FINGERPRINT));
-        msg.build(&setters).unwrap();
-        msg
-    }
-
-    async fn allocate(&mut self, credential: Option<(&str, &str)>) -> Answer {
-        let request = self.request(
-            METHOD_ALLOCATE,
-            vec![Box::new(RequestedTransport {
-                protocol: PROTO_UDP,
-            })],
-            credential,
-        );
-        self.exchange(&request).await
-    }
 }
 
 /// The sum of a metric's series whose line starts with `prefix`.
@@ -456,7 +293,10 @@ async fn relayed_publisher_reaches_a_viewer(
         server,
         room,
         &server.token(room, identity, true, false),
-        relay_only(servers),
+        PeerOptions {
+            configuration: Some(relay_only(servers)),
+            ..Default::default()
+        },
     )
     .await;
     for sequence in 0..100u16 {

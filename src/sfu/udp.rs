@@ -21,6 +21,8 @@ const RECV_BUF: usize = 64 * 1024;
 
 pub struct MediaSocket {
     socket: UdpSocket,
+    /// An IPv6 socket: IPv4 peers (on a dual-stack one) are addressed as `::ffff:a.b.c.d`.
+    ipv6: bool,
     state: UdpSocketState,
     recv_bufs: Vec<Box<[u8]>>,
     recv_meta: Vec<RecvMeta>,
@@ -34,13 +36,17 @@ pub struct Datagram<'a> {
 }
 
 /// Binds a media socket (non-blocking, large buffers); [`MediaSocket::from_std`] then takes it
-/// into the runtime of the thread that will drive it.
+/// into the runtime of the thread that will drive it. `[::]` is dual-stack: IPv4 and IPv6
+/// clients on one port.
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
     socket.set_nonblocking(true)?;
     // Large buffers absorb bursts (a keyframe fanned out to many subscribers).
     let _ = socket.set_recv_buffer_size(4 << 20);
@@ -58,9 +64,11 @@ impl MediaSocket {
     /// Must run inside the tokio runtime that will poll the socket.
     pub fn from_std(std_socket: std::net::UdpSocket) -> io::Result<Self> {
         let state = UdpSocketState::new((&std_socket).into())?;
+        let ipv6 = std_socket.local_addr()?.is_ipv6();
         let socket = UdpSocket::from_std(std_socket)?;
         Ok(Self {
             socket,
+            ipv6,
             state,
             recv_bufs: (0..RECV_BATCH)
                 .map(|_| vec![0u8; RECV_BUF].into_boxed_slice())
@@ -107,9 +115,11 @@ impl MediaSocket {
                 let stride = meta.stride.max(1);
                 for chunk in buf[..meta.len].chunks(stride) {
                     total += 1;
+                    // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d: the
+                    // demux, ICE and our candidates know it by its IPv4 address.
                     on_datagram(Datagram {
-                        source: meta.addr,
-                        destination_ip: meta.dst_ip,
+                        source: crate::net::canonical(meta.addr),
+                        destination_ip: meta.dst_ip.map(|ip| ip.to_canonical()),
                         payload: chunk,
                     });
                 }
@@ -125,10 +135,9 @@ impl MediaSocket {
         let mut sent = 0;
         while sent < datagrams.len() {
             let batch = &datagrams[sent..datagrams.len().min(sent + SEND_BATCH)];
-            match self
-                .socket
-                .try_io(Interest::WRITABLE, || sendmmsg(&self.socket, batch))
-            {
+            match self.socket.try_io(Interest::WRITABLE, || {
+                sendmmsg(&self.socket, self.ipv6, batch)
+            }) {
                 Ok(n) => sent += n.max(1),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if is_transient(&e) => sent += 1,
@@ -169,8 +178,22 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
+/// How a destination is written on this socket: an IPv6 socket takes IPv4 peers mapped.
+fn on_wire(ipv6: bool, addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if ipv6 => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        other => other,
+    }
+}
+
 #[cfg(target_os = "linux")]
-fn sendmmsg(socket: &UdpSocket, batch: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
+fn sendmmsg(
+    socket: &UdpSocket,
+    ipv6: bool,
+    batch: &[(SocketAddr, bytes::BytesMut)],
+) -> io::Result<usize> {
     use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
     use std::io::IoSlice;
     use std::os::fd::AsRawFd;
@@ -179,7 +202,7 @@ fn sendmmsg(socket: &UdpSocket, batch: &[(SocketAddr, bytes::BytesMut)]) -> io::
     let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|(_, p)| [IoSlice::new(p)]).collect();
     let addresses: Vec<Option<SockaddrStorage>> = batch
         .iter()
-        .map(|(destination, _)| Some(SockaddrStorage::from(*destination)))
+        .map(|(destination, _)| Some(SockaddrStorage::from(on_wire(ipv6, *destination))))
         .collect();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
     let sent = nix::sys::socket::sendmmsg(
@@ -195,14 +218,61 @@ fn sendmmsg(socket: &UdpSocket, batch: &[(SocketAddr, bytes::BytesMut)]) -> io::
 }
 
 #[cfg(not(target_os = "linux"))]
-fn sendmmsg(socket: &UdpSocket, batch: &[(SocketAddr, bytes::BytesMut)]) -> io::Result<usize> {
+fn sendmmsg(
+    socket: &UdpSocket,
+    ipv6: bool,
+    batch: &[(SocketAddr, bytes::BytesMut)],
+) -> io::Result<usize> {
     let (destination, payload) = &batch[0];
-    socket.try_send_to(payload, *destination).map(|_| 1)
+    socket
+        .try_send_to(payload, on_wire(ipv6, *destination))
+        .map(|_| 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_dual_stack_socket_knows_ipv4_clients_by_their_ipv4_address() {
+        let mut server = MediaSocket::bind("[::]:0".parse().unwrap()).unwrap();
+        let port = server.socket.local_addr().unwrap().port();
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let v6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        v4.send_to(b"four", ("127.0.0.1", port)).unwrap();
+        v6.send_to(b"six", ("::1", port)).unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            server.readable().await.unwrap();
+            server
+                .drain(8, |d| {
+                    seen.push((d.source, d.destination_ip, d.payload.to_vec()));
+                })
+                .unwrap();
+        }
+        seen.sort_by_key(|s| s.2.clone());
+        assert_eq!(seen[0].0, v4.local_addr().unwrap());
+        assert_eq!(seen[0].1, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(seen[1].0, v6.local_addr().unwrap());
+        assert_eq!(seen[1].1, Some("::1".parse().unwrap()));
+        // Answers go back to both, the IPv4 one written mapped.
+        let replies = vec![
+            (
+                v4.local_addr().unwrap(),
+                bytes::BytesMut::from(&b"to four"[..]),
+            ),
+            (
+                v6.local_addr().unwrap(),
+                bytes::BytesMut::from(&b"to six"[..]),
+            ),
+        ];
+        server.send_all(&replies).await.unwrap();
+        let mut buf = [0u8; 16];
+        let (n, _) = v4.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"to four");
+        let (n, _) = v6.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"to six");
+    }
 
     #[tokio::test]
     async fn batched_send_reaches_every_destination() {

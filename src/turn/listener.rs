@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use super::policy::canonical;
 use super::relay::{Client, Event, Sink, Transport};
 use crate::metrics::Metrics;
+use crate::net::canonical;
 
 /// A connection that sends nothing for this long is closed (a live TURN client refreshes its
 /// allocation well within its 10-minute lifetime, and ICE keeps it busy far more often).

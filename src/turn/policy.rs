@@ -42,17 +42,6 @@ impl PeerPolicy {
     }
 }
 
-/// An IPv4 address received on a dual-stack socket (`::ffff:a.b.c.d`) as the IPv4 address.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,11 +84,5 @@ mod tests {
             Vec::new(),
         );
         assert_eq!(policy.route(a("198.51.100.7:40000")), a("10.0.0.5:40000"));
-    }
-
-    #[test]
-    fn mapped_addresses_become_ipv4() {
-        assert_eq!(canonical(a("[::ffff:192.0.2.1]:7")), a("192.0.2.1:7"));
-        assert_eq!(canonical(a("[::1]:7")), a("[::1]:7"));
     }
 }

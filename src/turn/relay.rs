@@ -931,7 +931,7 @@ async fn read_relay(
         };
         let event = Event::FromPeer {
             allocation,
-            from: super::policy::canonical(from),
+            from: crate::net::canonical(from),
             data: Bytes::copy_from_slice(&buf[..n]),
         };
         match events.try_send(event) {

@@ -60,6 +60,23 @@ pub const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 
 // ---- the peer connection both roles share -----------------------------------------------
 
+/// How a test peer differs from the default one.
+pub struct PeerOptions {
+    /// ICE servers and transport policy (relay-only through TURN, say).
+    pub configuration: Option<RTCConfiguration>,
+    /// The address its UDP socket binds to.
+    pub bind: &'static str,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        Self {
+            configuration: None,
+            bind: "127.0.0.1:0",
+        }
+    }
+}
+
 /// A webrtc-rs peer connection on 127.0.0.1 with default codecs and interceptors, and watches
 /// on its connection state and ICE gathering.
 pub struct Peer {
@@ -85,15 +102,14 @@ impl Peer {
         inboxes: Option<Arc<Inboxes>>,
         red: bool,
     ) -> Self {
-        Self::build_configured(with_keyframe_requests, inboxes, red, None).await
+        Self::build_configured(with_keyframe_requests, inboxes, red, PeerOptions::default()).await
     }
 
-    /// `configuration`: ICE servers and transport policy (relay-only through TURN, say).
     async fn build_configured(
         with_keyframe_requests: bool,
         inboxes: Option<Arc<Inboxes>>,
         red: bool,
-        configuration: Option<RTCConfiguration>,
+        options: PeerOptions,
     ) -> Self {
         let mut media_engine = MediaEngine::default();
         media_engine
@@ -136,7 +152,7 @@ impl Peer {
             loss: Arc::clone(&inbound_loss),
         };
         let mut builder = PeerConnectionBuilder::new();
-        if let Some(configuration) = configuration {
+        if let Some(configuration) = options.configuration {
             builder = builder.with_configuration(configuration);
         }
         let pc = builder
@@ -144,7 +160,7 @@ impl Peer {
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .with_handler(handler)
-            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .with_udp_addrs(vec![options.bind])
             .build()
             .await
             .expect("peer connection builds");
@@ -845,14 +861,15 @@ impl WhipPublisher {
         publisher
     }
 
-    /// Publishes with `configuration` (ICE servers, transport policy), and waits until connected.
+    /// Publishes with `options` (ICE servers, transport policy, address), and waits until
+    /// connected.
     pub async fn connect_configured(
         server: &TestServer,
         room: &str,
         token: &str,
-        configuration: RTCConfiguration,
+        options: PeerOptions,
     ) -> Self {
-        let peer = Peer::build_configured(true, None, false, Some(configuration)).await;
+        let peer = Peer::build_configured(true, None, false, options).await;
         let publisher = Self::start_on(peer, server, room, token, true)
             .await
             .unwrap_or_else(|e| panic!("WHIP POST failed: {e}"));
@@ -1123,6 +1140,21 @@ impl WhepSubscriber {
         subscriber
     }
 
+    /// Watches the room's most recent publisher from `options`' address, and waits until
+    /// connected.
+    pub async fn connect_configured(
+        server: &TestServer,
+        room: &str,
+        token: &str,
+        options: PeerOptions,
+    ) -> Self {
+        let subscriber = Self::start_configured(server, room, token, None, false, options)
+            .await
+            .unwrap_or_else(|e| panic!("WHEP POST failed: {e}"));
+        subscriber.peer.wait_connected(CONNECT_TIMEOUT).await;
+        subscriber
+    }
+
     async fn start_with(
         server: &TestServer,
         room: &str,
@@ -1130,11 +1162,22 @@ impl WhepSubscriber {
         publisher: Option<&str>,
         red: bool,
     ) -> Result<Self, HttpError> {
+        Self::start_configured(server, room, token, publisher, red, PeerOptions::default()).await
+    }
+
+    async fn start_configured(
+        server: &TestServer,
+        room: &str,
+        token: &str,
+        publisher: Option<&str>,
+        red: bool,
+        options: PeerOptions,
+    ) -> Result<Self, HttpError> {
         let inboxes = Arc::new(Inboxes {
             audio: watch::Sender::new(Inbox::default()),
             video: watch::Sender::new(Inbox::default()),
         });
-        let peer = Peer::build_with(false, Some(Arc::clone(&inboxes)), red).await;
+        let peer = Peer::build_configured(false, Some(Arc::clone(&inboxes)), red, options).await;
         for kind in [Kind::Audio, Kind::Video] {
             peer.pc
                 .add_transceiver_from_kind(
