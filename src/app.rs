@@ -404,6 +404,8 @@ pub(crate) fn sfu_config(config: &Config) -> SfuConfig {
         },
         active_speaker_interval: config.active_speaker_interval,
         max_addresses_per_peer: config.max_addresses_per_peer,
+        ice_tcp: config.ice_tcp,
+        ice_tcp_max_connections: config.ice_tcp_max_connections,
     }
 }
 

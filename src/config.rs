@@ -152,6 +152,11 @@ pub struct Config {
     pub ice_servers: Vec<IceServer>,
     /// The embedded TURN server and the TURN URLs handed to clients.
     pub turn: TurnConfig,
+    /// ICE-TCP (RFC 6544): passive TCP candidates on each media port number, for clients whose
+    /// UDP is blocked.
+    pub ice_tcp: bool,
+    /// ICE-TCP connections one media engine holds at once.
+    pub ice_tcp_max_connections: usize,
     /// HTTP connections open at once; past it new ones are closed at accept.
     pub http_max_connections: usize,
     /// A request head (line and headers) must arrive within this, or the connection closes.
@@ -342,6 +347,8 @@ impl Default for Config {
             cors_allowed_origins: vec!["*".to_owned()],
             ice_servers: Vec::new(),
             turn: TurnConfig::default(),
+            ice_tcp: true,
+            ice_tcp_max_connections: 1000,
             http_max_connections: 8192,
             http_header_read_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(75),

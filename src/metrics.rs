@@ -80,6 +80,11 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     /// Connections closed at accept because `http_max_connections` were open.
     pub http_connections_refused: IntCounter,
+    /// ICE-TCP connections open now and accepted so far, and packets dropped because one's
+    /// queue was full.
+    pub ice_tcp_connections: IntGauge,
+    pub ice_tcp_accepted: IntCounter,
+    pub ice_tcp_dropped: IntCounter,
     /// Embedded TURN: allocations held now, and made, by client transport (`udp`, `tcp`, `tls`).
     pub turn_allocations: IntGauge,
     pub turn_allocations_made: IntCounterVec,
@@ -156,6 +161,12 @@ impl Metrics {
             tap_dropped: counter(
                 "tap_dropped_total",
                 "Packets a tap's consumer (recorder, RTP forward) was too slow to take",
+            ),
+            ice_tcp_connections: gauge("ice_tcp_connections", "ICE-TCP connections open"),
+            ice_tcp_accepted: counter("ice_tcp_connections_total", "ICE-TCP connections accepted"),
+            ice_tcp_dropped: counter(
+                "ice_tcp_dropped_total",
+                "Packets dropped because an ICE-TCP connection's queue was full",
             ),
             turn_allocations: gauge("turn_allocations", "Embedded TURN allocations held"),
             turn_allocations_made: counter_vec(

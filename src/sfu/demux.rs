@@ -204,6 +204,11 @@ impl Demux {
     }
 
     /// Forgets every route to `peer`.
+    /// The peer a verified check bound `addr` to, if any.
+    pub fn peer_of(&self, addr: SocketAddr) -> Option<PeerId> {
+        self.by_addr.get(&addr).copied()
+    }
+
     pub fn remove_peer(&mut self, peer: PeerId) {
         self.by_ufrag.retain(|_, c| c.peer != peer);
         for addr in self.addrs_of.remove(&peer).unwrap_or_default() {

@@ -92,6 +92,8 @@ pub struct Engine {
     /// Datagrams to send: filled by a turn, emptied as the socket takes them (see `flush`);
     /// reused, so it stops allocating.
     pub(super) outbox: Vec<(SocketAddr, BytesMut)>,
+    /// Open ICE-TCP connections; what a peer sends over TCP goes to its connection's queue.
+    pub(super) tcp: super::tcp::Connections,
     /// Media read from one peer before it is forwarded; reused across iterations.
     pub(super) inbound: Vec<RTCMessage>,
     /// To signaling (offers for room subscribers, track and peer lifecycle).
@@ -138,6 +140,7 @@ impl Engine {
                 nack_cache_packets: config.nack_cache_packets,
                 audio_red: config.audio_red,
                 bwe: config.bwe,
+                ice_tcp: config.ice_tcp,
             },
             max_peers: config.max_peers,
             keyframe_interval: config.keyframe_request_interval,
@@ -151,6 +154,7 @@ impl Engine {
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             outbox: Vec::new(),
+            tcp: super::tcp::Connections::default(),
             inbound: Vec::new(),
             events,
             speaker_interval: config.active_speaker_interval,
@@ -974,6 +978,7 @@ impl Engine {
         source: SocketAddr,
         destination_ip: Option<std::net::IpAddr>,
         payload: &[u8],
+        protocol: TransportProtocol,
         now: Instant,
     ) {
         let peer_id = match self.demux.route(source, payload) {
@@ -998,7 +1003,7 @@ impl Engine {
             local_addr: self.factory.local_addr_for(destination_ip),
             peer_addr: source,
             ecn: None,
-            transport_protocol: TransportProtocol::UDP,
+            transport_protocol: protocol,
         };
         if let Err(e) = peer.pc.handle_read(TaggedBytesMut {
             now,
@@ -1035,7 +1040,32 @@ impl Engine {
     }
 
     /// Reaps peers that never connected, and sends keyframe requests deferred by the throttle.
+    /// An ICE-TCP connection opened, sent a frame (handled as a datagram tagged TCP), or ended.
+    fn on_tcp(&mut self, event: super::tcp::TcpEvent, now: Instant) {
+        use super::tcp::TcpEvent;
+        match event {
+            TcpEvent::Opened { peer, writer, task } => {
+                self.tcp.opened(peer, writer, task);
+                self.metrics.ice_tcp_connections.inc();
+                self.metrics.ice_tcp_accepted.inc();
+            }
+            TcpEvent::Frame { peer, local, data } => {
+                self.on_datagram(peer, Some(local.ip()), &data, TransportProtocol::TCP, now);
+            }
+            TcpEvent::Closed { peer } => {
+                if self.tcp.closed(peer) {
+                    self.metrics.ice_tcp_connections.dec();
+                }
+            }
+        }
+    }
+
     fn housekeeping(&mut self, now: Instant) {
+        let demux = &self.demux;
+        let closed = self
+            .tcp
+            .close_unbound(now, |addr| demux.peer_of(addr).is_some());
+        self.metrics.ice_tcp_connections.sub(closed as i64);
         if now.duration_since(self.last_speaker_ranking) >= self.speaker_interval {
             self.last_speaker_ranking = now;
             self.rank_speakers(now);
@@ -1227,7 +1257,13 @@ impl Engine {
             return;
         };
         while let Some(out) = peer.pc.poll_write() {
-            self.outbox.push((out.transport.peer_addr, out.message));
+            if out.transport.transport_protocol == TransportProtocol::TCP {
+                if !self.tcp.send(out.transport.peer_addr, &out.message) {
+                    self.metrics.ice_tcp_dropped.inc();
+                }
+            } else {
+                self.outbox.push((out.transport.peer_addr, out.message));
+            }
         }
         let deadline = peer.pc.poll_timeout();
         if deadline != peer.next_timeout {
@@ -1600,7 +1636,13 @@ impl Engine {
         // Close sends DTLS close_notify; queue it before the state machine is dropped.
         let _ = peer.pc.close();
         while let Some(out) = peer.pc.poll_write() {
-            self.outbox.push((out.transport.peer_addr, out.message));
+            if out.transport.transport_protocol == TransportProtocol::TCP {
+                if !self.tcp.send(out.transport.peer_addr, &out.message) {
+                    self.metrics.ice_tcp_dropped.inc();
+                }
+            } else {
+                self.outbox.push((out.transport.peer_addr, out.message));
+            }
         }
         if self.rooms.close_if_empty(&peer.room) {
             info!(room = %peer.room, "room released");
@@ -1665,6 +1707,7 @@ pub async fn run(
     mut engine: Engine,
     mut socket: MediaSocket,
     mut commands: mpsc::Receiver<Command>,
+    mut tcp_events: mpsc::Receiver<super::tcp::TcpEvent>,
 ) {
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
     let mut shutdown_reply = None;
@@ -1685,6 +1728,7 @@ pub async fn run(
                 Some(command) => woken_by = Some(command),
                 None => break,
             },
+            Some(event) = tcp_events.recv() => engine.on_tcp(event, Instant::now()),
             _ = tokio::time::sleep_until(deadline.into()) => {}
             writable = socket.writable(), if backlog => {
                 if let Err(e) = writable {
@@ -1696,9 +1740,21 @@ pub async fn run(
 
         let now = Instant::now();
         if let Err(e) = socket.drain(RECEIVE_BUDGET, |d| {
-            engine.on_datagram(d.source, d.destination_ip, d.payload, now)
+            engine.on_datagram(
+                d.source,
+                d.destination_ip,
+                d.payload,
+                TransportProtocol::UDP,
+                now,
+            )
         }) {
             warn!(error = %e, "media socket receive failed");
+        }
+        for _ in 0..RECEIVE_BUDGET {
+            match tcp_events.try_recv() {
+                Ok(event) => engine.on_tcp(event, now),
+                Err(_) => break,
+            }
         }
         for _ in 0..COMMAND_BUDGET {
             let command = match woken_by.take() {

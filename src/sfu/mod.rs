@@ -28,6 +28,7 @@ pub mod speaker;
 pub mod subscriber;
 mod subscription;
 pub mod tap;
+pub mod tcp;
 mod track;
 mod udp;
 mod viewer;
@@ -287,6 +288,32 @@ pub struct SfuConfig {
     pub active_speaker_interval: Duration,
     /// Source addresses one peer may have bound at once (ICE candidates it checked from).
     pub max_addresses_per_peer: usize,
+    /// ICE-TCP: passive TCP candidates on each engine's media port number, for clients whose
+    /// UDP is blocked; at most `ice_tcp_max_connections` connections open per engine.
+    pub ice_tcp: bool,
+    pub ice_tcp_max_connections: usize,
+}
+
+/// An engine's UDP socket and, with ICE-TCP, its TCP listener on the same port number (port 0:
+/// a free port both can take).
+fn bind_media(
+    addr: SocketAddr,
+    ice_tcp: bool,
+) -> std::io::Result<(std::net::UdpSocket, Option<std::net::TcpListener>)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = udp::bind(addr)?;
+        if !ice_tcp {
+            return Ok((udp, None));
+        }
+        let port = udp.local_addr()?.port();
+        match tcp::bind(SocketAddr::new(addr.ip(), port)) {
+            Ok(listener) => return Ok((udp, Some(listener))),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("tried"))
 }
 
 /// Subscriber legs' bandwidth estimation (bits per second) and pacing.
@@ -493,10 +520,10 @@ impl Sfu {
             }
             // Bound here, so a port in use fails the start; registered with the engine's
             // runtime on its own thread.
-            sockets.push(udp::bind(addr)?);
+            sockets.push(bind_media(addr, config.ice_tcp)?);
         }
         let mut engines = Vec::with_capacity(workers);
-        for (index, socket) in sockets.into_iter().enumerate() {
+        for (index, (socket, tcp)) in sockets.into_iter().enumerate() {
             let media_addr = socket.local_addr()?;
             let (commands, receiver) = mpsc::channel(1024);
             let engine = engine::Engine::new(
@@ -507,6 +534,7 @@ impl Sfu {
                 metrics.clone(),
                 events.clone(),
             );
+            let tcp_max_connections = config.ice_tcp_max_connections.max(1);
             std::thread::Builder::new()
                 .name(format!("convene-media-{index}"))
                 .spawn(move || {
@@ -521,8 +549,22 @@ impl Sfu {
                         }
                     };
                     runtime.block_on(async move {
+                        let tcp = match tcp.map(tokio::net::TcpListener::from_std).transpose() {
+                            Ok(tcp) => tcp,
+                            Err(e) => {
+                                tracing::error!(engine = index, error = %e, "ice-tcp listener failed");
+                                return;
+                            }
+                        };
+                        let (tcp_events, tcp_receiver) = mpsc::channel(tcp::EVENT_QUEUE);
+                        if let Some(listener) = tcp {
+                            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+                                tcp_max_connections,
+                            ));
+                            tokio::spawn(tcp::accept(listener, slots, tcp_events));
+                        }
                         match udp::MediaSocket::from_std(socket) {
-                            Ok(socket) => engine::run(engine, socket, receiver).await,
+                            Ok(socket) => engine::run(engine, socket, receiver, tcp_receiver).await,
                             Err(e) => {
                                 tracing::error!(engine = index, error = %e, "media socket failed")
                             }
@@ -543,7 +585,8 @@ impl Sfu {
         ))
     }
 
-    /// The first engine's media address (`media_udp_port`).
+    /// The first engine's media address (`media_udp_port`; its ICE-TCP port has the same
+    /// number).
     pub fn media_addr(&self) -> SocketAddr {
         self.engines[0].media_addr
     }

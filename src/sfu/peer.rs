@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::tcp_type::TcpType;
 use std::sync::Arc;
 
 use rtc::interceptor::{
@@ -148,6 +149,8 @@ pub enum LegDirection {
 pub struct PeerFactory {
     /// Host candidates: one per announced address, all on the shared media port.
     pub candidate_addrs: Vec<SocketAddr>,
+    /// Passive ICE-TCP candidates too, on the same addresses and port.
+    pub ice_tcp: bool,
     pub ice_check_interval: Duration,
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
@@ -282,24 +285,33 @@ impl PeerFactory {
         Ok((pc, estimate))
     }
 
-    /// Adds one host candidate per announced address. Called after the remote offer is set and
-    /// before the answer is created, so the answer carries them (no trickle needed from us).
+    /// Adds one host candidate per announced address, and with ICE-TCP a passive TCP one on
+    /// the same port (its lower type preference keeps UDP first). Called after the remote offer
+    /// is set and before the answer is created, so the answer carries them (no trickle needed
+    /// from us).
     pub fn add_host_candidates(&self, pc: &mut RTCPeerConnection) -> Result<(), SfuError> {
-        for addr in &self.candidate_addrs {
-            let candidate = CandidateHostConfig {
-                base_config: CandidateConfig {
-                    network: "udp".to_owned(),
-                    address: addr.ip().to_string(),
-                    port: addr.port(),
-                    component: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
+        let networks: &[(&str, TcpType)] = if self.ice_tcp {
+            &[("udp", TcpType::Unspecified), ("tcp", TcpType::Passive)]
+        } else {
+            &[("udp", TcpType::Unspecified)]
+        };
+        for (network, tcp_type) in networks {
+            for addr in &self.candidate_addrs {
+                let candidate = CandidateHostConfig {
+                    base_config: CandidateConfig {
+                        network: (*network).to_owned(),
+                        address: addr.ip().to_string(),
+                        port: addr.port(),
+                        component: 1,
+                        ..Default::default()
+                    },
+                    tcp_type: *tcp_type,
+                }
+                .new_candidate_host()
+                .map_err(|e| SfuError::Internal(e.to_string()))?;
+                let init = RTCIceCandidate::from(&candidate).to_json()?;
+                pc.add_local_candidate(init)?;
             }
-            .new_candidate_host()
-            .map_err(|e| SfuError::Internal(e.to_string()))?;
-            let init = RTCIceCandidate::from(&candidate).to_json()?;
-            pc.add_local_candidate(init)?;
         }
         Ok(())
     }
@@ -346,6 +358,7 @@ mod tests {
                 "203.0.113.5:50000".parse().unwrap(),
                 "127.0.0.1:50000".parse().unwrap(),
             ],
+            ice_tcp: true,
             ice_check_interval: Duration::from_millis(20),
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(15),

@@ -23,7 +23,8 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `tests/browser/{script}` with `env` (and `CHROMIUM`) and returns its stdout; fails the
+/// Runs `tests/browser/{script}` with `env` (`CHROMIUM` unless `env` names another) and returns
+/// its stdout; fails the
 /// test unless it exits 0 with a PASS line within `limit`.
 pub async fn run_script(script: &str, env: &[(&str, &str)], limit: std::time::Duration) -> String {
     let chromium = chromium();
@@ -31,8 +32,8 @@ pub async fn run_script(script: &str, env: &[(&str, &str)], limit: std::time::Du
     let output = tokio::process::Command::new("node")
         .arg(root.join("tests/browser").join(script))
         .current_dir(&root)
-        .envs(env.iter().copied())
         .env("CHROMIUM", &chromium)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -64,8 +64,11 @@ pub const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 pub struct PeerOptions {
     /// ICE servers and transport policy (relay-only through TURN, say).
     pub configuration: Option<RTCConfiguration>,
-    /// The address its UDP socket binds to.
+    /// The address its UDP socket binds to; empty: no UDP at all (as behind a firewall that
+    /// blocks it).
     pub bind: &'static str,
+    /// ICE-TCP: the address its TCP candidates (active: it connects) bind to.
+    pub tcp: Option<&'static str>,
 }
 
 impl Default for PeerOptions {
@@ -73,6 +76,7 @@ impl Default for PeerOptions {
         Self {
             configuration: None,
             bind: "127.0.0.1:0",
+            tcp: None,
         }
     }
 }
@@ -155,12 +159,19 @@ impl Peer {
         if let Some(configuration) = options.configuration {
             builder = builder.with_configuration(configuration);
         }
+        if let Some(tcp) = options.tcp {
+            builder = builder.with_tcp_addrs(vec![tcp]);
+        }
+        let udp: Vec<&str> = [options.bind]
+            .into_iter()
+            .filter(|b| !b.is_empty())
+            .collect();
         let pc = builder
             .with_runtime(Arc::new(runtime))
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .with_handler(handler)
-            .with_udp_addrs(vec![options.bind])
+            .with_udp_addrs(udp)
             .build()
             .await
             .expect("peer connection builds");
@@ -314,6 +325,22 @@ impl Peer {
             .set_remote_description(answer)
             .await
             .expect("set_remote_description(answer)");
+        // webrtc-rs connects to passive TCP candidates only when they are added one by one (it
+        // does not for those in a description): hand it the answer's.
+        for line in candidate_lines(sdp) {
+            if line.contains(" tcptype passive") {
+                let init = rtc::peer_connection::transport::RTCIceCandidateInit {
+                    candidate: line.trim_start_matches("a=").to_owned(),
+                    sdp_mid: sdp_attribute(sdp, "mid").map(str::to_owned),
+                    sdp_mline_index: Some(0),
+                    ..Default::default()
+                };
+                self.pc
+                    .add_ice_candidate(init)
+                    .await
+                    .expect("add_ice_candidate(tcp)");
+            }
+        }
     }
 
     pub async fn close(&self) {

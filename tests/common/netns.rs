@@ -173,11 +173,16 @@ impl Link {
     }
 
     /// Drops `percent` % of every UDP datagram crossing the link `way` (media, RTCP, STUN alike),
-    /// counting them.
+    /// counting them; 100 drops all of them (a firewall that lets no UDP through).
     pub fn drop_udp(&self, way: Way, percent: u8) {
+        let which = if percent >= 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {percent} ")
+        };
         self.load_rules(&format!(
             "table inet impair {{\n  chain {chain} {{\n    type filter hook {chain} priority 0;\n    \
-             meta l4proto udp numgen random mod 100 < {percent} counter drop\n  }}\n}}\n",
+             meta l4proto udp {which}counter drop\n  }}\n}}\n",
             chain = way.chain()
         ));
     }
