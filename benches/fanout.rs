@@ -6,6 +6,8 @@
 //! CPU is read from those threads' schedstat, apart from the clients' CPU in the same process.
 //! `cargo bench --bench fanout` runs the full table; under `cargo test` it runs one short round.
 
+mod cpu;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -99,7 +101,7 @@ async fn run_round(server: &TestServer, round: &Round) -> RoundResult {
     let interval = Duration::from_secs(1) / round.packets_per_second;
 
     let forwarded_before = server.metric("convene_rtp_packets_out_total").await as u64;
-    let cpu_before = server_cpu();
+    let cpu_before = cpu::threads_cpu("convene-srv");
     let started = Instant::now();
     let mut next = tokio::time::Instant::now();
     for sequence in 0..total {
@@ -117,7 +119,7 @@ async fn run_round(server: &TestServer, round: &Round) -> RoundResult {
             .await;
     }
     let wall = started.elapsed();
-    let server_cpu = server_cpu() - cpu_before;
+    let server_cpu = cpu::threads_cpu("convene-srv") - cpu_before;
     let forwarded = server.metric("convene_rtp_packets_out_total").await as u64 - forwarded_before;
     let received: usize = subscribers
         .iter()
@@ -131,26 +133,4 @@ async fn run_round(server: &TestServer, round: &Round) -> RoundResult {
         wall,
         delivery,
     }
-}
-
-/// CPU time of the server runtime's threads (schedstat: nanoseconds on CPU).
-fn server_cpu() -> Duration {
-    let mut total = 0u64;
-    for task in std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with("convene-srv") {
-            continue;
-        }
-        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        total += schedstat
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Duration::from_nanos(total)
 }

@@ -696,6 +696,38 @@ mod tests {
     }
 
     #[test]
+    // The Err type is figment's, fixed by Jail.
+    #[allow(clippy::result_large_err)]
+    fn sections_and_lists_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CONVENE_TURN__ENABLED", "true");
+            jail.set_env("CONVENE_TURN__SECRET", "s3cret");
+            jail.set_env("CONVENE_PUBLIC_IP", "[203.0.113.10, 2001:db8::10]");
+            jail.set_env(
+                "CONVENE_TURN__URLS",
+                r#"["turn:turn.example.net:3478?transport=udp"]"#,
+            );
+            let config = Config::load(Some(Path::new("/nonexistent.toml")), &Default::default())
+                .expect("loads");
+            assert!(config.turn.enabled);
+            assert_eq!(config.turn.secret, "s3cret");
+            assert_eq!(
+                config.public_ip,
+                vec![
+                    "203.0.113.10".parse::<IpAddr>().unwrap(),
+                    "2001:db8::10".parse().unwrap()
+                ]
+            );
+            assert_eq!(config.turn.urls.len(), 1);
+            assert_eq!(
+                config.turn.realm, "convene",
+                "the rest of the section stays"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let config = Config {
             nack_cache_packets: 1000,
