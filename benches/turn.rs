@@ -23,7 +23,7 @@ use rtc::turn::proto::channum::ChannelNumber;
 use rtc::turn::proto::peeraddr::PeerAddress;
 use turn_client::{RawClient, Wire};
 
-const SECRET: &str = "bench";
+const SECRET: &str = "bench-turn-secret";
 const ROUND_TRIPS: usize = 20_000;
 const PAYLOAD: usize = 1_200;
 const CHANNEL: u16 = 0x4000;

@@ -589,6 +589,12 @@ impl Config {
             return Err(invalid("recording_jitter", "must be 10ms to 5s"));
         }
         let turn = &self.turn;
+        if !turn.secret.is_empty() && turn.secret.len() < crate::turn::MIN_SECRET_BYTES {
+            return Err(invalid(
+                "turn.secret",
+                "must be at least 16 bytes (or empty: one is generated)",
+            ));
+        }
         if turn.credential_ttl < Duration::from_secs(60) {
             return Err(invalid("turn.credential_ttl", "must be at least 60s"));
         }
@@ -701,7 +707,7 @@ mod tests {
     fn sections_and_lists_come_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("CONVENE_TURN__ENABLED", "true");
-            jail.set_env("CONVENE_TURN__SECRET", "s3cret");
+            jail.set_env("CONVENE_TURN__SECRET", "s3cret-s3cret-s3cret");
             jail.set_env("CONVENE_PUBLIC_IP", "[203.0.113.10, 2001:db8::10]");
             jail.set_env(
                 "CONVENE_TURN__URLS",
@@ -710,7 +716,7 @@ mod tests {
             let config = Config::load(Some(Path::new("/nonexistent.toml")), &Default::default())
                 .expect("loads");
             assert!(config.turn.enabled);
-            assert_eq!(config.turn.secret, "s3cret");
+            assert_eq!(config.turn.secret, "s3cret-s3cret-s3cret");
             assert_eq!(
                 config.public_ip,
                 vec![

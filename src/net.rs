@@ -14,6 +14,17 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// How a destination is written on a socket: an IPv6 (dual-stack) one takes IPv4 peers mapped
+/// (`::ffff:a.b.c.d`).
+pub fn on_wire(ipv6_socket: bool, addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if ipv6_socket => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -24,5 +35,8 @@ mod tests {
         assert_eq!(canonical(a("[::ffff:192.0.2.1]:7")), a("192.0.2.1:7"));
         assert_eq!(canonical(a("[::1]:7")), a("[::1]:7"));
         assert_eq!(canonical(a("127.0.0.1:7")), a("127.0.0.1:7"));
+        assert_eq!(on_wire(true, a("127.0.0.1:7")), a("[::ffff:127.0.0.1]:7"));
+        assert_eq!(on_wire(false, a("127.0.0.1:7")), a("127.0.0.1:7"));
+        assert_eq!(on_wire(true, a("[::1]:7")), a("[::1]:7"));
     }
 }

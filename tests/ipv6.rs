@@ -80,12 +80,12 @@ async fn turn_allocates_an_ipv6_relay_when_asked() {
         c.media_workers = 1;
         c.turn.enabled = true;
         c.turn.listen = "[::1]:0".parse().unwrap();
-        c.turn.secret = "six".to_owned();
+        c.turn.secret = "six-six-six-six-six".to_owned();
     })
     .await;
     let turn = server.server.turn.as_ref().unwrap().udp;
     let media = SocketAddr::new("::1".parse().unwrap(), server.server.media_addr.port());
-    let outcome = common::turn_client::allocate_ipv6(turn, "six", media).await;
+    let outcome = common::turn_client::allocate_ipv6(turn, "six-six-six-six-six", media).await;
     assert!(outcome.relayed.is_ipv6(), "{outcome:?}");
     assert_eq!(outcome.permission_to_media, None, "{outcome:?}");
     assert_eq!(outcome.permission_to_ipv4, Some(443), "{outcome:?}");

@@ -138,6 +138,53 @@ async fn turn_refuses_strangers_and_expired_credentials_and_relays_only_to_conve
     assert_eq!(answer.code, None, "{}", answer.msg);
     assert!(metric_sum(&server, "convene_turn_refused_total").await >= 7.0);
 
+    // A permission is for an IP, but the media port is all it opens: a Send indication to
+    // another port of that host goes nowhere. (The Refresh answered after it proves the relay
+    // handled it: one task takes a client's messages in order.)
+    let other_service = std::net::UdpSocket::bind(SocketAddr::new(media.ip(), 0)).unwrap();
+    let mut send = Message::new();
+    send.build(&[
+        Box::new(TransactionId::new()),
+        Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
+        Box::new(PeerAddress {
+            ip: media.ip(),
+            port: other_service.local_addr().unwrap().port(),
+        }),
+        Box::new(rtc::turn::proto::data::Data(b"hello".to_vec())),
+    ])
+    .unwrap();
+    let Wire::Udp(socket, _) = &client.wire else {
+        unreachable!()
+    };
+    socket.send_to(&send.raw, turn.udp).await.unwrap();
+    let request = client.request(
+        METHOD_REFRESH,
+        vec![Box::new(Lifetime(Duration::from_secs(600)))],
+        Some((&username, &password)),
+    );
+    assert_eq!(client.exchange(&request).await.code, None);
+    assert_eq!(
+        metric_sum(&server, "convene_turn_relayed_packets_total").await,
+        0.0,
+        "nothing relayed to another port"
+    );
+    other_service.set_nonblocking(true).unwrap();
+    assert!(other_service.recv(&mut [0u8; 64]).is_err());
+
+    // Channels are 0x4000 through 0x4FFF (RFC 8656 §12).
+    let request = client.request(
+        METHOD_CHANNEL_BIND,
+        vec![
+            Box::new(rtc::turn::proto::channum::ChannelNumber(0x5000)),
+            Box::new(PeerAddress {
+                ip: media.ip(),
+                port: media.port(),
+            }),
+        ],
+        Some((&username, &password)),
+    );
+    assert_eq!(client.exchange(&request).await.code, Some(400));
+
     // Refresh to zero ends the allocation; a permission then has nothing to attach to.
     let request = client.request(
         METHOD_REFRESH,
@@ -174,6 +221,38 @@ async fn a_credential_that_expires_stops_refreshing_its_allocation() {
         Some((&short.username, &short.password)),
     );
     assert_eq!(client.exchange(&request).await.code, Some(401));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allocation_quota_is_per_identity_whatever_the_credential() {
+    let server = TestServer::start_with(|c| {
+        c.turn.enabled = true;
+        c.turn.listen = "127.0.0.1:0".parse().unwrap();
+        c.turn.secret = SECRET.to_owned();
+        c.turn.max_allocations_per_user = 1;
+    })
+    .await;
+    let turn = server.server.turn.as_ref().unwrap().udp;
+    let mut first = RawClient::udp(turn).await;
+    first.allocate(None).await;
+    let (username, password) = credential("erin", 600);
+    assert_eq!(
+        first.allocate(Some((&username, &password))).await.code,
+        None
+    );
+    // Every join hands out a credential with a new expiry: still the same identity.
+    let mut second = RawClient::udp(turn).await;
+    second.allocate(None).await;
+    let (username, password) = credential("erin", 900);
+    assert_eq!(
+        second.allocate(Some((&username, &password))).await.code,
+        Some(486)
+    );
+    let (username, password) = credential("frank", 900);
+    assert_eq!(
+        second.allocate(Some((&username, &password))).await.code,
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

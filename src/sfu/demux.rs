@@ -203,12 +203,12 @@ impl Demux {
         self.by_ufrag.remove(ufrag);
     }
 
-    /// Forgets every route to `peer`.
     /// The peer a verified check bound `addr` to, if any.
     pub fn peer_of(&self, addr: SocketAddr) -> Option<PeerId> {
         self.by_addr.get(&addr).copied()
     }
 
+    /// Forgets every route to `peer`.
     pub fn remove_peer(&mut self, peer: PeerId) {
         self.by_ufrag.retain(|_, c| c.peer != peer);
         for addr in self.addrs_of.remove(&peer).unwrap_or_default() {

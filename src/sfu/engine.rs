@@ -1039,27 +1039,34 @@ impl Engine {
         self.timers.peek().map(|Reverse((deadline, _))| *deadline)
     }
 
-    /// Reaps peers that never connected, and sends keyframe requests deferred by the throttle.
     /// An ICE-TCP connection opened, sent a frame (handled as a datagram tagged TCP), or ended.
     fn on_tcp(&mut self, event: super::tcp::TcpEvent, now: Instant) {
         use super::tcp::TcpEvent;
         match event {
-            TcpEvent::Opened { peer, writer, task } => {
-                self.tcp.opened(peer, writer, task);
-                self.metrics.ice_tcp_connections.inc();
+            TcpEvent::Opened {
+                peer,
+                id,
+                writer,
+                task,
+            } => {
+                if !self.tcp.opened(peer, id, writer, task) {
+                    self.metrics.ice_tcp_connections.inc();
+                }
                 self.metrics.ice_tcp_accepted.inc();
             }
             TcpEvent::Frame { peer, local, data } => {
                 self.on_datagram(peer, Some(local.ip()), &data, TransportProtocol::TCP, now);
             }
-            TcpEvent::Closed { peer } => {
-                if self.tcp.closed(peer) {
+            TcpEvent::Closed { peer, id } => {
+                if self.tcp.closed(peer, id) {
                     self.metrics.ice_tcp_connections.dec();
                 }
             }
         }
     }
 
+    /// Reaps peers that never connected and ICE-TCP connections no peer holds, and sends
+    /// keyframe requests deferred by the throttle.
     fn housekeeping(&mut self, now: Instant) {
         let demux = &self.demux;
         let closed = self

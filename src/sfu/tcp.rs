@@ -27,6 +27,8 @@ pub const EVENT_QUEUE: usize = 4096;
 pub enum TcpEvent {
     Opened {
         peer: SocketAddr,
+        /// Tells this connection from an earlier one from the same address.
+        id: u64,
         writer: mpsc::Sender<Bytes>,
         task: AbortHandle,
     },
@@ -37,10 +39,12 @@ pub enum TcpEvent {
     },
     Closed {
         peer: SocketAddr,
+        id: u64,
     },
 }
 
 struct Connection {
+    id: u64,
     writer: mpsc::Sender<Bytes>,
     task: AbortHandle,
     opened: Instant,
@@ -61,21 +65,37 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn opened(&mut self, peer: SocketAddr, writer: mpsc::Sender<Bytes>, task: AbortHandle) {
-        self.open.insert(
-            peer,
-            Connection {
-                writer,
-                task,
-                opened: Instant::now(),
-                bound: false,
-            },
-        );
+    /// Takes a new connection; true when it replaced one from the same address (which closes).
+    pub fn opened(
+        &mut self,
+        peer: SocketAddr,
+        id: u64,
+        writer: mpsc::Sender<Bytes>,
+        task: AbortHandle,
+    ) -> bool {
+        self.open
+            .insert(
+                peer,
+                Connection {
+                    id,
+                    writer,
+                    task,
+                    opened: Instant::now(),
+                    bound: false,
+                },
+            )
+            .is_some()
     }
 
-    /// Forgets `peer`'s connection; false when it was already gone.
-    pub fn closed(&mut self, peer: SocketAddr) -> bool {
-        self.open.remove(&peer).is_some()
+    /// Forgets connection `id` from `peer`; false when it was already gone (closed by us, or
+    /// replaced by a newer one from the same address).
+    pub fn closed(&mut self, peer: SocketAddr, id: u64) -> bool {
+        if self.open.get(&peer).is_some_and(|c| c.id == id) {
+            self.open.remove(&peer);
+            true
+        } else {
+            false
+        }
     }
 
     /// Sends `packet` on `peer`'s connection, framed; false when there is none or its queue is
@@ -127,6 +147,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Accepts ICE-TCP connections, at most as many at once as `slots` has permits.
 pub async fn accept(listener: TcpListener, slots: Arc<Semaphore>, events: mpsc::Sender<TcpEvent>) {
+    let mut next_id = 0u64;
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -141,6 +162,8 @@ pub async fn accept(listener: TcpListener, slots: Arc<Semaphore>, events: mpsc::
             continue;
         };
         let _ = stream.set_nodelay(true);
+        next_id += 1;
+        let id = next_id;
         let (writer, outgoing) = mpsc::channel(WRITE_QUEUE);
         let events_for_task = events.clone();
         // The engine hears of the connection before any of its frames.
@@ -150,11 +173,12 @@ pub async fn accept(listener: TcpListener, slots: Arc<Semaphore>, events: mpsc::
                 return;
             }
             serve(stream, peer, local, outgoing, &events_for_task).await;
-            let _ = events_for_task.send(TcpEvent::Closed { peer }).await;
+            let _ = events_for_task.send(TcpEvent::Closed { peer, id }).await;
             drop(permit);
         });
         let opened = TcpEvent::Opened {
             peer,
+            id,
             writer,
             task: task.abort_handle(),
         };
@@ -243,7 +267,14 @@ mod tests {
         let mut frames = Vec::new();
         while frames.len() < 2 {
             match incoming.recv().await.unwrap() {
-                TcpEvent::Opened { peer, writer, task } => connections.opened(peer, writer, task),
+                TcpEvent::Opened {
+                    peer,
+                    id,
+                    writer,
+                    task,
+                } => {
+                    assert!(!connections.opened(peer, id, writer, task));
+                }
                 TcpEvent::Frame { local, data, .. } => {
                     assert_eq!(local, addr);
                     frames.push(data.to_vec());

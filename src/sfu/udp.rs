@@ -178,16 +178,6 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-/// How a destination is written on this socket: an IPv6 socket takes IPv4 peers mapped.
-fn on_wire(ipv6: bool, addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(v4) if ipv6 => {
-            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-        }
-        other => other,
-    }
-}
-
 #[cfg(target_os = "linux")]
 fn sendmmsg(
     socket: &UdpSocket,
@@ -202,7 +192,7 @@ fn sendmmsg(
     let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|(_, p)| [IoSlice::new(p)]).collect();
     let addresses: Vec<Option<SockaddrStorage>> = batch
         .iter()
-        .map(|(destination, _)| Some(SockaddrStorage::from(on_wire(ipv6, *destination))))
+        .map(|(destination, _)| Some(SockaddrStorage::from(crate::net::on_wire(ipv6, *destination))))
         .collect();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
     let sent = nix::sys::socket::sendmmsg(
@@ -225,7 +215,7 @@ fn sendmmsg(
 ) -> io::Result<usize> {
     let (destination, payload) = &batch[0];
     socket
-        .try_send_to(payload, on_wire(ipv6, *destination))
+        .try_send_to(payload, crate::net::on_wire(ipv6, *destination))
         .map(|_| 1)
 }
 

@@ -28,10 +28,7 @@ pub enum Refused {
 /// A credential for `identity`, valid `ttl_secs` from `now` (Unix seconds).
 pub fn issue(secret: &[u8], identity: &str, ttl_secs: u64, now: u64) -> Credential {
     let expires_at = now.saturating_add(ttl_secs);
-    // A colon in the identity would still parse (the expiry is what precedes the first one), but
-    // control characters have no place in a STUN USERNAME.
-    let identity: String = identity.chars().filter(|c| !c.is_control()).collect();
-    let username = format!("{expires_at}:{identity}");
+    let username = format!("{expires_at}:{}", encode(identity));
     let password = password(secret, &username);
     Credential {
         username,
@@ -50,6 +47,21 @@ pub fn verify(secret: &[u8], username: &str, now: u64) -> Result<String, Refused
         return Err(Refused::Expired);
     }
     Ok(password(secret, username))
+}
+
+/// The identity as it goes into a username: what is not plainly printable ASCII (a colon, a
+/// quote, a control character, anything beyond ASCII) percent-encoded, so the username fits an
+/// HTTP header's quoted string (the WHIP/WHEP `Link`) and parses the same everywhere.
+fn encode(identity: &str) -> String {
+    let mut out = String::with_capacity(identity.len());
+    for byte in identity.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~@+=".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn password(secret: &[u8], username: &str) -> String {
@@ -99,8 +111,10 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_leave_the_identity() {
-        let c = issue(b"s", "a\nb\0c", 10, 0);
-        assert_eq!(c.username, "10:abc");
+    fn identities_are_encoded_to_fit_a_header() {
+        let c = issue(b"s", "guest-01a2:b\n\"José\";x", 10, 0);
+        assert_eq!(c.username, "10:guest-01a2%3Ab%0A%22Jos%C3%A9%22%3Bx");
+        assert!(c.username.is_ascii());
+        assert_eq!(issue(b"s", "01a2-f00d", 10, 0).username, "10:01a2-f00d");
     }
 }

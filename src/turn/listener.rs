@@ -2,6 +2,7 @@
 //! by its length field, ChannelData by its own, padded to four bytes: RFC 8656 §12.5).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ use crate::net::canonical;
 /// A connection that sends nothing for this long is closed (a live TURN client refreshes its
 /// allocation well within its 10-minute lifetime, and ICE keeps it busy far more often).
 const STREAM_IDLE: Duration = Duration::from_secs(11 * 60);
+/// A connection that holds no allocation this long after it opened is closed: a client
+/// allocates within a round trip or two of connecting, and a slot is not for idling in.
+const ALLOCATE_WITHIN: Duration = Duration::from_secs(20);
 /// A TLS handshake must finish within this.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 /// Messages queued for a connection that does not read; past it its packets drop.
@@ -26,6 +30,7 @@ const STREAM_QUEUE: usize = 512;
 
 pub async fn serve_udp(socket: Arc<UdpSocket>, events: mpsc::Sender<Event>, metrics: Metrics) {
     let mut buf = vec![0u8; 65536];
+    let ipv6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             continue;
@@ -33,7 +38,7 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, events: mpsc::Sender<Event>, metr
         let client = Client {
             transport: Transport::Udp,
             addr: canonical(from),
-            sink: Sink::Udp(socket.clone()),
+            sink: Sink::Udp(socket.clone(), ipv6),
         };
         let event = Event::FromClient {
             client,
@@ -107,14 +112,21 @@ async fn serve_stream<S>(
             }
         }
     });
+    let allocated = Arc::new(AtomicBool::new(false));
     let client = Client {
         transport,
         addr,
-        sink: Sink::Stream(queue),
+        sink: Sink::Stream(queue, allocated.clone()),
     };
+    let opened = tokio::time::Instant::now();
     let mut buf = BytesMut::with_capacity(4096);
     'read: loop {
-        match tokio::time::timeout(STREAM_IDLE, reader.read_buf(&mut buf)).await {
+        let deadline = if allocated.load(Ordering::Relaxed) {
+            tokio::time::Instant::now() + STREAM_IDLE
+        } else {
+            opened + ALLOCATE_WITHIN
+        };
+        match tokio::time::timeout_at(deadline, reader.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => break,
         }

@@ -181,34 +181,56 @@ fn tls_acceptor(config: &Config) -> anyhow::Result<Option<tokio_rustls::TlsAccep
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))))
 }
 
+/// A secret shorter than this is refused: anyone could guess it and sign credentials.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// The TURN secret: `turn.secret`, else one generated once into `path`.
 pub fn load_or_create_secret(configured: &str, path: &Path) -> std::io::Result<Vec<u8>> {
-    if !configured.is_empty() {
-        return Ok(configured.as_bytes().to_vec());
+    let secret = if !configured.is_empty() {
+        configured.to_owned()
+    } else {
+        match std::fs::read_to_string(path) {
+            Ok(text) => text.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_secret(path)?,
+            Err(e) => return Err(e),
+        }
+    };
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the TURN secret is shorter than {MIN_SECRET_BYTES} bytes (remove {} to have one \
+                 generated, or set a longer turn.secret)",
+                path.display()
+            ),
+        ));
     }
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text.trim().as_bytes().to_vec()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            // Printable, so an operator can paste it into coturn's static-auth-secret.
-            let secret =
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            match options.open(path) {
-                Ok(mut file) => {
-                    file.write_all(secret.as_bytes())?;
-                    Ok(secret.into_bytes())
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    load_or_create_secret(configured, path)
-                }
-                Err(e) => Err(e),
-            }
+    Ok(secret.into_bytes())
+}
+
+/// Writes a new secret to `path` whole or not at all (a temporary file, then a link that fails
+/// if another process got there first, whose secret then wins).
+fn create_secret(path: &Path) -> std::io::Result<String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    // Printable, so an operator can paste it into coturn's static-auth-secret.
+    let secret =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temporary)?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(secret),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(path)?.trim().to_owned())
         }
         Err(e) => Err(e),
     }

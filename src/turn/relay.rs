@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +41,11 @@ const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 const SOFTWARE: &str = "convene";
+/// The largest datagram relayed to a client: a Data indication adds 36 bytes of header and
+/// attributes to it, and STUN's length field is 16 bits.
+const MAX_RELAYED: usize = 65_000;
+/// Permissions one allocation holds at most (a client needs one per peer it talks to).
+const MAX_PERMISSIONS: usize = 64;
 
 /// How a client reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,17 +72,21 @@ impl Transport {
 /// Where a client's packets go back to.
 #[derive(Debug, Clone)]
 pub enum Sink {
-    Udp(Arc<UdpSocket>),
-    /// A TCP or TLS connection's writer: already framed messages, a bounded queue.
-    Stream(mpsc::Sender<Bytes>),
+    /// The listener's socket, and whether it is IPv6 (dual-stack: IPv4 clients written mapped).
+    Udp(Arc<UdpSocket>, bool),
+    /// A TCP or TLS connection's writer (already framed messages, a bounded queue), and whether
+    /// the connection holds an allocation (one that never does is closed early).
+    Stream(mpsc::Sender<Bytes>, Arc<AtomicBool>),
 }
 
 impl Sink {
     /// Sends without waiting; false when the socket buffer or the queue is full.
     fn send(&self, to: SocketAddr, data: Bytes) -> bool {
         match self {
-            Sink::Udp(socket) => socket.try_send_to(&data, to).is_ok(),
-            Sink::Stream(queue) => queue.try_send(data).is_ok(),
+            Sink::Udp(socket, ipv6) => socket
+                .try_send_to(&data, crate::net::on_wire(*ipv6, to))
+                .is_ok(),
+            Sink::Stream(queue, _) => queue.try_send(data).is_ok(),
         }
     }
 }
@@ -157,14 +167,15 @@ pub struct Relay {
     crypto: Arc<dyn rtc::crypto::RTCCryptoProvider>,
     allocations: HashMap<Key, Allocation>,
     by_id: HashMap<u64, Key>,
+    /// Allocations by identity (the credential's `identity`, not its `expiry:identity`: every
+    /// join hands out a new expiry, and the quota is the identity's).
     per_user: HashMap<String, usize>,
     next_id: u64,
     events: mpsc::Sender<Event>,
     metrics: Metrics,
 }
 
-/// Why a request failed: the error code, its reason, and whether the answer is signed (only
-/// once the request authenticated).
+/// Why a request failed: the error code, its reason phrase, and the refusal metric's label.
 struct Failure {
     code: ErrorCode,
     reason: &'static str,
@@ -252,10 +263,11 @@ impl Relay {
             return;
         };
         self.by_id.remove(&allocation.id);
-        if let Some(count) = self.per_user.get_mut(&allocation.username) {
+        let identity = identity_of(&allocation.username);
+        if let Some(count) = self.per_user.get_mut(identity) {
             *count -= 1;
             if *count == 0 {
-                self.per_user.remove(&allocation.username);
+                self.per_user.remove(identity);
             }
         }
         self.metrics
@@ -328,7 +340,12 @@ impl Relay {
             return;
         };
         let peer = allocation.aliases.get(&from).copied().unwrap_or(from);
-        if !allocation.permitted(peer.ip(), now) {
+        if !allocation.permitted(peer.ip(), now) || !self.settings.policy.allows(peer) {
+            return;
+        }
+        // Its length must fit a STUN or ChannelData length field (u16) with the headers.
+        if data.len() > MAX_RELAYED {
+            self.metrics.turn_dropped.inc();
             return;
         }
         let stream = allocation.client.transport.is_stream();
@@ -665,7 +682,7 @@ impl Relay {
                 "capacity",
             ));
         }
-        if self.per_user.get(username).copied().unwrap_or(0)
+        if self.per_user.get(identity_of(username)).copied().unwrap_or(0)
             >= self.settings.max_allocations_per_user
         {
             return Err(fail(
@@ -717,7 +734,13 @@ impl Relay {
             },
         );
         self.by_id.insert(id, key);
-        *self.per_user.entry(username.to_owned()).or_default() += 1;
+        if let Sink::Stream(_, allocated) = &client.sink {
+            allocated.store(true, Ordering::Relaxed);
+        }
+        *self
+            .per_user
+            .entry(identity_of(username).to_owned())
+            .or_default() += 1;
         self.metrics
             .turn_allocations
             .set(self.allocations.len() as i64);
@@ -782,6 +805,17 @@ impl Relay {
             .allocations
             .get_mut(&(client.transport, client.addr))
             .expect("checked by the caller");
+        let new = peers
+            .iter()
+            .filter(|p| !allocation.permissions.contains_key(&p.ip()))
+            .count();
+        if allocation.permissions.len() + new > MAX_PERMISSIONS {
+            return Err(fail(
+                CODE_INSUFFICIENT_CAPACITY,
+                "Too many permissions",
+                "quota",
+            ));
+        }
         for peer in peers {
             allocation
                 .permissions
@@ -820,18 +854,17 @@ impl Relay {
         now: Instant,
     ) -> Result<Vec<Box<dyn Setter>>, Failure> {
         let mut number = ChannelNumber::default();
-        if number.get_from(msg).is_err() || !number.valid() {
+        // RFC 8656 §12: 0x4000 through 0x4FFF; the rest is reserved.
+        if number.get_from(msg).is_err() || !(0x4000..=0x4FFF).contains(&number.0) {
             return Err(fail(CODE_BAD_REQUEST, "Bad CHANNEL-NUMBER", "bad_request"));
         }
-        let mut peer = PeerAddress::default();
-        if peer.get_from(msg).is_err() {
+        let Some(peer) = peer_addresses(msg).first().copied() else {
             return Err(fail(
                 CODE_BAD_REQUEST,
                 "Missing XOR-PEER-ADDRESS",
                 "bad_request",
             ));
-        }
-        let peer = SocketAddr::new(peer.ip, peer.port);
+        };
         self.check_peers(client, &[peer])?;
         let target = self.settings.policy.route(peer);
         let allocation = self
@@ -868,15 +901,16 @@ impl Relay {
     }
 
     fn send_indication(&mut self, client: &Client, msg: &Message, now: Instant) {
-        let (mut peer, mut data) = (PeerAddress::default(), Data::default());
-        if peer.get_from(msg).is_err() || data.get_from(msg).is_err() {
+        let mut data = Data::default();
+        let (Some(peer), Ok(())) = (peer_addresses(msg).first().copied(), data.get_from(msg)) else {
             return;
-        }
-        let peer = SocketAddr::new(peer.ip, peer.port);
+        };
         let Some(allocation) = self.allocations.get(&(client.transport, client.addr)) else {
             return;
         };
-        if !allocation.permitted(peer.ip(), now) {
+        // A permission is for an IP (RFC 8656 §9); the policy is for exact addresses, so a
+        // permission for Convene's media port opens no other port of that host.
+        if !allocation.permitted(peer.ip(), now) || !self.settings.policy.allows(peer) {
             return;
         }
         let target = self.settings.policy.route(peer);
@@ -884,11 +918,18 @@ impl Relay {
     }
 }
 
-/// Every XOR-PEER-ADDRESS of a request (CreatePermission may carry several).
+/// The identity of a credential's username (`expiry:identity`).
+fn identity_of(username: &str) -> &str {
+    username.split_once(':').map_or(username, |(_, identity)| identity)
+}
+
+/// Every XOR-PEER-ADDRESS of a message (CreatePermission may carry several), up to its
+/// MESSAGE-INTEGRITY: what follows it is not covered and is ignored (RFC 8489 §14.5).
 fn peer_addresses(msg: &Message) -> Vec<SocketAddr> {
     msg.attributes
         .0
         .iter()
+        .take_while(|a| a.typ != ATTR_MESSAGE_INTEGRITY)
         .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
         .filter_map(|a| {
             let mut single = Message::new();
