@@ -414,7 +414,9 @@ fn media_bind_ip(config: &Config) -> IpAddr {
     let ip = config.media_bind_ip;
     if ip.is_ipv6() && ip.is_unspecified() && std::net::UdpSocket::bind("[::]:0").is_err() {
         if config.public_ip.iter().any(IpAddr::is_ipv6) {
-            tracing::warn!("this host has no IPv6: the IPv6 public_ip is announced but unreachable");
+            tracing::warn!(
+                "this host has no IPv6: the IPv6 public_ip is announced but unreachable"
+            );
         }
         return IpAddr::from([0, 0, 0, 0]);
     }

@@ -192,7 +192,12 @@ fn sendmmsg(
     let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|(_, p)| [IoSlice::new(p)]).collect();
     let addresses: Vec<Option<SockaddrStorage>> = batch
         .iter()
-        .map(|(destination, _)| Some(SockaddrStorage::from(crate::net::on_wire(ipv6, *destination))))
+        .map(|(destination, _)| {
+            Some(SockaddrStorage::from(crate::net::on_wire(
+                ipv6,
+                *destination,
+            )))
+        })
         .collect();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
     let sent = nix::sys::socket::sendmmsg(

@@ -682,7 +682,11 @@ impl Relay {
                 "capacity",
             ));
         }
-        if self.per_user.get(identity_of(username)).copied().unwrap_or(0)
+        if self
+            .per_user
+            .get(identity_of(username))
+            .copied()
+            .unwrap_or(0)
             >= self.settings.max_allocations_per_user
         {
             return Err(fail(
@@ -902,7 +906,8 @@ impl Relay {
 
     fn send_indication(&mut self, client: &Client, msg: &Message, now: Instant) {
         let mut data = Data::default();
-        let (Some(peer), Ok(())) = (peer_addresses(msg).first().copied(), data.get_from(msg)) else {
+        let (Some(peer), Ok(())) = (peer_addresses(msg).first().copied(), data.get_from(msg))
+        else {
             return;
         };
         let Some(allocation) = self.allocations.get(&(client.transport, client.addr)) else {
@@ -920,7 +925,9 @@ impl Relay {
 
 /// The identity of a credential's username (`expiry:identity`).
 fn identity_of(username: &str) -> &str {
-    username.split_once(':').map_or(username, |(_, identity)| identity)
+    username
+        .split_once(':')
+        .map_or(username, |(_, identity)| identity)
 }
 
 /// Every XOR-PEER-ADDRESS of a message (CreatePermission may carry several), up to its
