@@ -75,6 +75,41 @@ impl Server {
             .await
             .with_context(|| format!("binding HTTP {}", config.http))?;
         let http_addr = listener.local_addr()?;
+        let cluster = if config.redis_url.is_empty() {
+            None
+        } else {
+            let http_url = if config.public_url.is_empty() {
+                format!("http://{http_addr}")
+            } else {
+                config.public_url.clone()
+            };
+            let media = sfu
+                .media_addrs()
+                .iter()
+                .flat_map(|a| {
+                    sfu_config
+                        .announced_ips
+                        .iter()
+                        .map(move |ip| SocketAddr::new(*ip, a.port()))
+                })
+                .collect();
+            let node_id = if config.node_id.is_empty() {
+                uuid::Uuid::now_v7().to_string()
+            } else {
+                config.node_id.clone()
+            };
+            Some(crate::cluster::Cluster::start(
+                crate::cluster::ClusterSettings {
+                    redis_url: config.redis_url.clone(),
+                    node_id,
+                    http_url,
+                    media,
+                    heartbeat: config.cluster_heartbeat,
+                    ttl: config.cluster_node_ttl,
+                },
+                metrics.clone(),
+            )?)
+        };
         // Recordings a crash left running are closed with what their files hold.
         let recovered = crate::recording::recover::recover(&store)
             .await
@@ -124,6 +159,7 @@ impl Server {
             recorder,
             forwards,
             ice: Arc::new(ice),
+            cluster,
             accepting: Arc::new(AtomicBool::new(true)),
         };
         tokio::spawn(crate::signaling::hub::run(
@@ -182,6 +218,9 @@ impl Server {
     /// Graceful stop: refuse new work, close every peer (they are told), then drain HTTP.
     pub async fn shutdown(mut self) {
         self.state.accepting.store(false, Ordering::Relaxed);
+        if let Some(cluster) = &self.state.cluster {
+            cluster.leave().await;
+        }
         self.live.rooms.shutdown();
         let grace = self.state.config.shutdown_grace;
         let _ = tokio::time::timeout(grace, self.state.sfu.shutdown()).await;

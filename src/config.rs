@@ -247,6 +247,18 @@ pub struct Config {
     /// Empty: SQLite at `data_dir/convene.db`. `postgres://…`: PostgreSQL. Env: `DATABASE_URL`
     /// (or `CONVENE_DATABASE_URL`).
     pub database_url: String,
+    /// Cluster mode: Redis holds the node registry (`redis://host:6379`). Empty: one node, no
+    /// Redis. Also read from `REDIS_URL`.
+    pub redis_url: String,
+    /// This node's id in the cluster. Empty: a new one each start.
+    pub node_id: String,
+    /// How often a node renews its registry entry, and how long the entry lives without it.
+    #[serde(with = "humantime_serde")]
+    pub cluster_heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cluster_node_ttl: Duration,
+    /// Usernames of the operators who may read cluster state (`GET /api/v1/cluster/nodes`).
+    pub admins: Vec<String>,
     /// Base URL clients reach this server at, for join links (`{public_url}/m/{code}`).
     /// Empty: relative links.
     pub public_url: String,
@@ -385,6 +397,11 @@ impl Default for Config {
             memory_trim_after_peers: 100,
             shutdown_grace: Duration::from_secs(3),
             database_url: String::new(),
+            redis_url: String::new(),
+            node_id: String::new(),
+            cluster_heartbeat: Duration::from_secs(2),
+            cluster_node_ttl: Duration::from_secs(6),
+            admins: Vec::new(),
             public_url: String::new(),
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -442,7 +459,7 @@ impl Config {
             .merge(Toml::file(file))
             .merge(
                 Env::raw()
-                    .only(&["DATABASE_URL"])
+                    .only(&["DATABASE_URL", "REDIS_URL"])
                     .map(|k| k.as_str().to_ascii_lowercase().into()),
             )
             .merge(
@@ -587,6 +604,21 @@ impl Config {
             || self.recording_jitter > Duration::from_secs(5)
         {
             return Err(invalid("recording_jitter", "must be 10ms to 5s"));
+        }
+        if !(self.redis_url.is_empty()
+            || self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "redis_url",
+                "must be redis://…, rediss://… or empty",
+            ));
+        }
+        if self.cluster_heartbeat.is_zero() || self.cluster_node_ttl < self.cluster_heartbeat * 2 {
+            return Err(invalid(
+                "cluster_node_ttl",
+                "must be at least twice cluster_heartbeat, which must be positive",
+            ));
         }
         let turn = &self.turn;
         if !turn.secret.is_empty() && turn.secret.len() < crate::turn::MIN_SECRET_BYTES {

@@ -15,12 +15,14 @@
 //! - [`store`]: sqlx repositories over SQLite (default) or PostgreSQL.
 //! - [`web`]: the browser meeting client (embedded static files) and the WHIP/WHEP demo page.
 //! - [`load`]: `convene load`, a WHIP/WHEP load generator (any server, not only ours).
+//! - [`cluster`]: cluster mode: this node in the Redis node registry, and the registry.
 //! - [`turn`]: the embedded TURN server and the ICE servers (with TURN credentials) clients get.
 //! - [`metrics`], [`telemetry`], [`ids`], [`net`]: Prometheus metrics, logging, typed ids,
 //!   address helpers.
 
 pub mod api;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod http_error;

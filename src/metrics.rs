@@ -80,6 +80,9 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     /// Connections closed at accept because `http_max_connections` were open.
     pub http_connections_refused: IntCounter,
+    /// Cluster mode: 1 while Redis answers this node's heartbeat, 0 while it does not (the node
+    /// serves what it has: degraded).
+    pub cluster_redis_up: IntGauge,
     /// ICE-TCP connections open now and accepted so far, and packets dropped because one's
     /// queue was full.
     pub ice_tcp_connections: IntGauge,
@@ -161,6 +164,10 @@ impl Metrics {
             tap_dropped: counter(
                 "tap_dropped_total",
                 "Packets a tap's consumer (recorder, RTP forward) was too slow to take",
+            ),
+            cluster_redis_up: gauge(
+                "cluster_redis_up",
+                "1 while Redis answers this node's cluster heartbeat",
             ),
             ice_tcp_connections: gauge("ice_tcp_connections", "ICE-TCP connections open"),
             ice_tcp_accepted: counter("ice_tcp_connections_total", "ICE-TCP connections accepted"),

@@ -34,6 +34,8 @@ pub struct AppState {
     pub forwards: crate::recording::rtp_forward::Forwards,
     /// The ICE servers (STUN/TURN, with fresh TURN credentials) handed to clients.
     pub ice: Arc<crate::turn::IceServers>,
+    /// Cluster membership (`redis_url` set); None: a single node.
+    pub cluster: Option<crate::cluster::Cluster>,
     /// Cleared when shutdown starts, so /readyz turns away new load first.
     pub accepting: Arc<AtomicBool>,
 }

@@ -31,7 +31,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": ready })))
+    // Without Redis a cluster node still serves what it has: degraded, not unready.
+    let body = match &state.cluster {
+        None => json!({ "ready": ready }),
+        Some(cluster) => json!({
+            "ready": ready,
+            "node": cluster.node_id(),
+            "cluster": if cluster.redis_up() { "ok" } else { "degraded" },
+        }),
+    };
+    (status, Json(body))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod extract;
 pub mod health;
 pub mod ice;
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .merge(recordings::router())
         .merge(rtp_forwards::router())
         .merge(ice::router())
+        .merge(cluster::router())
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(docs_page));
     Router::new().nest("/api/v1", v1)
@@ -75,6 +77,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         recordings::openapi(),
         rtp_forwards::openapi(),
         ice::openapi(),
+        cluster::openapi(),
     ] {
         doc.merge(part);
     }

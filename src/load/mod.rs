@@ -11,7 +11,7 @@
 //! it; with `server_pid`, the server's CPU time in the window over the packets delivered.
 
 mod client;
-mod procfs;
+pub mod procfs;
 pub mod report;
 pub mod stats;
 
