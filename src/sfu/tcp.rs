@@ -236,17 +236,16 @@ async fn serve(
     }
 }
 
-/// A frame as RFC 4571 puts it on the wire, for tests and clients.
-pub fn frame(packet: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + packet.len());
-    out.extend_from_slice(&(packet.len() as u16).to_be_bytes());
-    out.extend_from_slice(packet);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame as a client puts it on the wire.
+    fn frame(packet: &[u8]) -> Vec<u8> {
+        let mut out = (packet.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(packet);
+        out
+    }
 
     #[tokio::test]
     async fn frames_are_cut_by_their_length_and_answers_are_framed() {

@@ -905,11 +905,14 @@ impl Relay {
     }
 
     fn send_indication(&mut self, client: &Client, msg: &Message, now: Instant) {
-        let mut data = Data::default();
-        let (Some(peer), Ok(())) = (peer_addresses(msg).first().copied(), data.get_from(msg))
-        else {
+        // Indications carry no MESSAGE-INTEGRITY: the first XOR-PEER-ADDRESS is the peer, read
+        // without the allocations `peer_addresses` makes (this is the data path of clients
+        // that bind no channel).
+        let (mut peer, mut data) = (PeerAddress::default(), Data::default());
+        if peer.get_from(msg).is_err() || data.get_from(msg).is_err() {
             return;
-        };
+        }
+        let peer = SocketAddr::new(peer.ip, peer.port);
         let Some(allocation) = self.allocations.get(&(client.transport, client.addr)) else {
             return;
         };
