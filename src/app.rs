@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::domain::token::TokenKeys;
@@ -37,6 +37,7 @@ pub struct Server {
     stop: Option<oneshot::Sender<()>>,
     http: JoinHandle<()>,
     pruning: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
 }
 
 impl Server {
@@ -106,6 +107,7 @@ impl Server {
                     media,
                     heartbeat: config.cluster_heartbeat,
                     ttl: config.cluster_node_ttl,
+                    room_ttl: config.cluster_room_ttl,
                 },
                 metrics.clone(),
             )?)
@@ -115,7 +117,7 @@ impl Server {
             .await
             .context("closing interrupted recordings")?;
         if recovered > 0 {
-            tracing::warn!(
+            warn!(
                 recordings = recovered,
                 "closed recordings an earlier run left open"
             );
@@ -142,6 +144,16 @@ impl Server {
             rooms: signaling,
             sockets: Default::default(),
         };
+        if let Some(cluster) = &cluster {
+            let (sfu, rooms) = (sfu.clone(), live.rooms.clone());
+            cluster.set_held_rooms(Box::new(move || {
+                let mut held: Vec<String> = sfu.rooms().into_iter().map(|r| r.0).collect();
+                held.extend(rooms.meeting_ids());
+                held.sort();
+                held.dedup();
+                held
+            }));
+        }
         let forwards = crate::recording::rtp_forward::Forwards::new(
             sfu.clone(),
             config.rtp_forward_max,
@@ -168,6 +180,7 @@ impl Server {
             sfu_events,
         ));
         reconcile_seats(&state, &live, "startup").await?;
+        let sweeper = tokio::spawn(sweep_dead_nodes(state.clone(), live.clone()));
         // Events pending from an earlier run (a crash included) go out first.
         if !state.config.webhooks.is_empty() {
             tokio::spawn(
@@ -212,6 +225,7 @@ impl Server {
             stop: Some(stop),
             http,
             pruning,
+            sweeper,
         })
     }
 
@@ -230,10 +244,11 @@ impl Server {
         let _ = tokio::time::timeout(grace, &mut self.http).await;
         // Nobody holds a seat on a stopped server; the next start counts the meetings down.
         if let Err(e) = reconcile_seats(&self.state, &self.live, "shutdown").await {
-            tracing::warn!(error = %e, "seats not closed at shutdown");
+            warn!(error = %e, "seats not closed at shutdown");
         }
         self.http.abort();
         self.pruning.abort();
+        self.sweeper.abort();
         info!("convene stopped");
     }
 }
@@ -297,15 +312,22 @@ async fn start_turn(
 /// Seats left `joined` belong to sockets and media that no longer exist (after `kill -9`, or
 /// at a graceful stop): they are closed, and every live meeting, now empty, starts its
 /// countdown, so its seats are free and it ends like any meeting left empty.
+/// In a cluster, only this node's seats: the others' sockets and media live on.
 async fn reconcile_seats(state: &AppState, live: &Live, when: &str) -> anyhow::Result<()> {
-    let (closed, live_meetings) = state
-        .store
-        .reconcile_seats(crate::store::now_ms())
-        .await
-        .context("closing the seats of a previous run")?;
+    let now = crate::store::now_ms();
+    let (closed, live_meetings) = match &state.cluster {
+        Some(cluster) => {
+            state
+                .store
+                .reconcile_seats_of_node(cluster.node_id(), now)
+                .await
+        }
+        None => state.store.reconcile_seats(now).await,
+    }
+    .context("closing the seats of a previous run")?;
     if when == "startup" {
         for meeting in &live_meetings {
-            live.rooms.meeting_is_empty(meeting);
+            meeting_left_empty(state, live, meeting).await;
         }
     }
     if closed > 0 || !live_meetings.is_empty() {
@@ -317,6 +339,65 @@ async fn reconcile_seats(state: &AppState, live: &Live, when: &str) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// A live meeting whose seats were closed: its empty-meeting countdown runs on its node (here
+/// on a single node; in a cluster, where it is placed, placing it if it is nowhere).
+async fn meeting_left_empty(state: &AppState, live: &Live, meeting: &str) {
+    let here = match &state.cluster {
+        Some(cluster) => cluster.place(meeting).await == crate::cluster::Owner::Here,
+        None => true,
+    };
+    if here {
+        live.rooms.meeting_is_empty(meeting);
+    }
+}
+
+/// Cluster mode: the seats of a node that died stay `joined` while its clients resume on other
+/// nodes (which take the seats over); once a node has been gone from the registry for
+/// `ws_resume_grace` and a heartbeat more, the seats it still holds are closed, by whichever node
+/// sees it first (closing is idempotent), and the meetings they leave empty count down.
+async fn sweep_dead_nodes(state: AppState, live: Live) {
+    let Some(cluster) = state.cluster.clone() else {
+        return;
+    };
+    let grace = state.config.ws_resume_grace + state.config.cluster_node_ttl;
+    let mut gone_since: std::collections::HashMap<String, std::time::Instant> = Default::default();
+    let mut every = tokio::time::interval(state.config.cluster_heartbeat);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (Ok(seat_nodes), Ok(nodes)) = (state.store.seat_nodes().await, cluster.nodes().await)
+        else {
+            continue;
+        };
+        let now = std::time::Instant::now();
+        gone_since.retain(|id, _| seat_nodes.contains(id));
+        for id in seat_nodes {
+            if id == cluster.node_id() || nodes.iter().any(|n| n.id == id) {
+                gone_since.remove(&id);
+                continue;
+            }
+            let since = *gone_since.entry(id.clone()).or_insert(now);
+            if now.duration_since(since) < grace {
+                continue;
+            }
+            match state
+                .store
+                .reconcile_seats_of_node(&id, crate::store::now_ms())
+                .await
+            {
+                Ok((closed, meetings)) => {
+                    info!(node = %id, seats = closed, "closed the seats of a node that died");
+                    for meeting in &meetings {
+                        meeting_left_empty(&state, &live, meeting).await;
+                    }
+                    gone_since.remove(&id);
+                }
+                Err(e) => warn!(node = %id, error = %e, "closing a dead node's seats"),
+            }
+        }
+    }
 }
 
 /// Background upkeep: every minute, forgets rate-limit keys whose quota is full again; every
@@ -363,6 +444,10 @@ pub fn router(state: AppState, live: Live) -> Router {
         .merge(crate::api::health::router())
         .merge(crate::signaling::router(live))
         .merge(crate::api::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::api::cluster::route_to_owner,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::ratelimit::enforce,
@@ -453,9 +538,7 @@ fn media_bind_ip(config: &Config) -> IpAddr {
     let ip = config.media_bind_ip;
     if ip.is_ipv6() && ip.is_unspecified() && std::net::UdpSocket::bind("[::]:0").is_err() {
         if config.public_ip.iter().any(IpAddr::is_ipv6) {
-            tracing::warn!(
-                "this host has no IPv6: the IPv6 public_ip is announced but unreachable"
-            );
+            warn!("this host has no IPv6: the IPv6 public_ip is announced but unreachable");
         }
         return IpAddr::from([0, 0, 0, 0]);
     }

@@ -57,6 +57,8 @@ pub struct ClusterSettings {
     pub media: Vec<SocketAddr>,
     pub heartbeat: Duration,
     pub ttl: Duration,
+    /// How long a room's placement stands without its owner renewing it.
+    pub room_ttl: Duration,
 }
 
 /// The cluster membership of this node; cheap to clone.
@@ -67,12 +69,28 @@ pub struct Cluster {
 
 struct Inner {
     id: String,
+    http_url: String,
     client: redis::Client,
     connection: Mutex<Option<ConnectionManager>>,
     redis_up: AtomicBool,
     heartbeat: Duration,
     ttl: Duration,
+    room_ttl: Duration,
     metrics: Metrics,
+    /// The rooms this node serves now (its SFU's and its room tasks'), set once wiring is done.
+    held: std::sync::OnceLock<HeldRooms>,
+}
+
+/// Lists the rooms this node serves, for the heartbeat to renew their placement.
+pub type HeldRooms = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// Where a room is served.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owner {
+    /// Here: placed on this node, or Redis is away (a node then serves what reaches it).
+    Here,
+    /// Another live node.
+    Node(NodeEntry),
 }
 
 impl Cluster {
@@ -83,12 +101,15 @@ impl Cluster {
             .map_err(|e| anyhow::anyhow!("redis_url: {e}"))?;
         let inner = Arc::new(Inner {
             id: settings.node_id.clone(),
+            http_url: settings.http_url.clone(),
             client,
             connection: Mutex::new(None),
             redis_up: AtomicBool::new(false),
             heartbeat: settings.heartbeat,
             ttl: settings.ttl,
+            room_ttl: settings.room_ttl,
             metrics,
+            held: std::sync::OnceLock::new(),
         });
         let started_at = chrono::Utc::now();
         let weak = Arc::downgrade(&inner);
@@ -108,7 +129,10 @@ impl Cluster {
                     heartbeat_at: chrono::Utc::now(),
                     load: sampler.sample(&inner.metrics),
                 };
-                let result = inner.register(&entry).await;
+                let mut result = inner.register(&entry).await;
+                if result.is_ok() {
+                    result = inner.renew_rooms().await;
+                }
                 inner.set_up(result.is_ok(), result.err());
             }
         });
@@ -119,9 +143,75 @@ impl Cluster {
         &self.inner.id
     }
 
+    /// Where clients reach this node (`public_url`, else its HTTP address).
+    pub fn http_url(&self) -> &str {
+        &self.inner.http_url
+    }
+
     /// Whether Redis answered the last heartbeat (false: degraded, serving what it has).
     pub fn redis_up(&self) -> bool {
         self.inner.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// Tells the heartbeat which rooms this node serves (their placement is renewed with it).
+    pub fn set_held_rooms(&self, held: HeldRooms) {
+        let _ = self.inner.held.set(held);
+    }
+
+    /// Where `room` is served, placing it (on the node with the lowest score, docs/cluster.md)
+    /// if it has no live owner: it had none, or its owner's entry expired (the owner died),
+    /// and then it is placed again. One Lua script does the look-up, the choice and the write,
+    /// and Redis runs a script alone: that is the lock, so simultaneous first joins on several
+    /// nodes all get the one owner the first script chose. Without Redis: here.
+    pub async fn place(&self, room: &str) -> Owner {
+        match self.route(room, true).await {
+            Ok(Some(owner)) => owner,
+            Ok(None) => Owner::Here,
+            Err(e) => {
+                self.inner.set_up(false, Some(e));
+                Owner::Here
+            }
+        }
+    }
+
+    /// Where `room` is served if it is placed on a live node; None when it is not placed (or
+    /// its owner died, or Redis is away): whoever is asked serves it.
+    pub async fn owner(&self, room: &str) -> Option<Owner> {
+        self.route(room, false).await.ok().flatten()
+    }
+
+    async fn route(&self, room: &str, place: bool) -> redis::RedisResult<Option<Owner>> {
+        let mut connection = self.inner.connection().await?;
+        let candidates = if place {
+            self.nodes().await?
+        } else {
+            Vec::new()
+        };
+        let mut script = placement_script().key(room_key(room));
+        script
+            .arg(self.inner.room_ttl.as_millis().max(1) as u64)
+            .arg(room)
+            .arg(ROOM_WEIGHT)
+            .arg(if place { 1 } else { 0 });
+        for node in &candidates {
+            script.arg(&node.id).arg(load_score(&node.load));
+        }
+        let owner: Option<String> = script.invoke_async(&mut connection).await?;
+        let Some(owner) = owner else { return Ok(None) };
+        if owner == self.inner.id {
+            return Ok(Some(Owner::Here));
+        }
+        if let Some(entry) = candidates.into_iter().find(|n| n.id == owner) {
+            return Ok(Some(Owner::Node(entry)));
+        }
+        Ok(self.node(&owner).await?.map(Owner::Node))
+    }
+
+    /// One node's entry, if it is live.
+    pub async fn node(&self, id: &str) -> redis::RedisResult<Option<NodeEntry>> {
+        let mut connection = self.inner.connection().await?;
+        let value: Option<String> = connection.get(node_key(id)).await?;
+        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
     }
 
     /// Every node whose entry has not expired; forgets the ids of those that have.
@@ -186,6 +276,40 @@ impl Inner {
             .await
     }
 
+    /// Renews the placement of every room this node serves; claims those whose placement
+    /// expired or vanished (Redis restarted empty). A room placed on another node meanwhile is
+    /// left there: this node keeps serving what it holds until its clients leave.
+    async fn renew_rooms(&self) -> redis::RedisResult<()> {
+        let Some(held) = self.held.get() else {
+            return Ok(());
+        };
+        let rooms = held();
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection().await?;
+        let ttl = self.room_ttl.as_millis().max(1) as u64;
+        let script = renew_script();
+        // Loaded first: a pipeline of EVALSHA cannot fall back to EVAL on its own.
+        script.load_async(&mut connection).await?;
+        for chunk in rooms.chunks(500) {
+            let invocations: Vec<redis::ScriptInvocation<'_>> = chunk
+                .iter()
+                .map(|room| {
+                    let mut invocation = script.key(room_key(room));
+                    invocation.arg(ttl).arg(room).arg(&self.id);
+                    invocation
+                })
+                .collect();
+            let mut pipe = redis::pipe();
+            for invocation in &invocations {
+                pipe.invoke_script(invocation).ignore();
+            }
+            pipe.query_async::<()>(&mut connection).await?;
+        }
+        Ok(())
+    }
+
     fn set_up(&self, up: bool, error: Option<redis::RedisError>) {
         let was = self.redis_up.swap(up, Ordering::Relaxed);
         self.metrics.cluster_redis_up.set(i64::from(up));
@@ -199,6 +323,89 @@ impl Inner {
             _ => {}
         }
     }
+}
+
+fn room_key(room: &str) -> String {
+    format!("convene:room:{room}")
+}
+
+/// What one placed room weighs in the score, against one peer's 10: a room just placed is
+/// about to fill, and the heartbeat's figures do not show it yet.
+const ROOM_WEIGHT: f64 = 100.0;
+
+/// A node's load as the placement score counts it (lower is chosen): 10 per peer, its CPU in
+/// percent of one core, its forwarded megabits per second; the script adds `ROOM_WEIGHT` per
+/// room placed on it (docs/cluster.md).
+pub fn load_score(load: &NodeLoad) -> f64 {
+    10.0 * load.peers as f64 + load.cpu_percent + load.forwarded_bps / 1e6
+}
+
+/// KEYS[1] the room's key; ARGV: room ttl (ms), room, room weight, place (0|1), then pairs of
+/// node id and load score. Returns the owner, or nil. Each node's placed rooms are a sorted set
+/// of room → expiry, so a count is one ZCARD after dropping the expired.
+fn placement_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+local owner = redis.call('GET', KEYS[1])
+if owner and redis.call('EXISTS', 'convene:node:' .. owner) == 1 then
+  return owner
+end
+if ARGV[4] ~= '1' then
+  return false
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local best, best_score
+for i = 5, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('EXISTS', 'convene:node:' .. id) == 1 then
+    local placed = 'convene:rooms:' .. id
+    redis.call('ZREMRANGEBYSCORE', placed, '-inf', now)
+    local score = tonumber(ARGV[i + 1]) + tonumber(ARGV[3]) * redis.call('ZCARD', placed)
+    if best == nil or score < best_score or (score == best_score and id < best) then
+      best, best_score = id, score
+    end
+  end
+end
+if best == nil then
+  return false
+end
+redis.call('SET', KEYS[1], best, 'PX', ttl)
+redis.call('ZADD', 'convene:rooms:' .. best, now + ttl, ARGV[2])
+if owner then
+  redis.call('ZREM', 'convene:rooms:' .. owner, ARGV[2])
+end
+return best
+",
+        )
+    })
+}
+
+/// KEYS[1] the room's key; ARGV: room ttl (ms), room, this node. Renews the room's placement
+/// here, or takes it when nobody holds it; leaves a room placed elsewhere alone.
+fn renew_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[3] and redis.call('EXISTS', 'convene:node:' .. owner) == 1 then
+  return 0
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('SET', KEYS[1], ARGV[3], 'PX', tonumber(ARGV[1]))
+redis.call('ZADD', 'convene:rooms:' .. ARGV[3], now + tonumber(ARGV[1]), ARGV[2])
+if owner and owner ~= ARGV[3] then
+  redis.call('ZREM', 'convene:rooms:' .. owner, ARGV[2])
+end
+return 1
+",
+        )
+    })
 }
 
 /// The process's CPU and the media it sent between two heartbeats.
@@ -235,4 +442,46 @@ impl LoadSampler {
 
 fn process_cpu_seconds() -> f64 {
     crate::load::procfs::cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
+/// The WebSocket URL of a node's signaling, from its HTTP URL.
+pub fn ws_url(http_url: &str) -> String {
+    let base = http_url.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{base}/ws")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_socket_url_follows_its_scheme() {
+        assert_eq!(ws_url("http://10.0.0.2:8080"), "ws://10.0.0.2:8080/ws");
+        assert_eq!(ws_url("https://n2.example.com/"), "wss://n2.example.com/ws");
+    }
+
+    #[test]
+    fn peers_cpu_and_bandwidth_all_raise_the_score() {
+        let idle = load_score(&NodeLoad::default());
+        let busy = |load: NodeLoad| load_score(&load) > idle;
+        assert!(busy(NodeLoad {
+            peers: 1,
+            ..Default::default()
+        }));
+        assert!(busy(NodeLoad {
+            cpu_percent: 5.0,
+            ..Default::default()
+        }));
+        assert!(busy(NodeLoad {
+            forwarded_bps: 2e6,
+            ..Default::default()
+        }));
+    }
 }

@@ -257,6 +257,11 @@ pub struct Config {
     pub cluster_heartbeat: Duration,
     #[serde(with = "humantime_serde")]
     pub cluster_node_ttl: Duration,
+    /// How long a room's placement on a node stands without that node renewing it (it renews
+    /// every heartbeat while it serves the room): covers a client's way from the REST join to
+    /// its socket, and keeps an emptied room where it was for a while.
+    #[serde(with = "humantime_serde")]
+    pub cluster_room_ttl: Duration,
     /// Usernames of the operators who may read cluster state (`GET /api/v1/cluster/nodes`).
     pub admins: Vec<String>,
     /// Base URL clients reach this server at, for join links (`{public_url}/m/{code}`).
@@ -401,6 +406,7 @@ impl Default for Config {
             node_id: String::new(),
             cluster_heartbeat: Duration::from_secs(2),
             cluster_node_ttl: Duration::from_secs(6),
+            cluster_room_ttl: Duration::from_secs(60),
             admins: Vec::new(),
             public_url: String::new(),
             access_token_ttl: Duration::from_secs(15 * 60),
@@ -618,6 +624,12 @@ impl Config {
             return Err(invalid(
                 "cluster_node_ttl",
                 "must be at least twice cluster_heartbeat, which must be positive",
+            ));
+        }
+        if self.cluster_room_ttl < self.cluster_heartbeat * 2 {
+            return Err(invalid(
+                "cluster_room_ttl",
+                "must be at least twice cluster_heartbeat",
             ));
         }
         let turn = &self.turn;

@@ -109,6 +109,10 @@ fn is_media_endpoint(path: &str) -> bool {
 }
 
 pub async fn enforce(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // Counted on the node that received it.
+    if state.forwarded_by_node(request.headers()) {
+        return next.run(request).await;
+    }
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

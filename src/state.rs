@@ -39,3 +39,30 @@ pub struct AppState {
     /// Cleared when shutdown starts, so /readyz turns away new load first.
     pub accepting: Arc<AtomicBool>,
 }
+
+/// The header a node sets when it hands a request on to the node that owns its meeting.
+pub const FORWARDED: &str = "x-convene-forwarded";
+/// The client's address, as the node that received the request saw it.
+pub const FORWARDED_FOR: &str = "x-convene-client-ip";
+
+impl AppState {
+    /// Whether another node of the cluster handed this request on (it carries the cluster's
+    /// forward key): it was rate-limited there, and is served here as it is.
+    pub fn forwarded_by_node(&self, headers: &axum::http::HeaderMap) -> bool {
+        if self.cluster.is_none() {
+            return false;
+        }
+        let Some(given) = headers.get(FORWARDED) else {
+            return false;
+        };
+        let expected = self.keys.cluster_forward_key();
+        let given = given.as_bytes();
+        // Compared without an early exit: the key must not leak a byte at a time.
+        given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::api::{assert_error, TestUser};
+use common::api::assert_error;
 use common::client::{error_code, WhepSubscriber, WhipPublisher};
 use common::TestServer;
 use convene::domain::token::{Grants, JoinClaims};
@@ -16,39 +16,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 const WITHIN: Duration = Duration::from_secs(10);
-
-/// A live meeting of `host` that admits guests straight in.
-async fn meeting(server: &TestServer, host: &TestUser) -> Value {
-    let (status, meeting) = server
-        .call(
-            Method::POST,
-            "/meetings",
-            Some(&host.token),
-            Some(json!({"title": "Edge", "settings": {"waiting_room": false}})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{meeting}");
-    meeting
-}
-
-/// Joins over REST (as `user`, or a guest); returns the join reply.
-async fn join(server: &TestServer, meeting: &Value, user: Option<&TestUser>) -> Value {
-    let path = format!("/meetings/{}/join", meeting["id"].as_str().unwrap());
-    let body = match user {
-        Some(_) => json!({}),
-        None => json!({"display_name": "Guest"}),
-    };
-    let (status, reply) = server
-        .call(
-            Method::POST,
-            &path,
-            user.map(|u| u.token.as_str()),
-            Some(body),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{reply}");
-    reply
-}
 
 fn room(meeting: &Value) -> &str {
     meeting["id"].as_str().unwrap()
@@ -181,8 +148,8 @@ async fn a_ban_closes_live_whip_sessions_and_refuses_new_ones() {
     let server = TestServer::start().await;
     let host = server.user("host").await;
     let pat = server.user("pat").await;
-    let meeting = meeting(&server, &host).await;
-    let seat = join(&server, &meeting, Some(&pat)).await;
+    let meeting = server.open_meeting(&host).await;
+    let seat = server.join_meeting(&meeting, Some(&pat)).await;
     let token = join_token(&seat).to_owned();
     let publisher = WhipPublisher::connect(&server, room(&meeting), &token).await;
 
@@ -219,8 +186,8 @@ async fn a_ban_closes_live_whip_sessions_and_refuses_new_ones() {
 async fn a_kick_without_ban_revokes_the_token_until_a_new_join() {
     let server = TestServer::start().await;
     let host = server.user("host").await;
-    let meeting = meeting(&server, &host).await;
-    let guest = join(&server, &meeting, None).await;
+    let meeting = server.open_meeting(&host).await;
+    let guest = server.join_meeting(&meeting, None).await;
     let token = join_token(&guest).to_owned();
     let kick = format!(
         "/meetings/{}/participants/{}/kick",
@@ -250,9 +217,9 @@ async fn a_newer_join_revokes_the_earlier_token() {
     let server = TestServer::start().await;
     let host = server.user("host").await;
     let pat = server.user("pat").await;
-    let meeting = meeting(&server, &host).await;
-    let first = join(&server, &meeting, Some(&pat)).await;
-    let second = join(&server, &meeting, Some(&pat)).await;
+    let meeting = server.open_meeting(&host).await;
+    let first = server.join_meeting(&meeting, Some(&pat)).await;
+    let second = server.join_meeting(&meeting, Some(&pat)).await;
     assert_eq!(
         whip_refusal(&server, room(&meeting), join_token(&first)).await,
         Some((StatusCode::FORBIDDEN, "seat_gone".into()))
@@ -267,9 +234,9 @@ async fn a_newer_join_revokes_the_earlier_token() {
 async fn ending_a_meeting_closes_whip_and_whep_and_refuses_new_sessions() {
     let server = TestServer::start().await;
     let host = server.user("host").await;
-    let meeting = meeting(&server, &host).await;
+    let meeting = server.open_meeting(&host).await;
     let room = room(&meeting).to_owned();
-    let guest = join(&server, &meeting, None).await;
+    let guest = server.join_meeting(&meeting, None).await;
     // An encoder with an operator token (no seat) and a viewer with a participant's token.
     let encoder = server.token(&room, "encoder", true, false);
     let publisher = WhipPublisher::connect(&server, &room, &encoder).await;
@@ -299,8 +266,8 @@ async fn a_kicked_moderator_cannot_mint_invite_links() {
     let server = TestServer::start().await;
     let host = server.user("host").await;
     let mo = server.user("mo").await;
-    let meeting = meeting(&server, &host).await;
-    let seat = join(&server, &meeting, Some(&mo)).await;
+    let meeting = server.open_meeting(&host).await;
+    let seat = server.join_meeting(&meeting, Some(&mo)).await;
     let participant = format!(
         "/meetings/{}/participants/{}",
         room(&meeting),
@@ -340,7 +307,7 @@ async fn a_kicked_moderator_cannot_mint_invite_links() {
         .await;
     assert_error(&refused, StatusCode::FORBIDDEN, "forbidden");
     // Rejoining after the kick does not bring the promotion back.
-    let again = join(&server, &meeting, Some(&mo)).await;
+    let again = server.join_meeting(&meeting, Some(&mo)).await;
     assert_eq!(again["role"], "participant");
 }
 

@@ -72,3 +72,133 @@ struct Doc;
 pub fn openapi() -> utoipa::openapi::OpenApi {
     Doc::openapi()
 }
+
+/// In cluster mode, a request about one meeting (`/api/v1/meetings/{id}/…`, and a change or
+/// cancellation of the meeting itself) is served by the node its room is placed on: that node
+/// holds the meeting's sockets, media and recording, so a kick, a chat message or a recording
+/// started there acts at once and writes the store once. Another node hands the request on
+/// over HTTP (one hop, with the cluster's forward key) and returns the owner's answer. A join
+/// places the room (docs/cluster.md); anything else about a room placed nowhere, or whose
+/// owner died, is served where it arrived. Without Redis every node serves what reaches it.
+pub async fn route_to_owner(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    use axum::response::IntoResponse;
+    let Some(cluster) = state.cluster.clone() else {
+        return next.run(request).await;
+    };
+    if state.forwarded_by_node(request.headers()) {
+        return next.run(request).await;
+    }
+    let Some(rest) = request.uri().path().strip_prefix("/api/v1/meetings/") else {
+        return next.run(request).await;
+    };
+    let (key, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let method = request.method().clone();
+    let about_live_meeting = if tail.is_empty() {
+        method == Method::PATCH || method == Method::DELETE
+    } else {
+        true
+    };
+    if key.is_empty() || !about_live_meeting {
+        return next.run(request).await;
+    }
+    let joining = tail == "join" && method == Method::POST;
+    // Unknown meetings are the handler's to refuse.
+    let Ok(meeting) = state.store.meeting(key).await else {
+        return next.run(request).await;
+    };
+    let owner = if joining && !crate::domain::meetings::is_closed(&meeting.status) {
+        cluster.place(&meeting.id).await
+    } else {
+        cluster
+            .owner(&meeting.id)
+            .await
+            .unwrap_or(crate::cluster::Owner::Here)
+    };
+    match owner {
+        crate::cluster::Owner::Here => next.run(request).await,
+        crate::cluster::Owner::Node(node) => match forward(&state, &node, request).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "the meeting's node did not answer");
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "node_unavailable",
+                    "the node serving this meeting did not answer; try again",
+                )
+                .into_response()
+            }
+        },
+    }
+}
+
+/// Hands `request` to `node` and returns its answer as it is.
+async fn forward(
+    state: &AppState,
+    node: &NodeEntry,
+    request: axum::extract::Request,
+) -> anyhow::Result<axum::response::Response> {
+    use axum::http::header;
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client with rustls builds")
+    });
+    let client_ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{}", node.http_url.trim_end_matches('/'), path);
+    let body = axum::body::to_bytes(body, state.config.max_body_bytes).await?;
+    let mut outgoing = client.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if !is_hop_by_hop(name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    outgoing = outgoing.header(crate::state::FORWARDED, state.keys.cluster_forward_key());
+    if let Some(ip) = client_ip {
+        outgoing = outgoing.header(crate::state::FORWARDED_FOR, ip);
+    }
+    let answer = outgoing.send().await?;
+    let mut response = axum::response::Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if !is_hop_by_hop(name) && name != header::CONTENT_LENGTH {
+            response = response.header(name, value);
+        }
+    }
+    // Streamed: a recording download can be large.
+    Ok(response.body(axum::body::Body::from_stream(answer.bytes_stream()))?)
+}
+
+fn is_hop_by_hop(name: &axum::http::HeaderName) -> bool {
+    use axum::http::header;
+    [
+        header::HOST,
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+        header::UPGRADE,
+        header::TE,
+        header::TRAILER,
+        header::PROXY_AUTHORIZATION,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str() == crate::state::FORWARDED
+        || name.as_str() == crate::state::FORWARDED_FOR
+}

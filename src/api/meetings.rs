@@ -255,7 +255,10 @@ pub struct JoinResponse {
     pub display_name: String,
     pub mic_muted: bool,
     pub camera_off: bool,
+    /// Where to open the signaling socket: `/ws` on a single node; in a cluster, the absolute
+    /// URL of the node serving the meeting.
     pub ws_url: String,
+    /// The room's WHIP and WHEP endpoints, absolute in a cluster (as `ws_url`).
     pub whip_url: String,
     pub whep_url: String,
     pub ice_servers: Vec<IceServerView>,
@@ -1100,13 +1103,22 @@ async fn join_meeting(
                 .into_iter()
                 .map(IceServerView::from)
                 .collect();
+            // In a cluster, this node is the room's (requests about a meeting are served by
+            // its node): the client goes on here, wherever it asked.
+            let (base, ws_url) = match &state.cluster {
+                Some(cluster) => (
+                    cluster.http_url().trim_end_matches('/').to_owned(),
+                    crate::cluster::ws_url(cluster.http_url()),
+                ),
+                None => (String::new(), "/ws".to_owned()),
+            };
             let response = JoinResponse {
                 join_token: admission.join_token,
                 role: admission.role,
                 participant_id: admission.participant_id,
-                whip_url: format!("/whip/{room}"),
-                whep_url: format!("/whep/{room}"),
-                ws_url: "/ws".to_owned(),
+                whip_url: format!("{base}/whip/{room}"),
+                whep_url: format!("{base}/whep/{room}"),
+                ws_url,
                 meeting_id: admission.meeting_id,
                 room,
                 identity: admission.identity,

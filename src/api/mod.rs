@@ -87,7 +87,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// Statuses every operation can answer whatever its handler says, from the layers in front of
 /// it: 429 (rate limits), 422 (a query with control characters), 404 (a path that names nothing),
-/// and for bodies 400 (malformed JSON), 413, 415 and 422 (invalid fields). Documented once here,
+/// 503 for a meeting's paths (a cluster node handing the request to the meeting's node that
+/// does not answer), and for bodies 400 (malformed JSON), 413, 415 and 422 (invalid fields). Documented once here,
 /// so schema-driven clients and fuzzers expect exactly what the server does.
 fn add_common_errors(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::content::ContentBuilder;
@@ -139,6 +140,12 @@ fn add_common_errors(doc: &mut utoipa::openapi::OpenApi) {
             );
             if path.contains('{') {
                 add("404", "not_found: no such resource");
+            }
+            if path.starts_with("/meetings/{") {
+                add(
+                    "503",
+                    "node_unavailable: in a cluster, the node serving this meeting did not answer",
+                );
             }
             if has_body {
                 add("400", "bad_json: the body is not JSON");

@@ -124,6 +124,18 @@ impl TokenKeys {
         }
     }
 
+    /// What a node puts in `x-convene-forwarded` when it hands a request to the node owning
+    /// its meeting: derived from the server secret, which every node of a cluster shares.
+    pub fn cluster_forward_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(
+            Sha256::new()
+                .chain_update(b"convene cluster forward v1")
+                .chain_update(&*self.secret)
+                .finalize(),
+        )
+    }
+
     /// The REST access-token keys, derived from the same server secret.
     pub fn access_keys(&self, ttl: Duration) -> super::access::AccessKeys {
         super::access::AccessKeys::new(&self.secret, ttl)

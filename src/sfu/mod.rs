@@ -596,6 +596,11 @@ impl Sfu {
         self.engines.iter().map(|e| e.media_addr).collect()
     }
 
+    /// The rooms with anybody in them (or about to have).
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.placement.rooms()
+    }
+
     /// The engine holding `room`, if anybody is in it.
     pub fn engine_of_room(&self, room: &RoomId) -> Option<usize> {
         self.placement.find(room)

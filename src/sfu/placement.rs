@@ -62,6 +62,12 @@ impl Placement {
         rooms.get(room).map(|p| p.engine)
     }
 
+    /// Every placed room.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.keys().cloned().collect()
+    }
+
     /// A claimed command was handled; `open` says whether the room holds peers now.
     pub fn settle(&self, room: &RoomId, open: bool) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());

@@ -45,6 +45,9 @@ pub mod close {
     pub const TIMEOUT: u16 = 4408;
     /// A client message the server cannot honour keeps the socket; the server failed.
     pub const INTERNAL: u16 = 1011;
+    /// `wrong_node`: the meeting is served by another node of the cluster (the `error` names
+    /// its `ws_url`).
+    pub const WRONG_NODE: u16 = 4307;
 }
 
 // ---- client → server ---------------------------------------------------------------------
@@ -396,6 +399,9 @@ pub enum ServerMessage {
         message: String,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
+        /// `wrong_node`: the socket of the node serving the meeting, to join there instead.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ws_url: Option<String>,
     },
     Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -420,6 +426,7 @@ impl ServerMessage {
             code: code.to_owned(),
             message: message.into(),
             reference,
+            ws_url: None,
         }
     }
 

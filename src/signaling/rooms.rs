@@ -199,6 +199,11 @@ impl Signaling {
         true
     }
 
+    /// The meetings with a room task now.
+    pub fn meeting_ids(&self) -> Vec<String> {
+        self.lock().rooms.keys().cloned().collect()
+    }
+
     /// Meetings with a room task now.
     pub fn open_rooms(&self) -> usize {
         self.lock().rooms.len()

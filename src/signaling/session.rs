@@ -112,6 +112,8 @@ pub(crate) struct JoinFailure {
     pub code: &'static str,
     pub message: String,
     pub close: u16,
+    /// `wrong_node`: where to join instead.
+    pub ws_url: Option<String>,
 }
 
 impl JoinFailure {
@@ -120,6 +122,7 @@ impl JoinFailure {
             code,
             message: message.into(),
             close,
+            ws_url: None,
         }
     }
 }
@@ -241,6 +244,19 @@ pub(crate) async fn join(
         }
     }
 
+    // In a cluster, a meeting's sessions live on the node its room is placed on (placed now if
+    // it is nowhere, or again if its node died): a socket elsewhere is sent there.
+    if let Some(cluster) = &state.cluster {
+        if let crate::cluster::Owner::Node(node) = cluster.place(&meeting.id).await {
+            let mut failure = JoinFailure::new(
+                "wrong_node",
+                format!("this meeting is served by node {}: join there", node.id),
+                close::WRONG_NODE,
+            );
+            failure.ws_url = Some(crate::cluster::ws_url(&node.http_url));
+            return Err(failure);
+        }
+    }
     let mut socket = socket;
     if let Some((held, session)) = state
         .live
@@ -313,6 +329,12 @@ async fn start(
 ) -> Result<mpsc::UnboundedSender<Input>, JoinFailure> {
     let room = RoomId(meeting.id.clone());
     let identity = seat.identity.clone();
+    if let Some(cluster) = &state.cluster {
+        state
+            .store
+            .set_seat_node(&meeting.id, &seat.id, cluster.node_id())
+            .await?;
+    }
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let (sfu_tx, sfu_events) = mpsc::unbounded_channel();
     let role = if seat.user_id.as_deref() == Some(meeting.host_id.as_str()) {

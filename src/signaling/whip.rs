@@ -194,6 +194,32 @@ async fn create(
         Need::Subscribe
     };
     let claims = authorize(&state.keys, &headers, &room, need)?;
+    // A room is served by one node of a cluster: elsewhere, the client is sent there
+    // (RFC 9725 §4.5 lets a WHIP/WHEP POST be redirected; 307 keeps the method and the offer).
+    let mut base = String::new();
+    if let Some(cluster) = &state.cluster {
+        if let crate::cluster::Owner::Node(node) = cluster.place(&room).await {
+            let mut location = format!(
+                "{}/{}/{}",
+                node.http_url.trim_end_matches('/'),
+                kind.path(),
+                room
+            );
+            if !query.is_empty() {
+                let pairs: Vec<String> = query
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+                    .collect();
+                location = format!("{location}?{}", pairs.join("&"));
+            }
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            response
+                .headers_mut()
+                .insert(header::LOCATION, header_value(&location)?);
+            return Ok(response);
+        }
+        base = cluster.http_url().trim_end_matches('/').to_owned();
+    }
     state.limits.check_media_identity(&room, &claims.sub)?;
     let admitted = admission::check(&state.store, &state.config, &claims).await?;
     require_content_type(&headers, SDP)?;
@@ -221,7 +247,12 @@ async fn create(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
     headers.insert(
         header::LOCATION,
-        header_value(&format!("/{}/{}/{}", kind.path(), room, negotiated.session))?,
+        header_value(&format!(
+            "{base}/{}/{}/{}",
+            kind.path(),
+            room,
+            negotiated.session
+        ))?,
     );
     headers.insert(
         header::ETAG,
@@ -230,7 +261,7 @@ async fn create(
     headers.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
     if kind == Kind::Whep {
         let layer = format!(
-            "</whep/{room}/{}/layer>; rel=\"{LAYER_REL}\"",
+            "<{base}/whep/{room}/{}/layer>; rel=\"{LAYER_REL}\"",
             negotiated.session
         );
         headers.append(header::LINK, header_value(&layer)?);
@@ -422,6 +453,19 @@ fn ice_server_links(servers: &[IceServer]) -> Vec<String> {
         }
     }
     links
+}
+
+/// Percent-encodes a query component (RFC 3986 unreserved characters stay).
+fn urlencode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -446,6 +446,18 @@ impl Connection {
             }
             Err(failure) => {
                 info!(room = %claims.room, identity = %claims.sub, code = failure.code, "join refused");
+                if let Some(ws_url) = failure.ws_url {
+                    let _ = self
+                        .send(&ServerMessage::Error {
+                            code: failure.code.to_owned(),
+                            message: failure.message,
+                            reference,
+                            ws_url: Some(ws_url),
+                        })
+                        .await;
+                    self.close(failure.close, failure.code).await;
+                    return Flow::Stop;
+                }
                 self.refuse(failure.code, &failure.message, failure.close, reference)
                     .await
             }
@@ -536,6 +548,21 @@ impl Connection {
                 return None;
             }
         };
+        // The meeting's moderators and its decisions are on the node serving it.
+        if let Some(cluster) = &self.state.cluster {
+            if let crate::cluster::Owner::Node(node) = cluster.place(&claims.meeting).await {
+                let _ = self
+                    .send(&ServerMessage::Error {
+                        code: "wrong_node".to_owned(),
+                        message: format!("this meeting is served by node {}: wait there", node.id),
+                        reference: None,
+                        ws_url: Some(crate::cluster::ws_url(&node.http_url)),
+                    })
+                    .await;
+                self.close(close::WRONG_NODE, "wrong_node").await;
+                return None;
+            }
+        }
         let view = WaitingView {
             participant_id: participant.id.clone(),
             display_name: participant.display_name.clone(),

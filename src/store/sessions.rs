@@ -76,6 +76,68 @@ impl Store {
         Ok((closed, live))
     }
 
+    /// Cluster mode: the seat's session is on `node` now.
+    pub async fn set_seat_node(
+        &self,
+        meeting_id: &str,
+        participant_id: &str,
+        node: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE participants SET node_id = $1 WHERE meeting_id = $2 AND id = $3")
+            .bind(node)
+            .bind(meeting_id)
+            .bind(participant_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Cluster mode: the nodes named by seats still `joined`.
+    pub async fn seat_nodes(&self) -> StoreResult<Vec<String>> {
+        sqlx::query(
+            "SELECT DISTINCT node_id FROM participants \
+             WHERE status = 'joined' AND node_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| Ok(sqlx::Row::try_get::<String, _>(row, "node_id")?))
+        .collect()
+    }
+
+    /// Cluster mode: closes the seats `node`'s sessions held (it stopped, or died and its
+    /// clients did not come back elsewhere within the resume grace). Returns how many, and the
+    /// still-live meetings they were in.
+    pub async fn reconcile_seats_of_node(
+        &self,
+        node: &str,
+        now: i64,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        let mut tx = self.pool.begin().await?;
+        let meetings = sqlx::query(
+            "SELECT DISTINCT p.meeting_id AS id FROM participants p \
+             JOIN meetings m ON m.id = p.meeting_id \
+             WHERE p.status = 'joined' AND p.node_id = $1 AND m.status = 'live'",
+        )
+        .bind(node)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| sqlx::Row::try_get::<String, _>(row, "id"))
+        .collect::<Result<Vec<_>, _>>()?;
+        let closed = sqlx::query(
+            "UPDATE participants SET status = 'left', left_at = $1 \
+             WHERE status = 'joined' AND node_id = $2",
+        )
+        .bind(now)
+        .bind(node)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok((closed, meetings))
+    }
+
     /// Clears one of a participant's media flags (unmuted, camera on).
     pub async fn unmute_participant(
         &self,

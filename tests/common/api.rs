@@ -2,7 +2,7 @@
 //! resource does not depend on another's endpoints), and requests returning (status, JSON).
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::TestServer;
 
@@ -16,6 +16,39 @@ pub struct TestUser {
 }
 
 impl TestServer {
+    /// A live meeting of `host` that admits guests straight in.
+    pub async fn open_meeting(&self, host: &TestUser) -> Value {
+        let (status, meeting) = self
+            .call(
+                Method::POST,
+                "/meetings",
+                Some(&host.token),
+                Some(json!({"title": "Open", "settings": {"waiting_room": false}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{meeting}");
+        meeting
+    }
+
+    /// Joins `meeting` over REST (as `user`, or a guest); returns the join reply.
+    pub async fn join_meeting(&self, meeting: &Value, user: Option<&TestUser>) -> Value {
+        let path = format!("/meetings/{}/join", meeting["id"].as_str().unwrap());
+        let body = match user {
+            Some(_) => json!({}),
+            None => json!({"display_name": "Guest"}),
+        };
+        let (status, reply) = self
+            .call(
+                Method::POST,
+                &path,
+                user.map(|u| u.token.as_str()),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        reply
+    }
+
     /// Creates a user (unique name derived from `name`) and an access token for it.
     pub async fn user(&self, name: &str) -> TestUser {
         let suffix = &uuid::Uuid::now_v7().simple().to_string()[20..];

@@ -582,15 +582,33 @@ impl Session {
         token: &str,
         offer: String,
     ) -> Result<Self, HttpError> {
-        let response = server
-            .http
-            .post(server.url(path))
-            .header(CONTENT_TYPE, SDP)
-            .header(AUTHORIZATION, format!("Bearer {token}"))
-            .body(offer.clone())
-            .send()
-            .await
-            .expect("POST reaches the server");
+        // A cluster node answers 307 for a room served elsewhere. Followed here, sending the
+        // token again: HTTP clients drop Authorization on a redirect to another origin.
+        static NO_REDIRECTS: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let client = NO_REDIRECTS.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap()
+        });
+        let mut url = server.url(path);
+        let mut redirects = 0;
+        let response = loop {
+            let response = client
+                .post(&url)
+                .header(CONTENT_TYPE, SDP)
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+                .body(offer.clone())
+                .send()
+                .await
+                .expect("POST reaches the server");
+            if response.status() != StatusCode::TEMPORARY_REDIRECT || redirects == 3 {
+                break response;
+            }
+            redirects += 1;
+            url = response.headers()[LOCATION].to_str().unwrap().to_owned();
+        };
         let status = response.status();
         let header = |name| {
             response
@@ -614,7 +632,12 @@ impl Session {
         Ok(Self {
             http: server.http.clone(),
             token: token.to_owned(),
-            url: server.url(&location),
+            // In a cluster the node serving the room answers with an absolute URL.
+            url: if location.starts_with("http") {
+                location.clone()
+            } else {
+                server.url(&location)
+            },
             location,
             etag: etag.expect("201 carries ETag"),
             offer,

@@ -7,6 +7,7 @@ pub mod client;
 pub mod media;
 pub mod netns;
 pub mod process;
+pub mod redis;
 pub mod turn_client;
 
 use std::time::Duration;

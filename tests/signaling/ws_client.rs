@@ -76,7 +76,8 @@ impl Ws {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 return Err(response.status().as_u16())
             }
-            Err(e) => panic!("connecting {url}: {e}"),
+            // Nobody listens (a node that died): status 0.
+            Err(_) => return Err(0),
         };
         let (mut sink, mut source) = stream.split();
         let (writer, mut outgoing) = mpsc::unbounded_channel::<Message>();
@@ -450,6 +451,68 @@ impl MediaClient {
             .expect("upgrade accepted");
         ws.send(json!({"type": "join"}));
         let joined = ws.expect("joined").await;
+        Self::joined(ws, joined, offers, name, trickle).await
+    }
+
+    /// Joins a cluster through the node at `entry`: follows `wrong_node` to the node serving
+    /// the meeting, and starts over at `entry` while the node named does not answer (it died and
+    /// the registry does not know yet). `resume`: the join asks to resume. Panics after `within`.
+    pub async fn join_cluster(
+        entry: std::net::SocketAddr,
+        name: &str,
+        token: &str,
+        resume: bool,
+        within: Duration,
+    ) -> Self {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut addr = entry;
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never joined the cluster"
+            );
+            let (offers_tx, offers) = mpsc::unbounded_channel();
+            let Ok(mut ws) =
+                Ws::connect_diverting_to(addr, &format!("?token={token}"), Some(offers_tx)).await
+            else {
+                addr = entry;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            ws.send(json!({"type": "join", "resume": resume}));
+            let first = tokio::time::timeout(WAIT, ws.inbox.recv())
+                .await
+                .ok()
+                .flatten();
+            match first {
+                Some(message) if message["type"] == "joined" => {
+                    return Self::joined(ws, message, offers, name, false).await
+                }
+                Some(message) if message["code"] == "wrong_node" => {
+                    let url = message["ws_url"].as_str().expect("wrong_node names ws_url");
+                    addr = url
+                        .strip_prefix("ws://")
+                        .and_then(|rest| rest.strip_suffix("/ws"))
+                        .and_then(|host| host.parse().ok())
+                        .unwrap_or_else(|| panic!("ws_url {url}"));
+                    assert_eq!(ws.closed().await.0, 4307, "wrong_node closes with 4307");
+                }
+                Some(message) => panic!("{name}: {message}"),
+                None => {
+                    addr = entry;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn joined(
+        ws: Ws,
+        joined: Value,
+        offers: mpsc::UnboundedReceiver<Value>,
+        name: &str,
+        trickle: bool,
+    ) -> Self {
         let joined_at = std::time::Instant::now();
         let received = Arc::new(watch::Sender::new(HashMap::new()));
         let (candidates_tx, candidates) = mpsc::unbounded_channel();

@@ -262,6 +262,7 @@ async function enterMeeting(data) {
   if (!st.local.stream) await getMedia();
   const s = new Session({
     token: data.join_token,
+    wsUrl: data.ws_url,
     iceServers: data.ice_servers,
     // ?relay=1: media only through TURN, as behind a firewall that lets nothing else out.
     relay: new URLSearchParams(location.search).get('relay') === '1',

@@ -19,11 +19,17 @@ export class Session {
     this.offerChain = Promise.resolve();
     this.ref = 0;
     this.answers = new Map();
+    // In a cluster the join names the node serving the meeting (docs/cluster.md).
+    this.wsUrl = opts.wsUrl || '';
+  }
+
+  socketUrl() {
+    if (/^wss?:\/\//.test(this.wsUrl)) return this.wsUrl;
+    return originSocket();
   }
 
   connect(resume = false) {
-    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const ws = new WebSocket(`${proto}//${location.host}/ws?token=${encodeURIComponent(this.token)}`);
+    const ws = new WebSocket(`${this.socketUrl()}?token=${encodeURIComponent(this.token)}`);
     this.ws = ws;
     ws.onopen = () => ws.send(JSON.stringify({ type: 'join', version: 1, resume }));
     ws.onmessage = (ev) => {
@@ -33,6 +39,8 @@ export class Session {
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws || this.closed) return;
+      // wrong_node: the meeting is on another node; its error named the socket to join.
+      if (ev.code === 4307) { this.connect(this.joined); return; }
       if (FINAL.has(ev.code)) {
         this.closed = true;
         this.opts.onEvent({ type: 'closed', code: ev.code });
@@ -45,6 +53,9 @@ export class Session {
         return;
       }
       this.opts.onStatus('reconnecting', 'Connection lost. Reconnecting…');
+      // The node itself may be gone: after a failed try, ask this page's own server, which
+      // sends us on to wherever the meeting is placed now.
+      if (this.retries > 1) this.wsUrl = '';
       setTimeout(() => this.connect(this.joined), 1500);
     };
   }
@@ -58,6 +69,12 @@ export class Session {
       case 'joined':
         this.retries = 0;
         if (msg.resumed && this.pub) { this.opts.onStatus('ok', 'Reconnected.'); }
+        if (!msg.resumed && this.pub) {
+          // A new session (its node changed, or the old one was given up): new connections.
+          this.pub.close(); this.pub = null;
+          this.sub?.close(); this.sub = null;
+          this.opts.onStatus('ok', 'Reconnected.');
+        }
         this.joined = true;
         this.opts.onEvent(msg);
         if (!msg.resumed || !this.pub) await this.startPublishing();
@@ -83,6 +100,7 @@ export class Session {
           this.answers.get(String(msg.ref))(null, msg);
           this.answers.delete(String(msg.ref));
         }
+        if (msg.code === 'wrong_node' && msg.ws_url) this.wsUrl = msg.ws_url;
         if (msg.code === 'publisher_closed') { this.pub?.close(); this.pub = null; await this.startPublishing(); }
         this.opts.onEvent(msg);
         return;
@@ -230,14 +248,24 @@ function waitGathering(pc, ms) {
 }
 
 /** Opens the waiting-room socket; resolves with the join token once admitted. */
-export function waitForAdmission(waitToken, onEvent) {
+function originSocket() {
+  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${proto}//${location.host}/ws`;
+}
+
+export function waitForAdmission(waitToken, onEvent, url = originSocket()) {
   return new Promise((resolve, reject) => {
-    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const ws = new WebSocket(`${proto}//${location.host}/ws?wait_token=${encodeURIComponent(waitToken)}`);
+    const ws = new WebSocket(`${url}?wait_token=${encodeURIComponent(waitToken)}`);
     let settled = false;
     ws.onmessage = (ev) => {
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
+      if (msg.type === 'error' && msg.code === 'wrong_node' && msg.ws_url) {
+        // The meeting's moderators are on another node: wait there.
+        settled = true;
+        waitForAdmission(waitToken, onEvent, msg.ws_url).then(resolve, reject);
+        return;
+      }
       onEvent?.(msg);
       if (msg.type === 'admitted' && msg.join_token) { settled = true; ws.close(); resolve(msg.join_token); }
       if (['denied', 'kicked', 'meeting_ended'].includes(msg.type)) { settled = true; reject(Object.assign(new Error(msg.type), { code: msg.type })); }
