@@ -26,11 +26,16 @@ let browser;
 
 async function until(page, what, fn, arg) {
   info(`waiting: ${what}`);
-  try {
-    await page.waitForFunction(fn, arg, { timeout: STEP_MS, polling: 500 });
-  } catch {
-    throw new Error(`timed out: ${what}`);
+  // Polled with page.evaluate, which awaits an async check: waitForFunction does not await the
+  // predicate, so a promise (always truthy) would pass at once.
+  const deadline = Date.now() + STEP_MS;
+  let last;
+  while (Date.now() < deadline) {
+    last = await page.evaluate(fn, arg).catch((e) => ({ error: e.message }));
+    if (last && !last.error) return last;
+    await new Promise((r) => setTimeout(r, 500));
   }
+  throw new Error(`timed out: ${what}${last?.error ? ` (${last.error})` : ''}`);
 }
 
 async function open(name, query) {
