@@ -297,6 +297,7 @@ impl Inner {
                 .iter()
                 .map(|room| {
                     let mut invocation = script.key(room_key(room));
+                    invocation.key(served_key(room));
                     invocation.arg(ttl).arg(room).arg(&self.id);
                     invocation
                 })
@@ -327,6 +328,12 @@ impl Inner {
 
 fn room_key(room: &str) -> String {
     format!("convene:room:{room}")
+}
+
+/// Which node serves the room now (renewed by it): a placement not yet served can be taken over
+/// by the node that does serve it.
+fn served_key(room: &str) -> String {
+    format!("convene:served:{room}")
 }
 
 /// What one placed room weighs in the score, against one peer's 10: a room just placed is
@@ -384,20 +391,25 @@ return best
     })
 }
 
-/// KEYS[1] the room's key; ARGV: room ttl (ms), room, this node. Renews the room's placement
-/// here, or takes it when nobody holds it; leaves a room placed elsewhere alone.
+/// KEYS[1] the room's key, KEYS[2] its served key; ARGV: room ttl (ms), room, this node.
+/// Renews the room's placement here (and marks it served here), or takes it when no live node
+/// serves it: nobody holds it, or it was placed on a node that does not serve it yet (after
+/// Redis restarted empty, a join elsewhere may place a room this node still holds: the node
+/// with the sockets and media wins). Leaves a room served elsewhere alone.
 fn renew_script() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
         redis::Script::new(
             r"
 local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[3] and redis.call('EXISTS', 'convene:node:' .. owner) == 1 then
+if owner and owner ~= ARGV[3] and redis.call('EXISTS', 'convene:node:' .. owner) == 1
+    and redis.call('GET', KEYS[2]) == owner then
   return 0
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('SET', KEYS[1], ARGV[3], 'PX', tonumber(ARGV[1]))
+redis.call('SET', KEYS[2], ARGV[3], 'PX', tonumber(ARGV[1]))
 redis.call('ZADD', 'convene:rooms:' .. ARGV[3], now + tonumber(ARGV[1]), ARGV[2])
 if owner and owner ~= ARGV[3] then
   redis.call('ZREM', 'convene:rooms:' .. owner, ARGV[2])

@@ -406,3 +406,123 @@ async fn kill_9_of_a_node_places_its_rooms_again_and_its_participants_resume_els
     assert_eq!(joined.get(&alice_id), Some(&1), "{list}");
     assert_eq!(joined.get(&bob_id), Some(&1), "{list}");
 }
+
+/// The browser page follows the cluster: served by node A, it joins a meeting placed on node K;
+/// when K is killed, it reconnects through A and meets again on a live node
+/// (tests/browser/cluster_meeting.mjs, headless Chromium).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meeting_page_moves_to_a_live_node_when_its_node_dies() {
+    let shared = Shared::new().await;
+    let a = shared.node("node-a", |_| {}).await;
+    let data = TempDir::new();
+    let env = shared.env("node-k");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let k = Process::start_with(&data, &shared.database_url, &env).await;
+    wait_registered(&a, 2).await;
+    let host = a.user("host").await;
+    let k_ws = format!("ws://{}/ws", k.addr);
+    let mut code = None;
+    for _ in 0..6 {
+        let m = meeting(&a, &host).await;
+        if join(&a, &m, Some(&host)).await["ws_url"] == k_ws.as_str() {
+            code = m["code"].as_str().map(str::to_owned);
+            break;
+        }
+    }
+    let code = code.expect("a meeting placed on node K");
+    let pid = k.pid().to_string();
+    common::browser::run_script(
+        "cluster_meeting.mjs",
+        &[
+            ("CONVENE_URL", a.base.as_str()),
+            ("CODE", code.as_str()),
+            ("DEAD_WS", k_ws.as_str()),
+            ("KILL_PID", pid.as_str()),
+        ],
+        Duration::from_secs(150),
+    )
+    .await;
+    drop(k);
+}
+
+/// Redis stopped mid-meeting: the meeting's node keeps its sockets and media, and when Redis
+/// returns empty (no persistence) the node claims its room again, so joins at another node
+/// are sent to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_mid_meeting_keeps_the_meeting_and_its_node_claims_it_back() {
+    let mut shared = Shared::new().await;
+    let a = shared.node("node-a", |_| {}).await;
+    let b = shared.node("node-b", |_| {}).await;
+    wait_registered(&a, 2).await;
+    let nodes = [&a, &b];
+    let host = a.user("host").await;
+    let guest = a.user("guest").await;
+    let m = meeting(&a, &host).await;
+    let host_join = join(&a, &m, Some(&host)).await;
+    let owner = node_of(&nodes, &host_join);
+    let other = nodes[1 - owner];
+    let guest_join = join(other, &m, Some(&guest)).await;
+    let entry = other.server.http_addr;
+    let within = Duration::from_secs(15);
+    let alice_token = host_join["join_token"].as_str().unwrap();
+    let bob_token = guest_join["join_token"].as_str().unwrap();
+    let mut alice = MediaClient::join_cluster(entry, "alice", alice_token, false, within).await;
+    let mut bob = MediaClient::join_cluster(entry, "bob", bob_token, false, within).await;
+    assert!(mic_flows(&mut alice, &mut bob).await >= 30);
+
+    shared.redis.stop();
+    let cluster = nodes[owner].server.state.cluster.clone().unwrap();
+    let deadline = tokio::time::Instant::now() + within;
+    while cluster.redis_up() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never seen away"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let track = bob
+        .received()
+        .keys()
+        .next()
+        .cloned()
+        .expect("bob has alice's track");
+    let before = bob.packets_from(&track, "alice", "mic");
+    for _ in 0..40 {
+        alice.send_round(&["mic"]).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = bob
+        .wait_packets(&track, "alice", "mic", before + 30, Duration::from_secs(10))
+        .await;
+    assert!(
+        got >= before + 30,
+        "{} packets while Redis was away",
+        got - before
+    );
+    alice.ws.send(json!({"type": "chat", "text": "still here"}));
+    bob.ws
+        .expect_where("chat_message", |m| m["text"] == "still here")
+        .await;
+
+    shared.redis.run();
+    let carol = a.user("carol").await;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, answer) = other
+            .call(
+                Method::POST,
+                &format!("/meetings/{}/join", m["id"].as_str().unwrap()),
+                Some(&carol.token),
+                Some(json!({})),
+            )
+            .await;
+        if status == StatusCode::OK && answer["ws_url"] == host_join["ws_url"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the meeting's node never claimed it back: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

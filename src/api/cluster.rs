@@ -2,6 +2,7 @@
 //! `admins` only).
 
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -86,7 +87,6 @@ pub async fn route_to_owner(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::http::Method;
-    use axum::response::IntoResponse;
     let Some(cluster) = state.cluster.clone() else {
         return next.run(request).await;
     };
@@ -148,7 +148,8 @@ async fn forward(
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(3))
-            .timeout(std::time::Duration::from_secs(30))
+            // Per read, not in all: a recording download streams for as long as it takes.
+            .read_timeout(std::time::Duration::from_secs(30))
             .build()
             .expect("an HTTP client with rustls builds")
     });
@@ -163,7 +164,14 @@ async fn forward(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let url = format!("{}{}", node.http_url.trim_end_matches('/'), path);
-    let body = axum::body::to_bytes(body, state.config.max_body_bytes).await?;
+    let Ok(body) = axum::body::to_bytes(body, state.config.max_body_bytes).await else {
+        return Ok(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is over the size limit",
+        )
+        .into_response());
+    };
     let mut outgoing = client.request(parts.method.clone(), url).body(body);
     for (name, value) in &parts.headers {
         if !is_hop_by_hop(name) {

@@ -110,6 +110,10 @@ impl Process {
         account["access_token"].as_str().unwrap().to_owned()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill_9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

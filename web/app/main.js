@@ -41,6 +41,8 @@ window.convene = {
   received: () => Object.fromEntries([...st.participants.values()]
     .filter((p) => p.participant_id !== st.me?.participant_id)
     .map((p) => [p.display_name, document.querySelector(`.tile[data-key="${CSS.escape(p.identity)}"] video`)?.videoWidth || 0])),
+  /** The signaling socket's URL: in a cluster, the node serving the meeting. */
+  get node() { return st.session?.socketUrl() || ''; },
   // For tests and debugging: drops the socket as a network loss would (the client resumes).
   dropSocket: () => st.session?.ws?.close(4000, 'simulated drop'),
 };
