@@ -526,3 +526,47 @@ async fn redis_away_mid_meeting_keeps_the_meeting_and_its_node_claims_it_back() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `convene load` pointed at a node that does not serve its room follows the 307s (sending its
+/// token again) and every subscriber gets every packet on the room's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convene_load_at_another_node_follows_the_redirects() {
+    let shared = Shared::new().await;
+    let a = shared.node("node-a", |_| {}).await;
+    let b = shared.node("node-b", |_| {}).await;
+    wait_registered(&a, 2).await;
+    let room = "load-redirect";
+    // The room is placed by a first viewer at A; the load goes to the other node.
+    let viewer =
+        WhepSubscriber::connect(&a, room, &a.token(room, "first", false, true), None).await;
+    let wrong = if viewer.session.url.starts_with(&a.base) {
+        &b
+    } else {
+        &a
+    };
+    let (url, secret) = (wrong.base.clone(), shared.secret.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_convene"))
+            .args(["load", "--url", &url, "--room", room, "--subscribers", "5"])
+            .args([
+                "--video-kbps",
+                "300",
+                "--seconds",
+                "3",
+                "--warmup",
+                "1s",
+                "--json",
+            ])
+            .env("CONVENE_JWT_SECRET", secret)
+            .output()
+            .expect("convene load runs")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "convene load failed: {stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["subscribers_connected"], 5, "{report:#}");
+    assert_eq!(report["delivery_percent"], 100.0, "{report:#}");
+    drop(viewer);
+}

@@ -103,6 +103,9 @@ pub async fn run(options: LoadOptions) -> Result<Report, LoadError> {
     let server = resolve(&base)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
+        // Followed in `post`, with the token: a cluster node sends a POST for a room served
+        // elsewhere on with 307, and clients drop Authorization on a redirect to another origin.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| LoadError::Local(e.to_string()))?;
     let ttl = Duration::from_secs(options.seconds + 3600);
@@ -333,14 +336,30 @@ async fn post(
     if let Some(publisher) = publisher {
         url.push_str(&format!("?publisher={publisher}"));
     }
-    let response = http
-        .post(&url)
-        .bearer_auth(token)
-        .header("content-type", "application/sdp")
-        .body(offer)
-        .send()
-        .await
-        .map_err(|e| LoadError::Unreachable(format!("POST {url}: {}", error_chain(&e))))?;
+    let mut redirects = 0;
+    let response = loop {
+        let response = http
+            .post(&url)
+            .bearer_auth(token)
+            .header("content-type", "application/sdp")
+            .body(offer.clone())
+            .send()
+            .await
+            .map_err(|e| LoadError::Unreachable(format!("POST {url}: {}", error_chain(&e))))?;
+        let redirected = matches!(response.status().as_u16(), 307 | 308);
+        let next = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(|location| absolute(base, location));
+        match next {
+            Some(next) if redirected && redirects < 3 => {
+                redirects += 1;
+                url = next;
+            }
+            _ => break response,
+        }
+    };
     let status = response.status();
     let location = response
         .headers()
