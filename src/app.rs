@@ -388,7 +388,10 @@ async fn sweep_dead_nodes(state: AppState, live: Live) {
                 .await
             {
                 Ok((closed, meetings)) => {
-                    info!(node = %id, seats = closed, "closed the seats of a node that died");
+                    // Every node that sees the death does this; one of them finds the seats.
+                    if closed > 0 {
+                        info!(node = %id, seats = closed, "closed the seats of a node that died");
+                    }
                     for meeting in &meetings {
                         meeting_left_empty(&state, &live, meeting).await;
                     }

@@ -300,8 +300,10 @@ async fn a_client_at_the_wrong_node_is_sent_to_the_room_and_gets_media() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_node_places_its_rooms_again_and_its_participants_resume_elsewhere() {
     let shared = Shared::new().await;
-    let a = shared.node("node-a", |_| {}).await;
-    let b = shared.node("node-b", |_| {}).await;
+    // The seats a dead node still holds are closed by the others after this grace.
+    let grace = |c: &mut convene::config::Config| c.ws_resume_grace = Duration::from_secs(5);
+    let a = shared.node("node-a", grace).await;
+    let b = shared.node("node-b", grace).await;
     let data = TempDir::new();
     let env = shared.env("node-k");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -324,6 +326,18 @@ async fn kill_9_of_a_node_places_its_rooms_again_and_its_participants_resume_els
     let (m, host_join) = found.expect("a room placed on node K");
     let guest_join = join(&b, &m, Some(&guest)).await;
     assert_eq!(guest_join["ws_url"], k_ws.as_str());
+    // Carol is on K too, and never comes back.
+    let carol = a.user("carol").await;
+    let carol_join = join(&a, &m, Some(&carol)).await;
+    let carol_client = MediaClient::join_cluster(
+        a.server.http_addr,
+        "carol",
+        carol_join["join_token"].as_str().unwrap(),
+        false,
+        Duration::from_secs(15),
+    )
+    .await;
+    let carol_id = carol_client.participant_id();
     let (alice_token, bob_token) = (
         host_join["join_token"].as_str().unwrap().to_owned(),
         guest_join["join_token"].as_str().unwrap().to_owned(),
@@ -350,6 +364,7 @@ async fn kill_9_of_a_node_places_its_rooms_again_and_its_participants_resume_els
     drop(bob);
 
     k.kill_9();
+    drop(carol_client);
 
     // Both resume through A (their page's server): the room is placed again on a live node,
     // each gets `joined` there as a new session (its media was on K) and media flows again.
@@ -381,17 +396,34 @@ async fn kill_9_of_a_node_places_its_rooms_again_and_its_participants_resume_els
     let got = mic_flows(&mut alice, &mut bob).await;
     assert!(got >= 30, "{got} packets after the move");
 
-    // The seats were taken over, not closed: both are still in the meeting, once each.
+    // The seats were taken over, not closed: both are still in the meeting, once each; carol's,
+    // left on the dead node, is closed once the resume grace is over.
     let id = m["id"].as_str().unwrap();
-    let (status, list) = a
-        .call(
-            Method::GET,
-            &format!("/meetings/{id}/participants"),
-            Some(&host.token),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{list}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let list = loop {
+        let (status, list) = a
+            .call(
+                Method::GET,
+                &format!("/meetings/{id}/participants"),
+                Some(&host.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let carol_left = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == carol_id.as_str() && p["status"] == "left");
+        if carol_left {
+            break list;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol's seat on the dead node was never closed: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let joined: HashMap<String, usize> = list["items"]
         .as_array()
         .unwrap_or_else(|| panic!("{list}"))
