@@ -164,6 +164,11 @@ impl Cluster {
     /// and Redis runs a script alone: that is the lock, so simultaneous first joins on several
     /// nodes all get the one owner the first script chose. Without Redis: here.
     pub async fn place(&self, room: &str) -> Owner {
+        // Known away (the last heartbeat or routing call failed): no wait on a dead server for
+        // every join; the next heartbeat that reaches Redis turns routing back on.
+        if !self.redis_up() {
+            return Owner::Here;
+        }
         match self.route(room, true).await {
             Ok(Some(owner)) => owner,
             Ok(None) => Owner::Here,
@@ -177,7 +182,16 @@ impl Cluster {
     /// Where `room` is served if it is placed on a live node; None when it is not placed (or
     /// its owner died, or Redis is away): whoever is asked serves it.
     pub async fn owner(&self, room: &str) -> Option<Owner> {
-        self.route(room, false).await.ok().flatten()
+        if !self.redis_up() {
+            return None;
+        }
+        match self.route(room, false).await {
+            Ok(owner) => owner,
+            Err(e) => {
+                self.inner.set_up(false, Some(e));
+                None
+            }
+        }
     }
 
     async fn route(&self, room: &str, place: bool) -> redis::RedisResult<Option<Owner>> {
