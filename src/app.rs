@@ -99,18 +99,22 @@ impl Server {
             } else {
                 config.node_id.clone()
             };
-            Some(crate::cluster::Cluster::start(
-                crate::cluster::ClusterSettings {
-                    redis_url: config.redis_url.clone(),
-                    node_id,
-                    http_url,
-                    media,
-                    heartbeat: config.cluster_heartbeat,
-                    ttl: config.cluster_node_ttl,
-                    room_ttl: config.cluster_room_ttl,
-                },
-                metrics.clone(),
-            )?)
+            Some(
+                crate::cluster::Cluster::start(
+                    crate::cluster::ClusterSettings {
+                        redis_url: config.redis_url.clone(),
+                        node_id,
+                        http_url,
+                        media,
+                        heartbeat: config.cluster_heartbeat,
+                        ttl: config.cluster_node_ttl,
+                        room_ttl: config.cluster_room_ttl,
+                        signing_key: keys.cluster_registry_key(),
+                    },
+                    metrics.clone(),
+                )
+                .await?,
+            )
         };
         // Recordings a crash left running are closed with what their files hold.
         let recovered = crate::recording::recover::recover(&store)
@@ -138,6 +142,7 @@ impl Server {
             sfu: sfu.clone(),
             recorder: recorder.clone(),
             empty_timeout: config.meeting_empty_timeout,
+            node_id: cluster.as_ref().map(|c| c.node_id().to_owned()),
         });
         let live = Live {
             hub: crate::signaling::hub::Hub::default(),
@@ -341,11 +346,13 @@ async fn reconcile_seats(state: &AppState, live: &Live, when: &str) -> anyhow::R
     Ok(())
 }
 
-/// A live meeting whose seats were closed: its empty-meeting countdown runs on its node (here
-/// on a single node; in a cluster, where it is placed, placing it if it is nowhere).
+/// A live meeting whose seats were closed: its empty-meeting countdown runs on one node (here
+/// on a single node; in a cluster, here unless a live node serves the meeting, which counts
+/// down itself when its last participant leaves). The countdown never ends a meeting while
+/// seats are joined through another node.
 async fn meeting_left_empty(state: &AppState, live: &Live, meeting: &str) {
     let here = match &state.cluster {
-        Some(cluster) => cluster.place(meeting).await == crate::cluster::Owner::Here,
+        Some(cluster) => cluster.claim(meeting).await,
         None => true,
     };
     if here {

@@ -37,6 +37,10 @@ pub struct NodeEntry {
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub heartbeat_at: chrono::DateTime<chrono::Utc>,
     pub load: NodeLoad,
+    /// This run of the node (a restart with the same id is another instance): a stopping node
+    /// removes only its own entry.
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// What the placement score reads (docs/cluster.md).
@@ -59,6 +63,10 @@ pub struct ClusterSettings {
     pub ttl: Duration,
     /// How long a room's placement stands without its owner renewing it.
     pub room_ttl: Duration,
+    /// Signs this node's registry entry and checks the others' (the cluster's shared secret,
+    /// derived): an entry written by anyone else, who could send clients and forwarded
+    /// requests to an address of their choosing, is ignored.
+    pub signing_key: String,
 }
 
 /// The cluster membership of this node; cheap to clone.
@@ -69,6 +77,10 @@ pub struct Cluster {
 
 struct Inner {
     id: String,
+    instance: String,
+    signing_key: String,
+    /// Set when the node stops: the heartbeat registers no more.
+    leaving: AtomicBool,
     http_url: String,
     client: redis::Client,
     connection: Mutex<Option<ConnectionManager>>,
@@ -94,13 +106,17 @@ pub enum Owner {
 }
 
 impl Cluster {
-    /// Joins the cluster: the heartbeat runs until the last handle is dropped. Fails only on a
-    /// malformed `redis_url`; an unreachable Redis is retried every heartbeat.
-    pub fn start(settings: ClusterSettings, metrics: Metrics) -> anyhow::Result<Self> {
+    /// Joins the cluster: registers once before returning (so the node routes from its first
+    /// request; an unreachable Redis leaves it degraded), then the heartbeat runs until the
+    /// node leaves or the last handle is dropped. Fails only on a malformed `redis_url`.
+    pub async fn start(settings: ClusterSettings, metrics: Metrics) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.redis_url.as_str())
             .map_err(|e| anyhow::anyhow!("redis_url: {e}"))?;
         let inner = Arc::new(Inner {
             id: settings.node_id.clone(),
+            instance: uuid::Uuid::now_v7().simple().to_string(),
+            signing_key: settings.signing_key.clone(),
+            leaving: AtomicBool::new(false),
             http_url: settings.http_url.clone(),
             client,
             connection: Mutex::new(None),
@@ -112,28 +128,32 @@ impl Cluster {
             held: std::sync::OnceLock::new(),
         });
         let started_at = chrono::Utc::now();
-        let weak = Arc::downgrade(&inner);
         info!(node = %settings.node_id, "cluster mode: registering with Redis");
+        let mut sampler = LoadSampler::new();
+        let beat = move |inner: &Inner, sampler: &mut LoadSampler| NodeEntry {
+            id: settings.node_id.clone(),
+            http_url: settings.http_url.clone(),
+            media: settings.media.iter().map(ToString::to_string).collect(),
+            started_at,
+            heartbeat_at: chrono::Utc::now(),
+            load: sampler.sample(&inner.metrics),
+            instance: inner.instance.clone(),
+        };
+        let first = beat(&inner, &mut sampler);
+        inner.heartbeat(&first).await;
+        let weak = Arc::downgrade(&inner);
+        let every = settings.heartbeat;
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(settings.heartbeat);
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut sampler = LoadSampler::new();
             loop {
                 every.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let entry = NodeEntry {
-                    id: settings.node_id.clone(),
-                    http_url: settings.http_url.clone(),
-                    media: settings.media.iter().map(ToString::to_string).collect(),
-                    started_at,
-                    heartbeat_at: chrono::Utc::now(),
-                    load: sampler.sample(&inner.metrics),
-                };
-                let mut result = inner.register(&entry).await;
-                if result.is_ok() {
-                    result = inner.renew_rooms().await;
+                if inner.leaving.load(Ordering::Relaxed) {
+                    return;
                 }
-                inner.set_up(result.is_ok(), result.err());
+                let entry = beat(&inner, &mut sampler);
+                inner.heartbeat(&entry).await;
             }
         });
         Ok(Self { inner })
@@ -164,19 +184,41 @@ impl Cluster {
     /// and Redis runs a script alone: that is the lock, so simultaneous first joins on several
     /// nodes all get the one owner the first script chose. Without Redis: here.
     pub async fn place(&self, room: &str) -> Owner {
-        // Known away (the last heartbeat or routing call failed): no wait on a dead server for
-        // every join; the next heartbeat that reaches Redis turns routing back on.
+        // Known away (the last heartbeat failed): no wait on a dead server for every join; the
+        // next heartbeat that reaches Redis turns routing back on.
         if !self.redis_up() {
             return Owner::Here;
         }
         match self.route(room, true).await {
             Ok(Some(owner)) => owner,
             Ok(None) => Owner::Here,
+            // One failed call is no outage: the heartbeat decides that.
             Err(e) => {
-                self.inner.set_up(false, Some(e));
+                warn!(room, error = %e, "cluster: placement failed; serving here");
                 Owner::Here
             }
         }
+    }
+
+    /// Takes `room` here unless a live node serves it (the renewal's rule): true when it is
+    /// this node's now. Without Redis: true (a node serves what it has).
+    pub async fn claim(&self, room: &str) -> bool {
+        if !self.redis_up() {
+            return true;
+        }
+        let Ok(mut connection) = self.inner.connection().await else {
+            return true;
+        };
+        let ttl = self.inner.room_ttl.as_millis().max(1) as u64;
+        renew_script()
+            .key(room_key(room))
+            .key(served_key(room))
+            .arg(ttl)
+            .arg(room)
+            .arg(&self.inner.id)
+            .invoke_async::<i64>(&mut connection)
+            .await
+            .map_or(true, |taken| taken == 1)
     }
 
     /// Where `room` is served if it is placed on a live node; None when it is not placed (or
@@ -185,13 +227,7 @@ impl Cluster {
         if !self.redis_up() {
             return None;
         }
-        match self.route(room, false).await {
-            Ok(owner) => owner,
-            Err(e) => {
-                self.inner.set_up(false, Some(e));
-                None
-            }
-        }
+        self.route(room, false).await.ok().flatten()
     }
 
     async fn route(&self, room: &str, place: bool) -> redis::RedisResult<Option<Owner>> {
@@ -225,7 +261,7 @@ impl Cluster {
     pub async fn node(&self, id: &str) -> redis::RedisResult<Option<NodeEntry>> {
         let mut connection = self.inner.connection().await?;
         let value: Option<String> = connection.get(node_key(id)).await?;
-        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+        Ok(value.and_then(|v| self.inner.open_entry(&v)))
     }
 
     /// Every node whose entry has not expired; forgets the ids of those that have.
@@ -239,8 +275,12 @@ impl Cluster {
         let values: Vec<Option<String>> = connection.mget(&keys).await?;
         let mut nodes = Vec::new();
         for (id, value) in ids.iter().zip(values) {
-            match value.and_then(|v| serde_json::from_str::<NodeEntry>(&v).ok()) {
-                Some(entry) => nodes.push(entry),
+            match value {
+                Some(value) => {
+                    if let Some(entry) = self.inner.open_entry(&value) {
+                        nodes.push(entry);
+                    }
+                }
                 None => {
                     let _: redis::RedisResult<()> = connection.srem(NODES, id).await;
                 }
@@ -250,12 +290,29 @@ impl Cluster {
         Ok(nodes)
     }
 
-    /// Leaves the registry at once (a graceful stop), instead of after the TTL.
+    /// Leaves the registry at once (a graceful stop), instead of after the TTL, and stops the
+    /// heartbeat: a draining node takes no new rooms. Removes the entry only if it is this
+    /// run's (a newer run with the same id may have registered meanwhile).
     pub async fn leave(&self) {
+        self.inner.leaving.store(true, Ordering::Relaxed);
         if let Ok(mut connection) = self.inner.connection().await {
-            let key = node_key(&self.inner.id);
-            let _: redis::RedisResult<()> = connection.del(&key).await;
-            let _: redis::RedisResult<()> = connection.srem(NODES, &self.inner.id).await;
+            let script = redis::Script::new(
+                r"
+local value = redis.call('GET', KEYS[1])
+if value and string.find(value, ARGV[1], 1, true) then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+return 0
+",
+            );
+            let _: redis::RedisResult<()> = script
+                .key(node_key(&self.inner.id))
+                .key(NODES)
+                .arg(format!("\"instance\":\"{}\"", self.inner.instance))
+                .arg(&self.inner.id)
+                .invoke_async(&mut connection)
+                .await;
         }
     }
 }
@@ -276,9 +333,51 @@ impl Inner {
         Ok(connection)
     }
 
+    async fn heartbeat(&self, entry: &NodeEntry) {
+        let mut result = self.register(entry).await;
+        if result.is_ok() {
+            result = self.renew_rooms().await;
+        }
+        self.set_up(result.is_ok(), result.err());
+    }
+
+    /// `{hmac}.{json}`: HMAC-SHA256 of the JSON under the cluster's signing key.
+    fn seal_entry(&self, entry: &NodeEntry) -> String {
+        let json = serde_json::to_string(entry).expect("a node entry serializes");
+        format!("{}.{json}", self.mac(&json))
+    }
+
+    /// An entry as written by a node of this cluster, its load made sane; None otherwise.
+    fn open_entry(&self, value: &str) -> Option<NodeEntry> {
+        use hmac::Mac;
+        let (mac, json) = value.split_once('.')?;
+        let mut check = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.signing_key.as_bytes())
+            .expect("HMAC takes any key length");
+        check.update(json.as_bytes());
+        check.verify_slice(&hex::decode(mac).ok()?).ok()?;
+        let mut entry: NodeEntry = serde_json::from_str(json).ok()?;
+        if !(entry.http_url.starts_with("http://") || entry.http_url.starts_with("https://")) {
+            return None;
+        }
+        let sane = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
+        entry.load.peers = entry.load.peers.max(0);
+        entry.load.rooms = entry.load.rooms.max(0);
+        entry.load.cpu_percent = sane(entry.load.cpu_percent);
+        entry.load.forwarded_bps = sane(entry.load.forwarded_bps);
+        Some(entry)
+    }
+
+    fn mac(&self, json: &str) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.signing_key.as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(json.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
     async fn register(&self, entry: &NodeEntry) -> redis::RedisResult<()> {
         let mut connection = self.connection().await?;
-        let value = serde_json::to_string(entry).expect("a node entry serializes");
+        let value = self.seal_entry(entry);
         let ttl = self.ttl.as_millis().max(1) as u64;
         redis::pipe()
             .atomic()
@@ -396,6 +495,7 @@ if best == nil then
 end
 redis.call('SET', KEYS[1], best, 'PX', ttl)
 redis.call('ZADD', 'convene:rooms:' .. best, now + ttl, ARGV[2])
+redis.call('PEXPIRE', 'convene:rooms:' .. best, ttl)
 if owner then
   redis.call('ZREM', 'convene:rooms:' .. owner, ARGV[2])
 end
@@ -425,6 +525,7 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('SET', KEYS[1], ARGV[3], 'PX', tonumber(ARGV[1]))
 redis.call('SET', KEYS[2], ARGV[3], 'PX', tonumber(ARGV[1]))
 redis.call('ZADD', 'convene:rooms:' .. ARGV[3], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', 'convene:rooms:' .. ARGV[3], tonumber(ARGV[1]))
 if owner and owner ~= ARGV[3] then
   redis.call('ZREM', 'convene:rooms:' .. owner, ARGV[2])
 end

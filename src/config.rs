@@ -626,6 +626,16 @@ impl Config {
                 "must be at least twice cluster_heartbeat, which must be positive",
             ));
         }
+        if !self.redis_url.is_empty()
+            && self.public_url.is_empty()
+            && self.http.ip().is_unspecified()
+        {
+            // Clients and other nodes are sent to a node by the URL it registers.
+            return Err(invalid(
+                "public_url",
+                "cluster mode (redis_url) needs the URL this node is reached at, or an HTTP address that is not 0.0.0.0/::",
+            ));
+        }
         if self.cluster_room_ttl < self.cluster_heartbeat * 2 {
             return Err(invalid(
                 "cluster_room_ttl",

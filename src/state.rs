@@ -42,8 +42,6 @@ pub struct AppState {
 
 /// The header a node sets when it hands a request on to the node that owns its meeting.
 pub const FORWARDED: &str = "x-convene-forwarded";
-/// The client's address, as the node that received the request saw it.
-pub const FORWARDED_FOR: &str = "x-convene-client-ip";
 
 impl AppState {
     /// Whether another node of the cluster handed this request on (it carries the cluster's

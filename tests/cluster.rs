@@ -15,8 +15,12 @@ use convene::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+/// The server secret every node of a test cluster shares (entries are signed with it).
+const SECRET: &str = "cluster-test-secret-cluster-test-secret";
+
 fn clustered(c: &mut Config, redis: &str, node: &str, admin: &str) {
     c.redis_url = redis.to_owned();
+    c.jwt_secret = SECRET.to_owned();
     c.node_id = node.to_owned();
     c.cluster_heartbeat = Duration::from_millis(200);
     c.cluster_node_ttl = Duration::from_secs(1);
@@ -111,6 +115,28 @@ async fn nodes_register_list_each_other_leave_and_expire() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // An entry not signed with the cluster's secret (anyone who can write to Redis) is not a
+    // node: it could send clients and forwarded requests anywhere.
+    let mut redis_connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut forged = body["nodes"][1].clone();
+    forged["id"] = json!("evil");
+    forged["http_url"] = json!("http://169.254.169.254");
+    forged["load"]["peers"] = json!(-1_000_000);
+    let _: () = redis::cmd("SET")
+        .arg("convene:node:evil")
+        .arg(format!("00.{forged}"))
+        .query(&mut redis_connection)
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg("convene:nodes")
+        .arg("evil")
+        .query(&mut redis_connection)
+        .unwrap();
+    wait_nodes(&a, &token, &["node-a", "node-b"]).await;
+
     // A graceful stop leaves at once.
     let TestServer { server, .. } = b;
     server.shutdown().await;
@@ -124,6 +150,7 @@ async fn nodes_register_list_each_other_leave_and_expire() {
         "",
         &[
             ("REDIS_URL", url.as_str()),
+            ("CONVENE_JWT_SECRET", SECRET),
             ("CONVENE_NODE_ID", "node-c"),
             ("CONVENE_CLUSTER_HEARTBEAT", "200ms"),
             ("CONVENE_CLUSTER_NODE_TTL", "1s"),

@@ -107,8 +107,13 @@ pub async fn route_to_owner(
         return next.run(request).await;
     }
     let joining = tail == "join" && method == Method::POST;
+    // As the route's path parameter reads it (`%61bc` is `abc`), or this node would act on a
+    // meeting whose sockets are elsewhere.
+    let Some(key) = percent_decode(key) else {
+        return next.run(request).await;
+    };
     // Unknown meetings are the handler's to refuse.
-    let Ok(meeting) = state.store.meeting(key).await else {
+    let Ok(meeting) = state.store.meeting(&key).await else {
         return next.run(request).await;
     };
     let owner = if joining && !crate::domain::meetings::is_closed(&meeting.status) {
@@ -153,10 +158,6 @@ async fn forward(
             .build()
             .expect("an HTTP client with rustls builds")
     });
-    let client_ip = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
     let (parts, body) = request.into_parts();
     let path = parts
         .uri
@@ -179,9 +180,6 @@ async fn forward(
         }
     }
     outgoing = outgoing.header(crate::state::FORWARDED, state.keys.cluster_forward_key());
-    if let Some(ip) = client_ip {
-        outgoing = outgoing.header(crate::state::FORWARDED_FOR, ip);
-    }
     let answer = outgoing.send().await?;
     let mut response = axum::response::Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
@@ -208,5 +206,33 @@ fn is_hop_by_hop(name: &axum::http::HeaderName) -> bool {
     .contains(name)
         || name.as_str() == "keep-alive"
         || name.as_str() == crate::state::FORWARDED
-        || name.as_str() == crate::state::FORWARDED_FOR
+}
+
+/// `%XX` escapes of a path segment decoded; None when malformed or not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_path_segment_is_read_as_the_router_reads_it() {
+        assert_eq!(super::percent_decode("%61bc-d").as_deref(), Some("abc-d"));
+        assert_eq!(super::percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(super::percent_decode("%6"), None);
+        assert_eq!(super::percent_decode("%zz"), None);
+    }
 }

@@ -127,10 +127,19 @@ impl TokenKeys {
     /// What a node puts in `x-convene-forwarded` when it hands a request to the node owning
     /// its meeting: derived from the server secret, which every node of a cluster shares.
     pub fn cluster_forward_key(&self) -> String {
+        self.derived(b"convene cluster forward v1")
+    }
+
+    /// What a node signs its cluster registry entry with (and checks the others' against).
+    pub fn cluster_registry_key(&self) -> String {
+        self.derived(b"convene cluster registry v1")
+    }
+
+    fn derived(&self, label: &[u8]) -> String {
         use sha2::{Digest, Sha256};
         hex::encode(
             Sha256::new()
-                .chain_update(b"convene cluster forward v1")
+                .chain_update(label)
                 .chain_update(&*self.secret)
                 .finalize(),
         )

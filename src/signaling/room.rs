@@ -1072,6 +1072,21 @@ impl Room {
                 return;
             }
         };
+        if let Some(node) = &self.services.node_id {
+            match store.seats_joined_elsewhere(&self.meeting_id, node).await {
+                Ok(0) => {}
+                Ok(_) => {
+                    // Its participants are on another node (or on one that died, whose seats
+                    // the sweep closes after the resume grace, counting down again then).
+                    tracing::debug!(meeting = %self.meeting_id, "seats joined on other nodes; not ended");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(meeting = %self.meeting_id, error = %e, "empty meeting not ended: reading its seats failed");
+                    return;
+                }
+            }
+        }
         let latest_join = seats.iter().filter_map(|p| p.joined_at).max();
         if let Some(joined_at) = latest_join.filter(|at| *at > countdown.since_ms) {
             let waited = Duration::from_millis(u64::try_from(now_ms() - joined_at).unwrap_or(0));

@@ -66,6 +66,7 @@ async fn fixture(empty_timeout: Duration) -> Fixture {
     )
     .unwrap();
     let signaling = Signaling::new(Services {
+        node_id: None,
         store: store.clone(),
         sfu,
         recorder,

@@ -52,6 +52,9 @@ pub struct Services {
     /// `meeting_empty_timeout`: how long a live meeting stays up with nobody connected; zero
     /// never ends one.
     pub empty_timeout: Duration,
+    /// Cluster mode: this node's id (a meeting with seats joined through other nodes is not
+    /// empty, whatever this node's room task sees).
+    pub node_id: Option<String>,
 }
 
 #[derive(Clone)]

@@ -244,9 +244,15 @@ pub(crate) async fn join(
         }
     }
 
+    let held = state
+        .live
+        .rooms
+        .session_of_identity(&meeting.id, &seat.identity)
+        .await;
     // In a cluster, a meeting's sessions live on the node its room is placed on (placed now if
-    // it is nowhere, or again if its node died): a socket elsewhere is sent there.
-    if let Some(cluster) = &state.cluster {
+    // it is nowhere, or again if its node died): a socket elsewhere is sent there, unless its
+    // session is held here (a resume goes where its media is).
+    if let (Some(cluster), None) = (&state.cluster, &held) {
         if let crate::cluster::Owner::Node(node) = cluster.place(&meeting.id).await {
             let mut failure = JoinFailure::new(
                 "wrong_node",
@@ -258,12 +264,7 @@ pub(crate) async fn join(
         }
     }
     let mut socket = socket;
-    if let Some((held, session)) = state
-        .live
-        .rooms
-        .session_of_identity(&meeting.id, &seat.identity)
-        .await
-    {
+    if let Some((held, session)) = held {
         if resume && held == seat.id {
             let (reply, attached) = oneshot::channel();
             if session.send(Input::Attach { socket, reply }).is_ok() {
@@ -1540,7 +1541,12 @@ impl Session {
             if let Err(e) = self
                 .state
                 .store
-                .mark_participant_left(&self.meeting.id, &self.participant_id, now_ms())
+                .mark_participant_left(
+                    &self.meeting.id,
+                    &self.participant_id,
+                    self.state.cluster.as_ref().map(|c| c.node_id()),
+                    now_ms(),
+                )
                 .await
             {
                 warn!(participant = %self.participant_id, error = %e, "leave not recorded");

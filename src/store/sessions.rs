@@ -28,20 +28,25 @@ impl Store {
 
     /// A joined participant left (now). False when the row was no longer joined: a kick, the
     /// end of the meeting or a newer join decided its status first, and that status stays.
+    /// In a cluster, `node` is the leaving session's node: a seat that moved to another node
+    /// meanwhile (its client resumed there) is not this session's to close.
     pub async fn mark_participant_left(
         &self,
         meeting_id: &str,
         participant_id: &str,
+        node: Option<&str>,
         now: i64,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "UPDATE participants SET status = 'left', left_at = $1 \
-             WHERE meeting_id = $2 AND id = $3 AND status = 'joined'",
+             WHERE meeting_id = $2 AND id = $3 AND status = 'joined' \
+             AND ($4 IS NULL OR node_id IS NULL OR node_id = $4)",
         )
         .bind(now)
         .bind(meeting_id)
         .bind(participant_id)
+        .bind(node)
         .execute(&mut *tx)
         .await?;
         let left = result.rows_affected() > 0;
@@ -113,29 +118,41 @@ impl Store {
         node: &str,
         now: i64,
     ) -> StoreResult<(u64, Vec<String>)> {
-        let mut tx = self.pool.begin().await?;
-        let meetings = sqlx::query(
-            "SELECT DISTINCT p.meeting_id AS id FROM participants p \
-             JOIN meetings m ON m.id = p.meeting_id \
-             WHERE p.status = 'joined' AND p.node_id = $1 AND m.status = 'live'",
-        )
-        .bind(node)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|row| sqlx::Row::try_get::<String, _>(row, "id"))
-        .collect::<Result<Vec<_>, _>>()?;
+        // One statement (no read-then-write transaction, which SQLite may refuse as busy).
         let closed = sqlx::query(
             "UPDATE participants SET status = 'left', left_at = $1 \
-             WHERE status = 'joined' AND node_id = $2",
+             WHERE status = 'joined' AND node_id = $2 RETURNING meeting_id",
         )
         .bind(now)
         .bind(node)
-        .execute(&mut *tx)
+        .fetch_all(&self.pool)
         .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok((closed, meetings))
+        .iter()
+        .map(|row| sqlx::Row::try_get::<String, _>(row, "meeting_id"))
+        .collect::<Result<Vec<_>, _>>()?;
+        let mut meetings: Vec<String> = Vec::new();
+        for id in &closed {
+            if meetings.contains(id) {
+                continue;
+            }
+            if self.meeting(id).await.is_ok_and(|m| m.status == "live") {
+                meetings.push(id.clone());
+            }
+        }
+        Ok((closed.len() as u64, meetings))
+    }
+
+    /// Cluster mode: seats of the meeting still `joined` through another node's sessions.
+    pub async fn seats_joined_elsewhere(&self, meeting_id: &str, node: &str) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM participants \
+             WHERE meeting_id = $1 AND status = 'joined' AND node_id IS NOT NULL AND node_id <> $2",
+        )
+        .bind(meeting_id)
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(sqlx::Row::try_get::<i64, _>(&row, "n")?)
     }
 
     /// Clears one of a participant's media flags (unmuted, camera on).

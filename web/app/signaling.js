@@ -40,7 +40,7 @@ export class Session {
     ws.onclose = (ev) => {
       if (this.ws !== ws || this.closed) return;
       // wrong_node: the meeting is on another node; its error named the socket to join.
-      if (ev.code === 4307) { this.connect(this.joined); return; }
+      if (ev.code === 4307 && this.retries++ < 8) { setTimeout(() => this.connect(this.joined), 100); return; }
       if (FINAL.has(ev.code)) {
         this.closed = true;
         this.opts.onEvent({ type: 'closed', code: ev.code });
@@ -70,7 +70,11 @@ export class Session {
         this.retries = 0;
         if (msg.resumed && this.pub) { this.opts.onStatus('ok', 'Reconnected.'); }
         if (!msg.resumed && this.pub) {
-          // A new session (its node changed, or the old one was given up): new connections.
+          // A new session (its node changed, or the old one was given up): new connections,
+          // and offers the old session never answered are dropped.
+          for (const done of this.answers.values()) done(null, { message: 'session replaced' });
+          this.answers.clear();
+          this.offerChain = Promise.resolve();
           this.pub.close(); this.pub = null;
           this.sub?.close(); this.sub = null;
           this.opts.onStatus('ok', 'Reconnected.');
@@ -205,7 +209,9 @@ export class Session {
 
   renegotiate() {
     // Offers on the publisher connection go one at a time.
-    this.offerChain = this.offerChain.then(() => this.offerOnce()).catch((e) => this.opts.onStatus('error', `Publishing failed: ${e.message}`));
+    this.offerChain = this.offerChain.then(() => this.offerOnce()).catch((e) => {
+      if (e.message !== 'session replaced') this.opts.onStatus('error', `Publishing failed: ${e.message}`);
+    });
     return this.offerChain;
   }
 
@@ -253,17 +259,17 @@ function originSocket() {
   return `${proto}//${location.host}/ws`;
 }
 
-export function waitForAdmission(waitToken, onEvent, url = originSocket()) {
+export function waitForAdmission(waitToken, onEvent, url = originSocket(), hops = 0) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`${url}?wait_token=${encodeURIComponent(waitToken)}`);
     let settled = false;
     ws.onmessage = (ev) => {
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
-      if (msg.type === 'error' && msg.code === 'wrong_node' && msg.ws_url) {
+      if (msg.type === 'error' && msg.code === 'wrong_node' && msg.ws_url && hops < 3) {
         // The meeting's moderators are on another node: wait there.
         settled = true;
-        waitForAdmission(waitToken, onEvent, msg.ws_url).then(resolve, reject);
+        waitForAdmission(waitToken, onEvent, msg.ws_url, hops + 1).then(resolve, reject);
         return;
       }
       onEvent?.(msg);
