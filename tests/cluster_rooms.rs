@@ -100,9 +100,14 @@ async fn placement_spreads_rooms_by_load_and_racing_first_joins_place_a_room_onc
             format!("{http}/whip/{}", m["id"].as_str().unwrap())
         );
     }
-    assert_eq!(placed, [10, 10, 10], "rooms per node");
+    // The nodes share this process, so their CPU figures differ only by when each sampled it;
+    // that noise may tip a tie, not a spread.
+    assert!(
+        placed.iter().all(|n| (8..=12).contains(n)),
+        "rooms per node: {placed:?}"
+    );
 
-    // Load counts: a WHIP room placed on C gets twelve publishers (probing WHIP rooms until
+    // Load counts: a WHIP room placed on C gets twenty publishers (probing WHIP rooms until
     // one lands there), and the next six rooms go mostly to A and B.
     let mut peers = Vec::new();
     let mut room = String::new();
@@ -119,7 +124,7 @@ async fn placement_spreads_rooms_by_load_and_racing_first_joins_place_a_room_onc
         peers.last().unwrap().session.url.starts_with(&c.base),
         "a room on C"
     );
-    for i in 1..12 {
+    for i in 1..20 {
         let identity = format!("p{i}");
         peers
             .push(WhipPublisher::connect(&c, &room, &c.token(&room, &identity, true, false)).await);
@@ -128,7 +133,7 @@ async fn placement_spreads_rooms_by_load_and_racing_first_joins_place_a_room_onc
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let nodes = cluster.nodes().await.unwrap();
-        if nodes.iter().any(|n| n.id == "node-c" && n.load.peers >= 12) {
+        if nodes.iter().any(|n| n.id == "node-c" && n.load.peers >= 20) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{nodes:?}");

@@ -105,6 +105,10 @@ struct Current {
     origin_ms: u64,
     kinds: String,
     codecs: String,
+    /// The time of the last block written per track number: a block never goes out at or
+    /// before it (a frame the jitter buffer let through twice, say, or two taps of one track
+    /// for a moment), which players and ffmpeg take as broken timestamps.
+    last_ms: std::collections::HashMap<u64, u64>,
 }
 
 struct State {
@@ -296,6 +300,20 @@ impl State {
             return;
         }
         let time = frame.time_ms - current.origin_ms;
+        match current.last_ms.get(&number) {
+            Some(&last) if time <= last => {
+                tracing::debug!(
+                    track = number,
+                    time,
+                    last,
+                    "recorded frame not after the last; dropped"
+                );
+                return;
+            }
+            _ => {
+                current.last_ms.insert(number, time);
+            }
+        }
         let result = match &mut current.writer {
             Writer::Mkv(mkv) => mkv.write_frame(number, time, frame.keyframe, &frame.data),
             Writer::Ogg(ogg) => {
@@ -373,6 +391,7 @@ impl State {
             origin_ms,
             kinds,
             codecs,
+            last_ms: Default::default(),
         });
         for held in std::mem::take(&mut self.held) {
             self.write(held.0, &held.1);
