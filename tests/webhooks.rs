@@ -179,6 +179,9 @@ async fn every_event_arrives_signed_despite_failing_attempts() {
         .await;
     assert_eq!(status, StatusCode::OK);
     client.ws.send(json!({"type": "leave"}));
+    // The leave is written (participant_left) before the socket closes; ending the meeting
+    // first would close the seat without it.
+    assert_eq!(client.ws.closed().await.0, 1000);
     let (status, _) = server
         .call(
             Method::POST,
