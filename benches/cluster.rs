@@ -103,38 +103,30 @@ async fn run() {
     let http = reqwest::Client::new();
     let base_a = format!("http://{}", a.http_addr);
     let base_b = format!("http://{}", b.http_addr);
-    let account: Value = http
-        .post(format!("{base_a}/api/v1/auth/register"))
-        .json(&json!({"email": "bench@example.test", "username": "bench",
-            "display_name": "Bench", "password": "correct-horse-battery"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let account = post(
+        &http,
+        &format!("{base_a}/api/v1/auth/register"),
+        None,
+        json!({"email": "bench@example.test", "username": "bench",
+            "display_name": "Bench", "password": "correct-horse-battery"}),
+    )
+    .await;
     let token = account["access_token"].as_str().unwrap().to_owned();
-    let meeting: Value = http
-        .post(format!("{base_a}/api/v1/meetings"))
-        .bearer_auth(&token)
-        .json(&json!({"title": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meeting = post(
+        &http,
+        &format!("{base_a}/api/v1/meetings"),
+        Some(&token),
+        json!({"title": "bench"}),
+    )
+    .await;
     let id = meeting["id"].as_str().unwrap().to_owned();
-    let join: Value = http
-        .post(format!("{base_a}/api/v1/meetings/{id}/join"))
-        .bearer_auth(&token)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let join = post(
+        &http,
+        &format!("{base_a}/api/v1/meetings/{id}/join"),
+        Some(&token),
+        json!({}),
+    )
+    .await;
     let on_a = cluster.place(&id).await == Owner::Here;
     let (owner, other) = if on_a {
         (&base_a, &base_b)
@@ -161,6 +153,15 @@ async fn run() {
     a.shutdown().await;
     b.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// POSTs `body` as JSON (with `token` as Bearer) and returns the JSON answer.
+async fn post(http: &reqwest::Client, url: &str, token: Option<&str>, body: Value) -> Value {
+    let mut request = http.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 async fn time<F, Fut>(n: usize, mut op: F) -> Vec<Duration>

@@ -54,6 +54,17 @@ async fn join(server: &TestServer, meeting: &Value, user: Option<&TestUser>) -> 
     server.join_meeting(meeting, user).await
 }
 
+/// A participant joining the cluster through the node at `entry` (following `wrong_node`, and
+/// retrying while a dead node is named), with the join's token; `resume` asks to resume.
+async fn participant(
+    entry: std::net::SocketAddr,
+    name: &str,
+    token: &str,
+    resume: bool,
+) -> MediaClient {
+    MediaClient::join_cluster(entry, name, token, resume, Duration::from_secs(30)).await
+}
+
 /// Alice publishes a microphone, bob receives it: how many of 40 packets he got.
 async fn mic_flows(alice: &mut MediaClient, bob: &mut MediaClient) -> usize {
     alice.publish(&[("microphone", "mic")]).await;
@@ -226,20 +237,18 @@ async fn a_client_at_the_wrong_node_is_sent_to_the_room_and_gets_media() {
         guest_join["ws_url"], host_join["ws_url"],
         "one node serves the meeting"
     );
-    let mut alice = MediaClient::join_cluster(
+    let mut alice = participant(
         wrong.server.http_addr,
         "alice",
         host_join["join_token"].as_str().unwrap(),
         false,
-        Duration::from_secs(15),
     )
     .await;
-    let mut bob = MediaClient::join_cluster(
+    let mut bob = participant(
         wrong.server.http_addr,
         "bob",
         guest_join["join_token"].as_str().unwrap(),
         false,
-        Duration::from_secs(15),
     )
     .await;
     let got = mic_flows(&mut alice, &mut bob).await;
@@ -334,12 +343,11 @@ async fn kill_9_of_a_node_places_its_rooms_again_and_its_participants_resume_els
     // Carol is on K too, and never comes back.
     let carol = a.user("carol").await;
     let carol_join = join(&a, &m, Some(&carol)).await;
-    let carol_client = MediaClient::join_cluster(
+    let carol_client = participant(
         a.server.http_addr,
         "carol",
         carol_join["join_token"].as_str().unwrap(),
         false,
-        Duration::from_secs(15),
     )
     .await;
     let carol_id = carol_client.participant_id();
@@ -347,22 +355,8 @@ async fn kill_9_of_a_node_places_its_rooms_again_and_its_participants_resume_els
         host_join["join_token"].as_str().unwrap().to_owned(),
         guest_join["join_token"].as_str().unwrap().to_owned(),
     );
-    let mut alice = MediaClient::join_cluster(
-        a.server.http_addr,
-        "alice",
-        &alice_token,
-        false,
-        Duration::from_secs(15),
-    )
-    .await;
-    let mut bob = MediaClient::join_cluster(
-        a.server.http_addr,
-        "bob",
-        &bob_token,
-        false,
-        Duration::from_secs(15),
-    )
-    .await;
+    let mut alice = participant(a.server.http_addr, "alice", &alice_token, false).await;
+    let mut bob = participant(a.server.http_addr, "bob", &bob_token, false).await;
     let got = mic_flows(&mut alice, &mut bob).await;
     assert!(got >= 30, "{got} packets on node K");
     let (alice_id, bob_id) = (alice.participant_id(), bob.participant_id());
@@ -375,23 +369,9 @@ async fn kill_9_of_a_node_places_its_rooms_again_and_its_participants_resume_els
     // each gets `joined` there as a new session (its media was on K) and media flows again.
     let mut alice = {
         drop(alice);
-        MediaClient::join_cluster(
-            a.server.http_addr,
-            "alice",
-            &alice_token,
-            true,
-            Duration::from_secs(30),
-        )
-        .await
+        participant(a.server.http_addr, "alice", &alice_token, true).await
     };
-    let mut bob = MediaClient::join_cluster(
-        a.server.http_addr,
-        "bob",
-        &bob_token,
-        true,
-        Duration::from_secs(30),
-    )
-    .await;
+    let mut bob = participant(a.server.http_addr, "bob", &bob_token, true).await;
     assert_eq!(
         alice.joined["resumed"], false,
         "a new session on a new node"
@@ -503,8 +483,8 @@ async fn redis_away_mid_meeting_keeps_the_meeting_and_its_node_claims_it_back() 
     let within = Duration::from_secs(15);
     let alice_token = host_join["join_token"].as_str().unwrap();
     let bob_token = guest_join["join_token"].as_str().unwrap();
-    let mut alice = MediaClient::join_cluster(entry, "alice", alice_token, false, within).await;
-    let mut bob = MediaClient::join_cluster(entry, "bob", bob_token, false, within).await;
+    let mut alice = participant(entry, "alice", alice_token, false).await;
+    let mut bob = participant(entry, "bob", bob_token, false).await;
     assert!(mic_flows(&mut alice, &mut bob).await >= 30);
 
     shared.redis.stop();

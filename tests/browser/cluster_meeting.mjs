@@ -9,13 +9,14 @@
 // Optional: CHROMIUM (default /usr/bin/chromium). Exit code: 0 = PASS, 1 = FAIL.
 
 import { chromium } from 'playwright-core';
+import { info, until as untilIn } from './wait.mjs';
+
+// Polled faster than the default: the move after the kill is what is timed.
+const until = (page, what, fn, arg) => untilIn(page, what, fn, arg, { pollMs: 250 });
 
 const env = process.env;
 const URL_ = (env.CONVENE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const CHROMIUM = env.CHROMIUM || '/usr/bin/chromium';
-const STEP_MS = 30_000;
-const t0 = Date.now();
-const info = (m) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
 for (const v of ['CODE', 'DEAD_WS', 'KILL_PID']) {
   if (!env[v]) { console.log(`FAIL: ${v} is not set`); process.exit(1); }
 }
@@ -23,19 +24,6 @@ for (const v of ['CODE', 'DEAD_WS', 'KILL_PID']) {
 const consoleLines = [];
 let browser;
 
-async function until(page, what, fn, arg) {
-  info(`waiting: ${what}`);
-  // Polled with page.evaluate, which awaits an async check: waitForFunction does not await the
-  // predicate, so a promise (always truthy) would pass at once.
-  const deadline = Date.now() + STEP_MS;
-  let last;
-  while (Date.now() < deadline) {
-    last = await page.evaluate(fn, arg).catch((e) => ({ error: e.message }));
-    if (last && !last.error) return last;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`timed out: ${what}${last?.error ? ` (${last.error})` : ''}`);
-}
 
 async function open(name) {
   const ctx = await browser.newContext({ viewport: { width: 960, height: 540 } });

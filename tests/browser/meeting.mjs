@@ -18,6 +18,7 @@
 // three-person meeting). Exit code 0 = PASS.
 
 import { chromium } from 'playwright-core';
+import { info, until } from './wait.mjs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -25,9 +26,6 @@ const env = process.env;
 const URL_ = (env.CONVENE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const CHROMIUM = env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACT_DIR = path.resolve(env.ARTIFACT_DIR || 'test-artifacts/meeting');
-const STEP_MS = 30_000;
-const t0 = Date.now();
-const info = (m) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
 
 for (const k of ['CODE', 'WAITING_CODE', 'PASSCODE_CODE', 'PASSCODE', 'HOST_LOGIN', 'HOST_PASSWORD']) {
   if (!env[k]) { console.log(`FAIL: ${k} is not set`); process.exit(1); }
@@ -47,19 +45,6 @@ async function open(context, name, url) {
   return page;
 }
 
-async function until(page, what, fn, arg) {
-  info(`waiting: ${what}`);
-  // Polled with page.evaluate, which awaits an async check: waitForFunction does not await the
-  // predicate, so a promise (always truthy) would pass at once.
-  const deadline = Date.now() + STEP_MS;
-  let last;
-  while (Date.now() < deadline) {
-    last = await page.evaluate(fn, arg).catch((e) => ({ error: e.message }));
-    if (last && !last.error) return last;
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  throw new Error(`timed out: ${what}${last?.error ? ` (${last.error})` : ''}`);
-}
 
 /** Resolves once `page` decodes camera video from every name in `names`. */
 function seesVideo(page, label, names, source = 'camera') {

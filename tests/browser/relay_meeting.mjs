@@ -8,6 +8,7 @@
 // Exit code: 0 = PASS, 1 = FAIL.
 
 import { chromium } from 'playwright-core';
+import { info, until } from './wait.mjs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -15,28 +16,12 @@ const env = process.env;
 const URL_ = (env.CONVENE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
 const CHROMIUM = env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACT_DIR = path.resolve(env.ARTIFACT_DIR || 'test-artifacts/relay');
-const STEP_MS = 30_000;
-const t0 = Date.now();
-const info = (m) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}`);
 if (!env.CODE) { console.log('FAIL: CODE is not set'); process.exit(1); }
 
 const pages = {};
 const consoleLines = [];
 let browser;
 
-async function until(page, what, fn, arg) {
-  info(`waiting: ${what}`);
-  // Polled with page.evaluate, which awaits an async check: waitForFunction does not await the
-  // predicate, so a promise (always truthy) would pass at once.
-  const deadline = Date.now() + STEP_MS;
-  let last;
-  while (Date.now() < deadline) {
-    last = await page.evaluate(fn, arg).catch((e) => ({ error: e.message }));
-    if (last && !last.error) return last;
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  throw new Error(`timed out: ${what}${last?.error ? ` (${last.error})` : ''}`);
-}
 
 async function open(name, query) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 720 } });
