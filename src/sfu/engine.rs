@@ -1263,15 +1263,7 @@ impl Engine {
         let Some(peer) = self.rooms.peer_mut(peer_id) else {
             return;
         };
-        while let Some(out) = peer.pc.poll_write() {
-            if out.transport.transport_protocol == TransportProtocol::TCP {
-                if !self.tcp.send(out.transport.peer_addr, &out.message) {
-                    self.metrics.ice_tcp_dropped.inc();
-                }
-            } else {
-                self.outbox.push((out.transport.peer_addr, out.message));
-            }
-        }
+        queue_writes(&mut peer.pc, &mut self.outbox, &mut self.tcp, &self.metrics);
         let deadline = peer.pc.poll_timeout();
         if deadline != peer.next_timeout {
             peer.next_timeout = deadline;
@@ -1642,15 +1634,7 @@ impl Engine {
         }
         // Close sends DTLS close_notify; queue it before the state machine is dropped.
         let _ = peer.pc.close();
-        while let Some(out) = peer.pc.poll_write() {
-            if out.transport.transport_protocol == TransportProtocol::TCP {
-                if !self.tcp.send(out.transport.peer_addr, &out.message) {
-                    self.metrics.ice_tcp_dropped.inc();
-                }
-            } else {
-                self.outbox.push((out.transport.peer_addr, out.message));
-            }
-        }
+        queue_writes(&mut peer.pc, &mut self.outbox, &mut self.tcp, &self.metrics);
         if self.rooms.close_if_empty(&peer.room) {
             info!(room = %peer.room, "room released");
             self.placement.released(&peer.room);
@@ -1846,6 +1830,25 @@ fn flush(engine: &mut Engine, socket: &MediaSocket) {
 }
 
 /// The codec a publisher's m-line sends: the first negotiated one that is not a repair format.
+/// Takes what a peer has to send: UDP datagrams into the outbox (sent in batches by `flush`),
+/// ICE-TCP frames onto their connection's queue (a full queue drops and counts).
+fn queue_writes(
+    pc: &mut RTCPeerConnection,
+    outbox: &mut Vec<(SocketAddr, BytesMut)>,
+    tcp: &mut super::tcp::Connections,
+    metrics: &crate::metrics::Metrics,
+) {
+    while let Some(out) = pc.poll_write() {
+        if out.transport.transport_protocol == TransportProtocol::TCP {
+            if !tcp.send(out.transport.peer_addr, &out.message) {
+                metrics.ice_tcp_dropped.inc();
+            }
+        } else {
+            outbox.push((out.transport.peer_addr, out.message));
+        }
+    }
+}
+
 fn primary_codec(
     codecs: &[rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters],
 ) -> Option<RTCRtpCodec> {
