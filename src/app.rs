@@ -143,6 +143,23 @@ impl Server {
             recorder: recorder.clone(),
             empty_timeout: config.meeting_empty_timeout,
             node_id: cluster.as_ref().map(|c| c.node_id().to_owned()),
+            cascade: cluster
+                .as_ref()
+                .filter(|_| config.cluster_cascade)
+                .map(|cluster| {
+                    Arc::new(crate::signaling::cascade::Settings {
+                        cluster: cluster.clone(),
+                        sync: config.cluster_cascade_sync,
+                        forward_key: keys.cluster_forward_key(),
+                        http: reqwest::Client::builder()
+                            .redirect(reqwest::redirect::Policy::none())
+                            .timeout(std::time::Duration::from_secs(10))
+                            .build()
+                            .expect("an HTTP client builds"),
+                        serials: Default::default(),
+                        metrics: metrics.clone(),
+                    })
+                }),
         });
         let live = Live {
             hub: crate::signaling::hub::Hub::default(),

@@ -317,7 +317,127 @@ return 0
     }
 }
 
+/// Cascading: what a meeting's nodes share in Redis (see `signaling::cascade`). Values are
+/// sealed like registry entries: whoever else writes to Redis cannot make a node announce a
+/// participant or open a relay.
+impl Cluster {
+    /// This node's entry for one participant of `room` (`None` removes it). The meeting's
+    /// member hash lives while any node renews it.
+    pub async fn put_member(
+        &self,
+        room: &str,
+        participant: &str,
+        entry: Option<&str>,
+    ) -> redis::RedisResult<()> {
+        let mut connection = self.inner.connection().await?;
+        let key = members_key(room);
+        match entry {
+            Some(json) => {
+                let sealed = format!("{}.{json}", self.inner.mac(json));
+                redis::pipe()
+                    .hset(&key, participant, sealed)
+                    .ignore()
+                    .pexpire(&key, self.inner.room_ttl.as_millis() as i64)
+                    .ignore()
+                    .query_async(&mut connection)
+                    .await
+            }
+            None => connection.hdel(&key, participant).await,
+        }
+    }
+
+    /// Every node's member entries of `room` (their JSON), sealed ones only.
+    pub async fn members(&self, room: &str) -> redis::RedisResult<Vec<String>> {
+        let mut connection = self.inner.connection().await?;
+        let all: std::collections::HashMap<String, String> =
+            connection.hgetall(members_key(room)).await?;
+        Ok(all.values().filter_map(|v| self.inner.open(v)).collect())
+    }
+
+    /// Appends an event of `room` for its other nodes (the stream keeps the latest few).
+    pub async fn post_event(&self, room: &str, json: &str) -> redis::RedisResult<()> {
+        let mut connection = self.inner.connection().await?;
+        let key = events_key(room);
+        let sealed = format!("{}.{json}", self.inner.mac(json));
+        redis::pipe()
+            .cmd("XADD")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(EVENTS_KEPT)
+            .arg("*")
+            .arg("e")
+            .arg(sealed)
+            .ignore()
+            .pexpire(&key, self.inner.room_ttl.as_millis() as i64)
+            .ignore()
+            .query_async(&mut connection)
+            .await
+    }
+
+    /// The events of `room` after `after` (a stream id; `None`: only the latest id, to start
+    /// from), oldest first, with the id to read after next.
+    pub async fn events_after(
+        &self,
+        room: &str,
+        after: Option<&str>,
+    ) -> redis::RedisResult<(Vec<String>, Option<String>)> {
+        let mut connection = self.inner.connection().await?;
+        let key = events_key(room);
+        let Some(after) = after else {
+            let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut connection)
+                .await?;
+            return Ok((
+                Vec::new(),
+                Some(last.first().map_or("0-0".to_owned(), |(id, _)| id.clone())),
+            ));
+        };
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(EVENTS_KEPT)
+            .query_async(&mut connection)
+            .await?;
+        let next = entries.last().map(|(id, _)| id.clone());
+        let events = entries
+            .into_iter()
+            .filter_map(|(_, fields)| fields.get(1).and_then(|v| self.inner.open(v)))
+            .collect();
+        Ok((events, next.or_else(|| Some(after.to_owned()))))
+    }
+}
+
+/// Events a meeting's stream keeps (a node more than this behind misses some).
+const EVENTS_KEPT: usize = 500;
+
+fn members_key(room: &str) -> String {
+    format!("convene:cascade:{room}:members")
+}
+
+fn events_key(room: &str) -> String {
+    format!("convene:cascade:{room}:events")
+}
+
 impl Inner {
+    /// The JSON of a value sealed by a node of this cluster.
+    fn open(&self, value: &str) -> Option<String> {
+        use hmac::Mac;
+        let (mac, json) = value.split_once('.')?;
+        let mut check = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.signing_key.as_bytes())
+            .expect("HMAC takes any key length");
+        check.update(json.as_bytes());
+        check.verify_slice(&hex::decode(mac).ok()?).ok()?;
+        Some(json.to_owned())
+    }
+
     async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref() {
@@ -349,13 +469,8 @@ impl Inner {
 
     /// An entry as written by a node of this cluster, its load made sane; None otherwise.
     fn open_entry(&self, value: &str) -> Option<NodeEntry> {
-        use hmac::Mac;
-        let (mac, json) = value.split_once('.')?;
-        let mut check = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.signing_key.as_bytes())
-            .expect("HMAC takes any key length");
-        check.update(json.as_bytes());
-        check.verify_slice(&hex::decode(mac).ok()?).ok()?;
-        let mut entry: NodeEntry = serde_json::from_str(json).ok()?;
+        let json = self.open(value)?;
+        let mut entry: NodeEntry = serde_json::from_str(&json).ok()?;
         if !(entry.http_url.starts_with("http://") || entry.http_url.starts_with("https://")) {
             return None;
         }

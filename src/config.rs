@@ -262,6 +262,17 @@ pub struct Config {
     /// its socket, and keeps an emptied room where it was for a while.
     #[serde(with = "humantime_serde")]
     pub cluster_room_ttl: Duration,
+    /// Cascading: a meeting spreads over nodes. A socket, WHIP or WHEP session is served by
+    /// the node it reaches, and the nodes relay each other's tracks to the nodes whose
+    /// participants receive them ([cluster.md]). Off: a meeting lives on one node.
+    pub cluster_cascade: bool,
+    /// Cascading: the participants of one meeting its first node takes before the REST join
+    /// sends the next ones to the least loaded other node.
+    pub cluster_room_node_participants: usize,
+    /// Cascading: how often a node reads the other nodes' members, tracks and events of the
+    /// meetings it serves (the delay before a remote change is seen here).
+    #[serde(with = "humantime_serde")]
+    pub cluster_cascade_sync: Duration,
     /// Usernames of the operators who may read cluster state (`GET /api/v1/cluster/nodes`).
     pub admins: Vec<String>,
     /// Base URL clients reach this server at, for join links (`{public_url}/m/{code}`).
@@ -407,6 +418,9 @@ impl Default for Config {
             cluster_heartbeat: Duration::from_secs(2),
             cluster_node_ttl: Duration::from_secs(6),
             cluster_room_ttl: Duration::from_secs(60),
+            cluster_cascade: false,
+            cluster_room_node_participants: 50,
+            cluster_cascade_sync: Duration::from_millis(200),
             admins: Vec::new(),
             public_url: String::new(),
             access_token_ttl: Duration::from_secs(15 * 60),
@@ -634,6 +648,20 @@ impl Config {
             return Err(invalid(
                 "public_url",
                 "cluster mode (redis_url) needs the URL this node is reached at, or an HTTP address that is not 0.0.0.0/::",
+            ));
+        }
+        if self.cluster_cascade_sync < Duration::from_millis(20)
+            || self.cluster_cascade_sync > Duration::from_secs(10)
+        {
+            return Err(invalid(
+                "cluster_cascade_sync",
+                "must be between 20ms and 10s",
+            ));
+        }
+        if self.cluster_room_node_participants == 0 {
+            return Err(invalid(
+                "cluster_room_node_participants",
+                "must be at least 1",
             ));
         }
         if self.cluster_room_ttl < self.cluster_heartbeat * 2 {

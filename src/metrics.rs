@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Cluster mode: 1 while Redis answers this node's heartbeat, 0 while it does not (the node
     /// serves what it has: degraded).
     pub cluster_redis_up: IntGauge,
+    /// Cascading: remote tracks a relay to this node was opened for, by source (`camera`,
+    /// `microphone`, `screen`, `screen_audio`).
+    pub cascade_relayed_tracks: IntCounterVec,
     /// ICE-TCP connections open now and accepted so far, and packets dropped because one's
     /// queue was full.
     pub ice_tcp_connections: IntGauge,
@@ -169,6 +172,17 @@ impl Metrics {
                 "cluster_redis_up",
                 "1 while Redis answers this node's cluster heartbeat",
             ),
+            cascade_relayed_tracks: {
+                let relayed = counter_vec(
+                    "cascade_relayed_tracks_total",
+                    "Remote tracks a relay to this node was opened for (cascading)",
+                    &["source"],
+                );
+                for source in ["camera", "microphone", "screen", "screen_audio"] {
+                    relayed.with_label_values(&[source]);
+                }
+                relayed
+            },
             ice_tcp_connections: gauge("ice_tcp_connections", "ICE-TCP connections open"),
             ice_tcp_accepted: counter("ice_tcp_connections_total", "ICE-TCP connections accepted"),
             ice_tcp_dropped: counter(

@@ -77,6 +77,7 @@ async fn room_subscriber_follows_publishers_coming_and_going() {
             RoomId(room.into()),
             ParticipantId("carol".into()),
             limits(state),
+            false,
         )
         .await
         .unwrap();
@@ -183,13 +184,18 @@ async fn room_capacity_counts_participants_not_connections() {
     // Alice's second connection (her subscriber) takes no second place...
     assert!(state
         .sfu
-        .subscribe_room(room.clone(), ParticipantId("alice".into()), limits(state))
+        .subscribe_room(
+            room.clone(),
+            ParticipantId("alice".into()),
+            limits(state),
+            false
+        )
         .await
         .is_ok());
     // ...but another participant finds the room full.
     let refused = state
         .sfu
-        .subscribe_room(room, ParticipantId("bob".into()), limits(state))
+        .subscribe_room(room, ParticipantId("bob".into()), limits(state), false)
         .await;
     assert!(
         matches!(refused, Err(convene::sfu::SfuError::RoomFull { max: 1 })),
@@ -244,6 +250,7 @@ async fn a_publisher_offer_with_new_credentials_restarts_ice() {
             RoomId("restart".into()),
             ParticipantId("bob".into()),
             limits(state),
+            false,
         )
         .await
         .unwrap();

@@ -26,6 +26,110 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/cluster/nodes", get(nodes))
 }
 
+/// Node-to-node routes (cascading), outside `/api/v1`: only a node of the cluster (its forward
+/// key) may call them.
+pub fn internal_router() -> Router<AppState> {
+    use crate::signaling::cascade::RELAYS_PATH;
+    Router::new()
+        .route(RELAYS_PATH, axum::routing::post(open_relay))
+        .route(
+            &format!("{RELAYS_PATH}/{{meeting_id}}/{{session}}"),
+            axum::routing::delete(close_relay),
+        )
+}
+
+fn from_a_node(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    if state.forwarded_by_node(headers) && state.config.cluster_cascade {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "for the nodes of this cluster only",
+        ))
+    }
+}
+
+/// Where another node's relay is answered: a viewer of the publisher restricted to the asked
+/// tracks (see `sfu::relay`).
+async fn open_relay(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Json(request): Json<crate::signaling::cascade::RelayRequest>,
+) -> Result<Json<crate::signaling::cascade::RelayAnswer>, ApiError> {
+    from_a_node(&state, &headers)?;
+    let tracks = request
+        .tracks
+        .iter()
+        .map(|t| {
+            t.strip_prefix('t')
+                .and_then(|n| n.parse().ok())
+                .map(crate::ids::TrackId)
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "tracks: one or more track ids",
+            )
+        })?;
+    // A node's relays are bounded by the server's own capacity (`max_peers`), not by the
+    // meeting's viewer limit: they are not viewers but the meeting's other nodes.
+    let limits = crate::sfu::RoomLimits {
+        participants: usize::MAX,
+        viewers: usize::MAX,
+        sessions_per_identity: usize::MAX,
+    };
+    let negotiated = state
+        .sfu
+        .offer(
+            crate::ids::RoomId(request.meeting_id),
+            crate::ids::ParticipantId(RELAY_IDENTITY.to_owned()),
+            crate::sfu::Intent::Relay {
+                publisher: crate::ids::ParticipantId(request.publisher),
+                tracks,
+            },
+            limits,
+            request.offer,
+        )
+        .await?;
+    Ok(Json(crate::signaling::cascade::RelayAnswer {
+        answer: negotiated.answer,
+        session: negotiated.session.to_string(),
+    }))
+}
+
+/// The identity relays to other nodes have in a room.
+const RELAY_IDENTITY: &str = "convene-relay";
+
+async fn close_relay(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path((meeting_id, session)): axum::extract::Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    from_a_node(&state, &headers)?;
+    let session = uuid::Uuid::parse_str(&session)
+        .map(crate::ids::PeerId)
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such relay",
+            )
+        })?;
+    state
+        .sfu
+        .close(
+            crate::ids::RoomId(meeting_id),
+            session,
+            crate::sfu::Requester::owner(crate::ids::ParticipantId(RELAY_IDENTITY.to_owned())),
+        )
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(
     get, path = "/cluster/nodes", tag = "cluster",
     security(("bearer" = [])),

@@ -1105,11 +1105,18 @@ async fn join_meeting(
                 .collect();
             // In a cluster, this node is the room's (requests about a meeting are served by
             // its node): the client goes on here, wherever it asked.
+            // With cascading, once this node holds `cluster_room_node_participants` of the
+            // meeting, the next ones go to the least loaded other node.
             let (base, ws_url) = match &state.cluster {
-                Some(cluster) => (
-                    cluster.http_url().trim_end_matches('/').to_owned(),
-                    crate::cluster::ws_url(cluster.http_url()),
-                ),
+                Some(cluster) => {
+                    let http_url = spill_node(&state, cluster, &room)
+                        .await
+                        .unwrap_or_else(|| cluster.http_url().to_owned());
+                    (
+                        http_url.trim_end_matches('/').to_owned(),
+                        crate::cluster::ws_url(&http_url),
+                    )
+                }
                 None => (String::new(), "/ws".to_owned()),
             };
             let response = JoinResponse {
@@ -1209,4 +1216,32 @@ pub fn router() -> Router<AppState> {
 
 pub fn openapi() -> utoipa::openapi::OpenApi {
     Doc::openapi()
+}
+
+/// Cascading: the node a new participant of a meeting this node holds enough of goes to (the
+/// least loaded other live node), if any.
+async fn spill_node(
+    state: &AppState,
+    cluster: &crate::cluster::Cluster,
+    meeting_id: &str,
+) -> Option<String> {
+    if !state.config.cluster_cascade {
+        return None;
+    }
+    let here = state
+        .store
+        .seats_on_node(meeting_id, cluster.node_id())
+        .await
+        .ok()?;
+    if here < state.config.cluster_room_node_participants as i64 {
+        return None;
+    }
+    let nodes = cluster.nodes().await.ok()?;
+    nodes
+        .into_iter()
+        .filter(|n| n.id != cluster.node_id())
+        .min_by(|a, b| {
+            crate::cluster::load_score(&a.load).total_cmp(&crate::cluster::load_score(&b.load))
+        })
+        .map(|n| n.http_url)
 }

@@ -36,7 +36,9 @@ pub fn router() -> Router<AppState> {
         .merge(cluster::router())
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(docs_page));
-    Router::new().nest("/api/v1", v1)
+    Router::new()
+        .nest("/api/v1", v1)
+        .merge(cluster::internal_router())
 }
 
 #[derive(OpenApi)]

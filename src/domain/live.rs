@@ -67,4 +67,7 @@ pub trait LiveMeetings: Send + Sync {
         meeting_id: String,
         recording_id: String,
     ) -> LiveFuture<'_, Result<Recording, RecordingError>>;
+    /// A view-only (WHEP) session of the meeting here watches `publisher` (or the latest one):
+    /// with cascading, that publisher's tracks are relayed to this node while it lasts.
+    fn viewer(&self, meeting_id: &str, session: crate::ids::PeerId, publisher: Option<String>);
 }

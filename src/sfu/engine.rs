@@ -368,9 +368,10 @@ impl Engine {
                 room,
                 identity,
                 limits,
+                manual,
                 reply,
             } => {
-                let result = self.subscribe_room(room.clone(), identity, limits, now);
+                let result = self.subscribe_room(room.clone(), identity, limits, manual, now);
                 self.placement.settle(&room, self.rooms.contains(&room));
                 let _ = reply.send(result);
             }
@@ -380,6 +381,23 @@ impl Engine {
                 reply,
             } => {
                 let _ = reply.send(self.apply_answer(session, sdp, now));
+            }
+            Command::OpenRelay {
+                room,
+                identity,
+                tracks,
+                reply,
+            } => {
+                let result = self.open_relay(room.clone(), identity, tracks, now);
+                self.placement.settle(&room, self.rooms.contains(&room));
+                let _ = reply.send(result);
+            }
+            Command::RelayAnswer {
+                session,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.relay_answer(session, sdp, now));
             }
             Command::Renegotiate {
                 session,
@@ -404,7 +422,7 @@ impl Engine {
         self.check_capacity(
             &room_id,
             &identity,
-            matches!(intent, Intent::Subscribe { .. }),
+            !matches!(intent, Intent::Publish),
             &limits,
         )?;
         let parsed = Sdp::parse(&offer_sdp)?;
@@ -420,14 +438,24 @@ impl Engine {
 
         // A viewer watches the publisher it names, else the room's most recent one; with none
         // there yet it waits for one (see `viewer.rs`).
-        let watch = match &intent {
-            Intent::Publish => None,
-            Intent::Subscribe { publisher } => Some((
-                publisher.clone(),
-                self.rooms
-                    .get(&room_id)
-                    .and_then(|room| room.choose_publisher(publisher.as_ref())),
-            )),
+        let chosen = |publisher: Option<&ParticipantId>| {
+            self.rooms
+                .get(&room_id)
+                .and_then(|room| room.choose_publisher(publisher))
+        };
+        let (watch, only) = match &intent {
+            Intent::Publish => (None, None),
+            Intent::Subscribe { publisher } => {
+                (Some((publisher.clone(), chosen(publisher.as_ref()))), None)
+            }
+            // A relay does not wait for its publisher: the other node asks for what exists.
+            Intent::Relay { publisher, tracks } => {
+                let peer = chosen(Some(publisher)).ok_or(SfuError::PublisherNotFound)?;
+                (
+                    Some((Some(publisher.clone()), Some(peer))),
+                    Some(tracks.as_slice()),
+                )
+            }
         };
 
         let id = PeerId::on_engine(self.index as u8);
@@ -438,7 +466,9 @@ impl Engine {
         };
         let (mut pc, estimate) = self.factory.new_peer_connection(now, direction)?;
         let down_tracks = match &watch {
-            Some((_, Some(publisher))) => self.add_down_tracks(&mut pc, id, *publisher, now)?,
+            Some((_, Some(publisher))) => {
+                self.add_down_tracks(&mut pc, id, *publisher, only, now)?
+            }
             Some((_, None)) => super::viewer::placeholder_down_tracks(&mut pc, id, &parsed)?,
             None => Vec::new(),
         };
@@ -488,6 +518,8 @@ impl Engine {
             quality: Default::default(),
             dtls_input: false,
             estimate,
+            relay_tracks: Vec::new(),
+            manual: None,
         };
 
         let mut new_tracks = Vec::new();
@@ -538,15 +570,22 @@ impl Engine {
         pc: &mut RTCPeerConnection,
         subscriber: PeerId,
         publisher: PeerId,
+        only: Option<&[TrackId]>,
         now: Instant,
     ) -> Result<Vec<DownTrack>, SfuError> {
         let publisher_peer = self
             .rooms
             .peer(publisher)
             .ok_or(SfuError::PublisherNotFound)?;
+        if only.is_some_and(|tracks| tracks.iter().any(|t| !publisher_peer.published.contains(t))) {
+            return Err(SfuError::TrackNotFound);
+        }
         let stream_id = publisher_peer.identity.0.clone();
         let mut down_tracks = Vec::new();
         for track_id in &publisher_peer.published {
+            if only.is_some_and(|only| !only.contains(track_id)) {
+                continue;
+            }
             let Some(track) = self.rooms.track(*track_id) else {
                 continue;
             };
@@ -617,8 +656,28 @@ impl Engine {
                 .iter()
                 .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
                 .and_then(|e| u8::try_from(e.id).ok());
-            let id = TrackId::on_engine(self.next_track_id, self.index, self.placement.engines());
-            self.next_track_id += 1;
+            // A relay's track takes the id signaling announced before it opened; the publishing
+            // node names it in the track id (`{its id}-…`, see `add_down_tracks`).
+            let id = if peer.relay_tracks.is_empty() {
+                self.next_track_id += 1;
+                TrackId::on_engine(self.next_track_id - 1, self.index, self.placement.engines())
+            } else {
+                let origin = rtc_track_id.split('-').next().unwrap_or_default();
+                let named = peer
+                    .relay_tracks
+                    .iter()
+                    .find(|(o, id)| o.to_string() == origin && !peer.published.contains(id));
+                // Else by order: the relay offered one section per track, in this order.
+                let Some(&(_, id)) =
+                    named.or_else(|| peer.relay_tracks.get(peer.published.len() + added.len()))
+                else {
+                    continue;
+                };
+                if added.contains(&id) {
+                    continue;
+                }
+                id
+            };
             let video = kind == rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video;
             let rids: Vec<String> = receiver
                 .track()

@@ -19,6 +19,7 @@ mod peer;
 mod placement;
 pub mod quality;
 pub mod red;
+pub mod relay;
 mod room;
 pub mod rtcp;
 pub mod sdp;
@@ -51,6 +52,12 @@ pub enum Intent {
     /// Watch a publisher: the named identity, else the room's most recent publisher.
     Subscribe {
         publisher: Option<ParticipantId>,
+    },
+    /// Cascading: another node receives these tracks of `publisher` (see `relay.rs`). Like a
+    /// viewer of that publisher, with only these tracks.
+    Relay {
+        publisher: ParticipantId,
+        tracks: Vec<TrackId>,
     },
 }
 
@@ -261,6 +268,14 @@ pub enum PatchOutcome {
     },
 }
 
+/// One track a relay receives: its kind, the publishing node's id of it, and its id here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayedTrack {
+    pub kind: MediaKind,
+    pub origin: TrackId,
+    pub local: TrackId,
+}
+
 /// Limits and timings the engine enforces.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
@@ -353,9 +368,21 @@ pub(crate) enum Command {
         room: RoomId,
         identity: ParticipantId,
         limits: RoomLimits,
+        manual: bool,
         reply: oneshot::Sender<Result<Negotiated, SfuError>>,
     },
     Answer {
+        session: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    OpenRelay {
+        room: RoomId,
+        identity: ParticipantId,
+        tracks: Vec<RelayedTrack>,
+        reply: oneshot::Sender<Result<Negotiated, SfuError>>,
+    },
+    RelayAnswer {
         session: PeerId,
         sdp: String,
         reply: oneshot::Sender<Result<(), SfuError>>,
@@ -449,6 +476,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<()>,
     },
 }
+
+/// Track serials from here on are signaling's (announced before the track exists); an engine
+/// mints its own from 1 and never gets near.
+pub const PROVISIONAL_SERIALS: u64 = 1 << 40;
 
 /// Engines one server may run (`media_workers`); a [`PeerId`] names its engine in one byte.
 pub const MAX_WORKERS: usize = 64;
@@ -699,13 +730,14 @@ impl Sfu {
     }
 
     /// A subscriber connection for `identity` receiving every other participant's tracks in the
-    /// room; the answer's `answer` field holds the server's offer. Later changes arrive as
-    /// [`SfuEvent::Offer`].
+    /// room (`manual`: only those it subscribes to); the answer's `answer` field holds the
+    /// server's offer. Later changes arrive as [`SfuEvent::Offer`].
     pub async fn subscribe_room(
         &self,
         room: RoomId,
         identity: ParticipantId,
         limits: RoomLimits,
+        manual: bool,
     ) -> Result<Negotiated, SfuError> {
         let key = room.clone();
         self.call(Route::Open(&key), no_session, |reply| {
@@ -713,10 +745,50 @@ impl Sfu {
                 room,
                 identity,
                 limits,
+                manual,
                 reply,
             }
         })
         .await
+    }
+
+    /// Cascading, on the node that receives: a connection that will receive `tracks` of
+    /// `identity` (a publisher on another node) as tracks of this room, and the offer to send
+    /// that node. Each track takes the id signaling announced for it.
+    pub async fn open_relay(
+        &self,
+        room: RoomId,
+        identity: ParticipantId,
+        tracks: Vec<RelayedTrack>,
+    ) -> Result<Negotiated, SfuError> {
+        let key = room.clone();
+        self.call(Route::Open(&key), no_session, |reply| Command::OpenRelay {
+            room,
+            identity,
+            tracks,
+            reply,
+        })
+        .await
+    }
+
+    /// The other node's answer to a relay's offer: its track is published in the room.
+    pub async fn relay_answer(&self, session: PeerId, sdp: String) -> Result<(), SfuError> {
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::RelayAnswer {
+                session,
+                sdp,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// The id a track announced before it exists (a remote track of a cascaded room) takes:
+    /// one of the room's engine, from a range engines never mint.
+    pub fn provisional_track_id(&self, room: &RoomId, serial: u64) -> TrackId {
+        let engines = self.engines.len();
+        let engine = self.placement.find(room).unwrap_or(0);
+        TrackId::on_engine(PROVISIONAL_SERIALS + serial, engine, engines)
     }
 
     /// The client's answer to the last server offer on `session`.

@@ -117,9 +117,22 @@ pub struct Peer {
     pub dtls_input: bool,
     /// A subscriber leg's bandwidth estimate (its congestion control writes it).
     pub estimate: Option<Arc<Estimate>>,
+    /// A cascade relay (see `relay.rs`): the publishing node's id of each track it receives,
+    /// and the id the track takes here.
+    pub relay_tracks: Vec<(TrackId, TrackId)>,
+    /// A room subscriber with manual subscriptions gets only these tracks; `None`: every other
+    /// participant's track (automatic, the default).
+    pub manual: Option<rustc_hash::FxHashSet<TrackId>>,
 }
 
 impl Peer {
+    /// Whether a room subscriber takes `track` when it appears.
+    pub fn takes(&self, track: TrackId) -> bool {
+        self.manual
+            .as_ref()
+            .is_none_or(|wanted| wanted.contains(&track))
+    }
+
     pub fn is_publisher(&self) -> bool {
         self.role == PeerRole::Publisher
     }

@@ -30,6 +30,7 @@ impl Engine {
         room_id: RoomId,
         identity: ParticipantId,
         limits: super::RoomLimits,
+        manual: bool,
         now: Instant,
     ) -> Result<Negotiated, SfuError> {
         self.check_capacity(&room_id, &identity, false, &limits)?;
@@ -60,6 +61,8 @@ impl Engine {
             quality: Default::default(),
             dtls_input: false,
             estimate,
+            relay_tracks: Vec::new(),
+            manual: manual.then(Default::default),
         };
         let sources: Vec<TrackId> = self
             .rooms
@@ -68,9 +71,11 @@ impl Engine {
                 room.tracks
                     .values()
                     .filter(|t| {
-                        room.peers
-                            .get(&t.publisher)
-                            .is_some_and(|p| p.identity != identity)
+                        !manual
+                            && room
+                                .peers
+                                .get(&t.publisher)
+                                .is_some_and(|p| p.identity != identity)
                     })
                     .map(|t| t.id)
                     .collect()
@@ -172,6 +177,13 @@ impl Engine {
             .down_tracks
             .iter()
             .position(|d| d.source == track && !d.removed);
+        if let Some(wanted) = self.rooms.peer_mut(session).and_then(|p| p.manual.as_mut()) {
+            if subscribed {
+                wanted.insert(track);
+            } else {
+                wanted.remove(&track);
+            }
+        }
         match (subscribed, active) {
             (true, None) => {
                 let mut sub = self
@@ -393,13 +405,16 @@ impl Engine {
             let Some(mut sub) = self.rooms.take_peer(session) else {
                 continue;
             };
-            for track_id in tracks {
+            let taken: Vec<TrackId> = tracks.iter().copied().filter(|t| sub.takes(*t)).collect();
+            for track_id in &taken {
                 if let Err(e) = self.attach(&mut sub, *track_id) {
                     debug!(%session, %track_id, error = %e, "track not added to subscriber");
                 }
             }
             self.rooms.put_back(sub);
-            self.send_offer(session, now);
+            if !taken.is_empty() {
+                self.send_offer(session, now);
+            }
         }
         self.attach_waiting_viewers(&room, now);
     }
@@ -525,7 +540,7 @@ impl Engine {
     }
 }
 
-fn create_offer(peer: &mut Peer, now: Instant) -> Result<String, SfuError> {
+pub(super) fn create_offer(peer: &mut Peer, now: Instant) -> Result<String, SfuError> {
     let offer = peer.pc.create_offer(None)?;
     peer.pc.set_local_description(now, offer)?;
     peer.negotiation = Negotiation::AwaitingAnswer { again: false };

@@ -68,6 +68,9 @@ impl Hub {
 /// Delivers the engine's events until the engine stops.
 pub async fn run(hub: Hub, rooms: Signaling, mut events: mpsc::UnboundedReceiver<SfuEvent>) {
     while let Some(event) = events.recv().await {
+        if let SfuEvent::Closed { session, .. } = &event {
+            rooms.session_closed(*session);
+        }
         if let Some(room_event) = hub.dispatch(event) {
             rooms.media_event(room_event);
         }

@@ -10,6 +10,7 @@
 //! - [`hub`]: routes SFU events to sessions, and room events to the room tasks.
 
 pub mod auth;
+pub mod cascade;
 pub mod hub;
 pub mod protocol;
 pub mod room;

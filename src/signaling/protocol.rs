@@ -68,6 +68,10 @@ pub enum ClientMessage {
         /// the grace period): media connections are kept.
         #[serde(default)]
         resume: bool,
+        /// `false`: your subscriber connection carries only the tracks you `subscribe` to
+        /// (large meetings); default `true`: every other participant's tracks.
+        #[serde(default)]
+        auto_subscribe: Option<bool>,
     },
     /// An offer for the client's publisher connection (the server answers with `answer`).
     Offer {
@@ -468,7 +472,7 @@ pub struct Permissions {
 }
 
 /// A participant as the others see them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipantView {
     pub participant_id: String,
     /// The media identity: the stream id of their tracks on your subscriber connection.
@@ -483,7 +487,7 @@ pub struct ParticipantView {
 }
 
 /// A published track. Its `track_id` is the id of the track on your subscriber connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackView {
     pub track_id: String,
     pub source: Source,
@@ -637,7 +641,8 @@ mod tests {
             ClientMessage::Join {
                 token: Some("t".into()),
                 version: None,
-                resume: false
+                resume: false,
+                auto_subscribe: None,
             }
         );
         assert_eq!(reference.as_deref(), Some("1"));

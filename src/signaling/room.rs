@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::cascade::{Cascade, EventKind, RelayOutcome, Subscriptions};
 use super::protocol::{
     Kind, ParticipantView, ServerMessage, Source, SpeakerView, TrackView, WaitingView,
 };
@@ -60,6 +61,7 @@ pub(crate) enum Command {
     Register {
         view: ParticipantView,
         session: mpsc::UnboundedSender<Input>,
+        subscriptions: Subscriptions,
         reply: Reply<Result<Vec<ParticipantView>, Closed>>,
     },
     /// A session ends; with a `reason` the others see `participant_left`. Only if `session` is
@@ -164,6 +166,26 @@ pub(crate) enum Command {
         recording_id: Option<String>,
         reply: Reply<Result<Recording, RecordingError>>,
     },
+    /// A member (un)subscribed from a track; the reply says whether it is a remote track not
+    /// relayed here yet.
+    Subscription {
+        participant_id: String,
+        track: TrackId,
+        subscribed: bool,
+        reply: Reply<bool>,
+    },
+    /// Cascading: a view-only session here watches a publisher (`Some`: the named one, or the
+    /// latest), or ended (`None`).
+    Viewer {
+        session: PeerId,
+        publisher: Option<Option<String>>,
+    },
+    /// Cascading: the other nodes' members as Redis holds them now.
+    RemoteMembers(Vec<String>),
+    /// Cascading: an event of another node.
+    RemoteEvent(EventKind),
+    /// Cascading: a relay was opened, or failed.
+    RelayOutcome(RelayOutcome),
 }
 
 struct Member {
@@ -178,6 +200,8 @@ struct Member {
     /// Track events of the member's identity from a connection not (yet) known as its
     /// publisher, oldest first: replayed if `Publisher` names it, else dropped.
     early: Vec<SfuEvent>,
+    /// What the member receives: which remote tracks this node relays for it.
+    subscriptions: Subscriptions,
 }
 
 /// Track events held per member until their connection is known (a few per offer).
@@ -215,6 +239,11 @@ pub(super) struct Room {
     recording: Option<RecordingHandle>,
     /// Whether the meeting's auto-record setting was looked at (once per task).
     auto_record_checked: bool,
+    /// Cascading: the meeting's members and tracks on other nodes, and their relays here.
+    cascade: Option<Cascade>,
+    /// Cascading: view-only sessions here, by the publisher identity they watch (`None`: the
+    /// latest publisher, whoever it is).
+    viewers: HashMap<PeerId, Option<String>>,
 }
 
 /// Serves the room's commands until it is idle and the directory let it go.
@@ -263,6 +292,10 @@ impl Room {
         signaling: Signaling,
         services: Arc<Services>,
     ) -> Self {
+        let cascade = services
+            .cascade
+            .clone()
+            .map(|settings| Cascade::start(settings, meeting_id.clone(), signaling.clone()));
         Self {
             meeting_id,
             id,
@@ -275,11 +308,14 @@ impl Room {
             countdown: None,
             recording: None,
             auto_record_checked: false,
+            cascade,
+            viewers: HashMap::new(),
         }
     }
 
     fn idle(&self) -> bool {
         self.members.is_empty()
+            && self.viewers.is_empty()
             && self.waiting.is_empty()
             && self.countdown.is_none()
             && self.recording.is_none()
@@ -290,10 +326,11 @@ impl Room {
             Command::Register {
                 view,
                 session,
+                subscriptions,
                 reply,
             } => {
                 let participant_id = view.participant_id.clone();
-                let registered = self.register(view, session);
+                let registered = self.register(view, session, subscriptions);
                 let ok = registered.is_ok();
                 let _ = reply.send(registered);
                 if ok {
@@ -305,7 +342,10 @@ impl Room {
                 participant_id,
                 session,
                 reason,
-            } => self.unregister(&participant_id, &session, reason),
+            } => {
+                self.unregister(&participant_id, &session, reason);
+                self.reconcile_relays();
+            }
             Command::Lookup { identity, reply } => {
                 let found = self.by_identity.get(&identity).and_then(|id| {
                     let member = self.members.get(id)?;
@@ -342,14 +382,45 @@ impl Room {
             Command::SetHand {
                 participant_id,
                 raised,
-            } => self.set_hand(&participant_id, raised),
-            Command::Broadcast { frame, except } => self.broadcast(&frame, except.as_deref()),
+            } => {
+                self.set_hand(&participant_id, raised);
+                self.share(&participant_id);
+            }
+            Command::Broadcast { frame, except } => {
+                self.broadcast(&frame, except.as_deref());
+                if let Some(cascade) = &self.cascade {
+                    cascade.post(EventKind::Broadcast {
+                        frame: frame.to_string(),
+                    });
+                }
+            }
             Command::Muted {
                 participant_id,
                 kind,
                 by,
-            } => self.muted_by_moderator(&participant_id, kind, by),
+            } => {
+                if let Some(cascade) = self
+                    .cascade
+                    .as_ref()
+                    .filter(|c| c.is_remote(&participant_id))
+                {
+                    cascade.post(EventKind::Muted {
+                        participant_id: participant_id.clone(),
+                        video: kind == MediaKind::Video,
+                        by: by.clone(),
+                    });
+                }
+                self.muted_by_moderator(&participant_id, kind, by);
+                self.share(&participant_id);
+            }
             Command::Kicked { target, banned, by } => {
+                if let Some(cascade) = self.cascade.as_ref().filter(|c| c.is_remote(&target.id)) {
+                    cascade.post(EventKind::Kicked {
+                        participant_id: target.id.clone(),
+                        banned,
+                        by: by.clone(),
+                    });
+                }
                 for member in self.members.values() {
                     if member.view.identity == target.identity {
                         let _ = member.session.send(Input::Kicked {
@@ -365,7 +436,10 @@ impl Room {
             Command::RoleChanged {
                 participant_id,
                 role,
-            } => self.role_changed(&participant_id, role),
+            } => {
+                self.role_changed(&participant_id, role);
+                self.share(&participant_id);
+            }
             Command::Wait { id, view, events } => {
                 let participant_id = view.participant_id.clone();
                 self.waiting
@@ -388,6 +462,9 @@ impl Room {
                 admitted,
             } => self.waiting_resolved(participant_id, admitted),
             Command::MeetingEnded { by } => {
+                if let Some(cascade) = &self.cascade {
+                    cascade.post(EventKind::MeetingEnded { by: by.clone() });
+                }
                 let _ = self.stop_recording(None, None).await;
                 self.meeting_ended(by);
             }
@@ -410,6 +487,9 @@ impl Room {
                 }
             }
             Command::Shutdown => {
+                if let Some(cascade) = &mut self.cascade {
+                    cascade.close_all(&self.services.sfu);
+                }
                 // Files are closed whole: the recording is ready, not interrupted.
                 let _ = self.stop_recording(None, None).await;
                 self.countdown = None;
@@ -453,6 +533,159 @@ impl Room {
                 };
                 let _ = reply.send(result);
             }
+            Command::Subscription {
+                participant_id,
+                track,
+                subscribed,
+                reply,
+            } => {
+                if let Some(member) = self.members.get_mut(&participant_id) {
+                    let listed = &mut member.subscriptions;
+                    if subscribed == listed.manual {
+                        listed.listed.insert(track);
+                    } else {
+                        listed.listed.remove(&track);
+                    }
+                }
+                let pending = self.cascade.as_ref().is_some_and(|c| c.pending(track));
+                let _ = reply.send(pending);
+                self.reconcile_relays();
+            }
+            Command::Viewer { session, publisher } => {
+                match publisher {
+                    Some(publisher) => {
+                        self.viewers.insert(session, publisher);
+                    }
+                    None => {
+                        self.viewers.remove(&session);
+                    }
+                }
+                self.reconcile_relays();
+            }
+            Command::RemoteMembers(entries) => self.remote_members(entries),
+            Command::RemoteEvent(event) => self.remote_event(event).await,
+            Command::RelayOutcome(outcome) => {
+                if let Some(cascade) = &mut self.cascade {
+                    cascade.relay_outcome(outcome, &self.services.sfu);
+                }
+                self.reconcile_relays();
+            }
+        }
+    }
+
+    // ---- cascading ----------------------------------------------------------------------------
+
+    /// Shares a local member's view with the meeting's other nodes.
+    fn share(&self, participant_id: &str) {
+        if let Some(cascade) = &self.cascade {
+            cascade.put_member(
+                participant_id,
+                self.members.get(participant_id).map(|m| &m.view),
+            );
+        }
+    }
+
+    fn reconcile_relays(&mut self) {
+        let Some(cascade) = &mut self.cascade else {
+            return;
+        };
+        cascade.reconcile(
+            self.members.values().map(|m| &m.subscriptions),
+            &self.viewers,
+            &self.services.sfu,
+            &self.signaling,
+        );
+    }
+
+    fn remote_members(&mut self, entries: Vec<String>) {
+        let Some(cascade) = &mut self.cascade else {
+            return;
+        };
+        let changes = cascade.apply_members(entries, &self.services.sfu);
+        for participant_id in changes.left {
+            self.broadcast(
+                &frame(&ServerMessage::ParticipantLeft {
+                    participant_id,
+                    reason: "left".to_owned(),
+                }),
+                None,
+            );
+        }
+        for (participant_id, track_id) in changes.unpublished {
+            self.broadcast(
+                &frame(&ServerMessage::TrackUnpublished {
+                    participant_id,
+                    track_id,
+                }),
+                None,
+            );
+        }
+        for participant in changes.joined {
+            self.broadcast(
+                &frame(&ServerMessage::ParticipantJoined { participant }),
+                None,
+            );
+        }
+        for (participant_id, track) in changes.published {
+            self.broadcast(
+                &frame(&ServerMessage::TrackPublished {
+                    participant_id,
+                    track,
+                }),
+                None,
+            );
+        }
+        for participant in changes.updated {
+            self.broadcast(
+                &frame(&ServerMessage::ParticipantUpdated { participant }),
+                None,
+            );
+        }
+        self.reconcile_relays();
+    }
+
+    async fn remote_event(&mut self, event: EventKind) {
+        match event {
+            EventKind::Broadcast { frame } => self.broadcast(&Frame::from(frame), None),
+            EventKind::Kicked {
+                participant_id,
+                banned,
+                by,
+            } => {
+                if let Some(member) = self.members.get(&participant_id) {
+                    let _ = member.session.send(Input::Kicked { banned, by });
+                }
+            }
+            EventKind::Muted {
+                participant_id,
+                video,
+                by,
+            } => {
+                let kind = if video {
+                    MediaKind::Video
+                } else {
+                    MediaKind::Audio
+                };
+                let Some(member) = self.members.get(&participant_id) else {
+                    return;
+                };
+                let identity = crate::ids::ParticipantId(member.view.identity.clone());
+                let room = crate::ids::RoomId(self.meeting_id.clone());
+                if let Err(e) = self
+                    .services
+                    .sfu
+                    .set_muted(room, identity, kind, true)
+                    .await
+                {
+                    tracing::warn!(participant = %participant_id, error = %e, "remote mute not applied to media");
+                }
+                self.muted_by_moderator(&participant_id, kind, by);
+                self.share(&participant_id);
+            }
+            EventKind::MeetingEnded { by } => {
+                let _ = self.stop_recording(None, None).await;
+                self.meeting_ended(by);
+            }
         }
     }
 
@@ -462,6 +695,7 @@ impl Room {
         &mut self,
         view: ParticipantView,
         session: mpsc::UnboundedSender<Input>,
+        subscriptions: Subscriptions,
     ) -> Result<Vec<ParticipantView>, Closed> {
         if self.ended || self.signaling.stopping() {
             return Err(Closed);
@@ -484,12 +718,16 @@ impl Room {
                 );
             }
         }
-        let others = self
+        let mut others: Vec<ParticipantView> = self
             .members
             .iter()
             .filter(|(id, _)| **id != view.participant_id)
             .map(|(_, m)| m.view.clone())
             .collect();
+        if let Some(cascade) = &self.cascade {
+            others.extend(cascade.remote_views().cloned());
+        }
+        let participant_id = view.participant_id.clone();
         let joined = frame(&ServerMessage::ParticipantJoined {
             participant: view.clone(),
         });
@@ -505,8 +743,16 @@ impl Room {
                 sources: HashMap::new(),
                 tracks: HashMap::new(),
                 early: Vec::new(),
+                subscriptions,
             },
         );
+        if let Some(cascade) = &self.cascade {
+            cascade.put_member(
+                &participant_id,
+                self.members.get(&participant_id).map(|m| &m.view),
+            );
+        }
+        self.reconcile_relays();
         Ok(others)
     }
 
@@ -523,6 +769,7 @@ impl Room {
         if !ours {
             return;
         }
+        self.share_gone(participant_id);
         if let Some(member) = self.members.remove(participant_id) {
             if self
                 .by_identity
@@ -547,14 +794,23 @@ impl Room {
         }
     }
 
+    fn share_gone(&self, participant_id: &str) {
+        if let Some(cascade) = &self.cascade {
+            cascade.put_member(participant_id, None);
+        }
+    }
+
     fn snapshot(&self, participant_id: &str) -> Option<Snapshot> {
         let me = self.members.get(participant_id)?.view.clone();
-        let others = self
+        let mut others: Vec<ParticipantView> = self
             .members
             .iter()
             .filter(|(id, _)| id.as_str() != participant_id)
             .map(|(_, m)| m.view.clone())
             .collect();
+        if let Some(cascade) = &self.cascade {
+            others.extend(cascade.remote_views().cloned());
+        }
         let waiting = self.waiting.values().map(|w| w.view.clone()).collect();
         Some(Snapshot {
             me,
@@ -631,15 +887,19 @@ impl Room {
             .filter(|(_, (s, _))| *s == source)
             .map(|(id, _)| *id)
             .collect();
-        self.broadcast(
-            &frame(&ServerMessage::MediaState {
-                participant_id: participant_id.to_owned(),
-                source,
-                muted,
-                by: None,
-            }),
-            None,
-        );
+        let state = frame(&ServerMessage::MediaState {
+            participant_id: participant_id.to_owned(),
+            source,
+            muted,
+            by: None,
+        });
+        self.broadcast(&state, None);
+        if let Some(cascade) = &self.cascade {
+            cascade.post(EventKind::Broadcast {
+                frame: state.to_string(),
+            });
+        }
+        self.share(participant_id);
         for track in tracks {
             self.apply_mute(participant_id, track, muted).await;
         }
@@ -722,6 +982,7 @@ impl Room {
                 ..
             } => {
                 let Some(participant_id) = self.by_identity.get(&identity.0).cloned() else {
+                    self.relay_event(&event);
                     return;
                 };
                 let Some(member) = self.members.get_mut(&participant_id) else {
@@ -746,8 +1007,16 @@ impl Room {
                 let speakers = speakers
                     .into_iter()
                     .filter_map(|s| {
+                        let participant_id = match self.by_identity.get(&s.identity.0) {
+                            Some(id) => id.clone(),
+                            None => self
+                                .cascade
+                                .as_ref()?
+                                .participant_of(&s.identity.0)?
+                                .to_owned(),
+                        };
                         Some(SpeakerView {
-                            participant_id: self.by_identity.get(&s.identity.0)?.clone(),
+                            participant_id,
                             level: s.level,
                         })
                     })
@@ -755,6 +1024,28 @@ impl Room {
                 self.broadcast(&frame(&ServerMessage::ActiveSpeakers { speakers }), None);
             }
             // Session events go to their sessions, not here.
+            _ => {}
+        }
+    }
+
+    /// A track event of no local member: a relay's track arriving (local members are told, so
+    /// manual subscribers take it and those who unsubscribed drop it) or going away.
+    fn relay_event(&mut self, event: &SfuEvent) {
+        let Some(cascade) = &mut self.cascade else {
+            return;
+        };
+        match event {
+            SfuEvent::TrackPublished { track, .. } if cascade.is_remote_track(track.id) => {
+                for member in self.members.values() {
+                    let _ = member
+                        .session
+                        .send(Input::RemoteTrackLive { track: track.id });
+                }
+            }
+            SfuEvent::TrackUnpublished { session, .. } if cascade.is_relay(*session) => {
+                cascade.relay_ended(*session);
+                self.reconcile_relays();
+            }
             _ => {}
         }
     }
@@ -811,6 +1102,7 @@ impl Room {
                     None,
                 );
                 tracing::debug!(participant = %participant_id, track = %track.id, source = source.as_str(), "track published");
+                self.share(participant_id);
                 let data = serde_json::json!({
                     "meeting_id": self.meeting_id, "participant_id": participant_id,
                     "track_id": track.id.to_string(), "source": source.as_str(),
@@ -866,6 +1158,7 @@ impl Room {
                     }),
                     None,
                 );
+                self.share(participant_id);
             }
             _ => {}
         }

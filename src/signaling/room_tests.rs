@@ -67,6 +67,7 @@ async fn fixture(empty_timeout: Duration) -> Fixture {
     .unwrap();
     let signaling = Signaling::new(Services {
         node_id: None,
+        cascade: None,
         store: store.clone(),
         sfu,
         recorder,
@@ -126,7 +127,12 @@ impl Fixture {
         let (session, inputs) = mpsc::unbounded_channel();
         let others = self
             .signaling
-            .register(&seat.meeting_id, view(seat), session.clone())
+            .register(
+                &seat.meeting_id,
+                view(seat),
+                session.clone(),
+                Default::default(),
+            )
             .await
             .expect("registered");
         Member {
@@ -150,7 +156,7 @@ impl Fixture {
         let (session, _) = mpsc::unbounded_channel();
         let seat = self.seat(meeting_id, "Eve", "participant").await;
         self.signaling
-            .register(meeting_id, view(&seat), session)
+            .register(meeting_id, view(&seat), session, Default::default())
             .await
             .map(drop)
     }

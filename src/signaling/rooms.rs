@@ -55,6 +55,8 @@ pub struct Services {
     /// Cluster mode: this node's id (a meeting with seats joined through other nodes is not
     /// empty, whatever this node's room task sees).
     pub node_id: Option<String>,
+    /// Cascading (`cluster_cascade`): a meeting spreads over the nodes its participants reach.
+    pub cascade: Option<Arc<super::cascade::Settings>>,
 }
 
 #[derive(Clone)]
@@ -68,6 +70,8 @@ struct Inner {
     /// Set when the server stops: nobody registers, sessions ending start no countdown.
     stopping: AtomicBool,
     next_waiter: AtomicU64,
+    /// Cascading: view-only sessions' meetings, to tell the room when one closes.
+    viewers: Mutex<HashMap<crate::ids::PeerId, String>>,
 }
 
 #[derive(Default)]
@@ -110,6 +114,7 @@ impl Signaling {
                 services: Arc::new(services),
                 stopping: AtomicBool::new(false),
                 next_waiter: AtomicU64::new(0),
+                viewers: Mutex::default(),
             }),
         }
     }
@@ -169,6 +174,82 @@ impl Signaling {
     /// Tells the meeting's room, if it has one (else nobody is there to tell).
     fn tell(&self, meeting_id: &str, command: Command) {
         self.send(meeting_id, command, false);
+    }
+
+    pub(super) fn tell_room(&self, meeting_id: &str, command: Command) {
+        self.tell(meeting_id, command);
+    }
+
+    /// Whether a meeting spreads over the nodes its participants reach (`cluster_cascade`).
+    pub fn cascading(&self) -> bool {
+        self.inner.services.cascade.is_some()
+    }
+
+    /// A member (un)subscribes from a track: recorded for relays. True when the track is a
+    /// remote one not relayed here yet (the SFU does not know it; it is applied on arrival).
+    pub(crate) async fn subscription(
+        &self,
+        meeting_id: &str,
+        participant_id: &str,
+        track: crate::ids::TrackId,
+        subscribed: bool,
+    ) -> bool {
+        let participant_id = participant_id.to_owned();
+        self.ask(meeting_id, false, |reply| Command::Subscription {
+            participant_id,
+            track,
+            subscribed,
+            reply,
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// A view-only (WHEP) session of the meeting on this node, watching `publisher` (or the
+    /// latest one): with cascading, the publisher's tracks are relayed here while it lasts.
+    pub(crate) fn viewer(
+        &self,
+        meeting_id: &str,
+        session: crate::ids::PeerId,
+        publisher: Option<String>,
+    ) {
+        if self.cascading() {
+            self.inner
+                .viewers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(session, meeting_id.to_owned());
+            self.send(
+                meeting_id,
+                Command::Viewer {
+                    session,
+                    publisher: Some(publisher),
+                },
+                true,
+            );
+        }
+    }
+
+    /// A session closed: if it was a view-only one, its room no longer relays for it.
+    pub(crate) fn session_closed(&self, session: crate::ids::PeerId) {
+        if !self.cascading() {
+            return;
+        }
+        let meeting = self
+            .inner
+            .viewers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&session);
+        if let Some(meeting_id) = meeting {
+            self.tell(
+                &meeting_id,
+                Command::Viewer {
+                    session,
+                    publisher: None,
+                },
+            );
+        }
     }
 
     /// Asks the meeting's room; `None` when it has no room (or the room did not answer).
@@ -237,10 +318,12 @@ impl Signaling {
         meeting_id: &str,
         view: ParticipantView,
         session: mpsc::UnboundedSender<Input>,
+        subscriptions: super::cascade::Subscriptions,
     ) -> Result<Vec<ParticipantView>, Closed> {
         self.ask(meeting_id, true, |reply| Command::Register {
             view,
             session,
+            subscriptions,
             reply,
         })
         .await
@@ -494,6 +577,9 @@ impl Signaling {
 
 /// REST reaches the live meetings through this (see `domain::live`).
 impl crate::domain::live::LiveMeetings for Signaling {
+    fn viewer(&self, meeting_id: &str, session: crate::ids::PeerId, publisher: Option<String>) {
+        Signaling::viewer(self, meeting_id, session, publisher);
+    }
     fn kicked(&self, meeting_id: &str, target: &Participant, banned: bool, by: Option<String>) {
         Signaling::kicked(self, meeting_id, target, banned, by);
     }

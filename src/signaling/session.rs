@@ -69,6 +69,11 @@ pub(crate) enum Input {
     },
     /// A room message for the client.
     Deliver(Frame),
+    /// Cascading: a remote track is relayed here now; the subscriber connection follows the
+    /// client's subscription to it.
+    RemoteTrackLive {
+        track: TrackId,
+    },
     Kicked {
         banned: bool,
         by: Option<String>,
@@ -172,6 +177,7 @@ pub(crate) async fn join(
     state: &Context,
     claims: &JoinClaims,
     resume: bool,
+    manual: bool,
     socket: SocketHandle,
 ) -> Result<mpsc::UnboundedSender<Input>, JoinFailure> {
     let store = &state.store;
@@ -251,8 +257,13 @@ pub(crate) async fn join(
         .await;
     // In a cluster, a meeting's sessions live on the node its room is placed on (placed now if
     // it is nowhere, or again if its node died): a socket elsewhere is sent there, unless its
-    // session is held here (a resume goes where its media is).
-    if let (Some(cluster), None) = (&state.cluster, &held) {
+    // session is held here (a resume goes where its media is). With cascading, a meeting
+    // spreads over the nodes its participants reach.
+    let placed = state
+        .cluster
+        .as_ref()
+        .filter(|_| !state.config.cluster_cascade);
+    if let (Some(cluster), None) = (placed, &held) {
         if let crate::cluster::Owner::Node(node) = cluster.place(&meeting.id).await {
             let mut failure = JoinFailure::new(
                 "wrong_node",
@@ -316,7 +327,7 @@ pub(crate) async fn join(
             ));
         }
     }
-    start(state, meeting, seat, claims.grants.clone(), socket).await
+    start(state, meeting, seat, claims.grants.clone(), manual, socket).await
 }
 
 /// Creates the session: its subscriber connection (the first `offer`), its registration, and
@@ -326,6 +337,7 @@ async fn start(
     meeting: Meeting,
     seat: crate::store::participants::Participant,
     token_grants: Grants,
+    manual: bool,
     socket: SocketHandle,
 ) -> Result<mpsc::UnboundedSender<Input>, JoinFailure> {
     let room = RoomId(meeting.id.clone());
@@ -351,6 +363,7 @@ async fn start(
                 room.clone(),
                 ParticipantId(identity.clone()),
                 room_limits(&state.config, Some(&meeting)),
+                manual,
             )
             .await
             .map_err(|e| {
@@ -412,11 +425,21 @@ async fn start(
         announced_quality: None,
         sfu_tx,
         ended: false,
+        subscriptions: super::cascade::Subscriptions {
+            receives: subscriber.is_some(),
+            manual,
+            listed: Default::default(),
+        },
     };
     let registered = state
         .live
         .rooms
-        .register(&session.meeting.id, view.clone(), inputs_tx.clone())
+        .register(
+            &session.meeting.id,
+            view.clone(),
+            inputs_tx.clone(),
+            session.subscriptions.clone(),
+        )
         .await;
     let Ok(others) = registered else {
         // Ended (or the server stops) while this join was on its way.
@@ -510,6 +533,8 @@ struct Session {
     announced_quality: Option<Quality>,
     sfu_tx: mpsc::UnboundedSender<SfuEvent>,
     ended: bool,
+    /// What the subscriber connection carries (mirrored in the room, for cascade relays).
+    subscriptions: super::cascade::Subscriptions,
 }
 
 /// A client-visible failure of one message: `error` with this code and message.
@@ -614,6 +639,23 @@ impl Session {
                 }
             }
             Input::Deliver(frame) => self.send_frame(frame),
+            Input::RemoteTrackLive { track } => {
+                // Automatic subscribers got it; manual ones take it if they asked for it, and
+                // automatic ones who unsubscribed before it came drop it.
+                if let Some(session) = self.subscriber {
+                    if self.subscriptions.listed.contains(&track) {
+                        let subscribed = self.subscriptions.manual;
+                        if let Err(e) = self
+                            .state
+                            .sfu
+                            .set_subscribed(session, track, subscribed)
+                            .await
+                        {
+                            tracing::debug!(%track, error = %e, "relayed track's subscription not applied");
+                        }
+                    }
+                }
+            }
             Input::Kicked { banned, by } => self.end(Ending::Kicked { banned, by }).await,
             Input::MeetingEnded { by } => self.end(Ending::MeetingEnded { by }).await,
             Input::Replaced { reply } => {
@@ -939,6 +981,22 @@ impl Session {
     /// another participant, and the client gets a new offer.
     async fn set_subscribed(&mut self, track_id: &str, subscribed: bool) -> Outcome {
         let (session, track) = self.received_track(track_id)?;
+        let listed = &mut self.subscriptions.listed;
+        if subscribed == self.subscriptions.manual {
+            listed.insert(track);
+        } else {
+            listed.remove(&track);
+        }
+        // A remote track not relayed here yet: applied when it arrives (`RemoteTrackLive`).
+        let pending = self
+            .state
+            .live
+            .rooms
+            .subscription(&self.meeting.id, &self.participant_id, track, subscribed)
+            .await;
+        if pending {
+            return Ok(());
+        }
         self.state
             .sfu
             .set_subscribed(session, track, subscribed)
@@ -1313,6 +1371,7 @@ impl Session {
                 self.room.clone(),
                 ParticipantId(self.identity.clone()),
                 self.limits(),
+                self.subscriptions.manual,
             )
             .await
         {
@@ -1322,6 +1381,16 @@ impl Session {
                     .hub
                     .watch_session(negotiated.session, self.sfu_tx.clone());
                 self.subscriber = Some(negotiated.session);
+                // The new connection carries what the client chose of the old one (the engine
+                // folds these into the offer after the first answer).
+                let subscribed = self.subscriptions.manual;
+                for track in self.subscriptions.listed.clone() {
+                    let _ = self
+                        .state
+                        .sfu
+                        .set_subscribed(negotiated.session, track, subscribed)
+                        .await;
+                }
                 self.pending_offer = Some(PendingOffer {
                     sdp: negotiated.answer,
                     reset: true,

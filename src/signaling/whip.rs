@@ -196,9 +196,15 @@ async fn create(
     let claims = authorize(&state.keys, &headers, &room, need)?;
     // A room is served by one node of a cluster: elsewhere, the client is sent there
     // (RFC 9725 §4.5 lets a WHIP/WHEP POST be redirected; 307 keeps the method and the offer).
+    // With cascading, the node reached serves the session (the meeting spreads over nodes).
     let mut base = String::new();
     if let Some(cluster) = &state.cluster {
-        if let crate::cluster::Owner::Node(node) = cluster.place(&room).await {
+        let placed = if state.config.cluster_cascade {
+            crate::cluster::Owner::Here
+        } else {
+            cluster.place(&room).await
+        };
+        if let crate::cluster::Owner::Node(node) = placed {
             let mut location = format!(
                 "{}/{}/{}",
                 node.http_url.trim_end_matches('/'),
@@ -224,10 +230,11 @@ async fn create(
     let admitted = admission::check(&state.store, &state.config, &claims).await?;
     require_content_type(&headers, SDP)?;
     let offer = text_body(body)?;
+    let watched = query.get("publisher").cloned();
     let intent = match kind {
         Kind::Whip => Intent::Publish,
         Kind::Whep => Intent::Subscribe {
-            publisher: query.get("publisher").map(|p| ParticipantId(p.clone())),
+            publisher: watched.clone().map(ParticipantId),
         },
     };
     let ice_servers = state.ice.for_identity(&claims.sub);
@@ -241,6 +248,10 @@ async fn create(
             offer,
         )
         .await?;
+    if kind == Kind::Whep {
+        // Cascading: the watched publisher's tracks are relayed here while the viewer lasts.
+        state.live.viewer(&room, negotiated.session, watched);
+    }
 
     let mut response = (StatusCode::CREATED, negotiated.answer).into_response();
     let headers = response.headers_mut();

@@ -335,9 +335,11 @@ impl Connection {
                     token,
                     version,
                     resume,
+                    auto_subscribe,
                 } => {
                     let claims = claims.take();
-                    self.join(phase, claims, token, version, resume, reference)
+                    let manual = auto_subscribe == Some(false);
+                    self.join(phase, claims, (token, manual), version, resume, reference)
                         .await
                 }
                 ClientMessage::Leave => {
@@ -387,7 +389,7 @@ impl Connection {
         &mut self,
         phase: &mut Phase,
         upgrade_claims: Option<Box<JoinClaims>>,
-        token: Option<String>,
+        (token, manual): (Option<String>, bool),
         version: Option<u32>,
         resume: bool,
         reference: Option<String>,
@@ -438,7 +440,7 @@ impl Connection {
             id: self.id,
             outbound: outbound_tx,
         };
-        match session::join(&self.state, &claims, resume, handle).await {
+        match session::join(&self.state, &claims, resume, manual, handle).await {
             Ok(session) => {
                 info!(room = %claims.room, identity = %claims.sub, resume, "socket joined");
                 *phase = Phase::Joined { session, outbound };

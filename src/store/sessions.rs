@@ -143,6 +143,19 @@ impl Store {
     }
 
     /// Cluster mode: seats of the meeting still `joined` through another node's sessions.
+    /// Cluster mode: seats of the meeting joined through `node`.
+    pub async fn seats_on_node(&self, meeting_id: &str, node: &str) -> StoreResult<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM participants \
+             WHERE meeting_id = $1 AND status = 'joined' AND node_id = $2",
+        )
+        .bind(meeting_id)
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(sqlx::Row::try_get::<i64, _>(&row, "n")?)
+    }
+
     pub async fn seats_joined_elsewhere(&self, meeting_id: &str, node: &str) -> StoreResult<i64> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM participants \

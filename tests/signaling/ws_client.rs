@@ -189,6 +189,11 @@ impl Ws {
         }
     }
 
+    /// Every message received so far.
+    pub fn messages(&self) -> Vec<Value> {
+        self.log.lock().unwrap().iter().cloned().collect()
+    }
+
     /// Every message received so far (and still to come within `settle`) of type `kind`.
     pub async fn all_of(&mut self, kind: &str, settle: Duration) -> Vec<Value> {
         tokio::time::sleep(settle).await;
@@ -445,11 +450,22 @@ impl MediaClient {
         token: &str,
         trickle: bool,
     ) -> Self {
+        Self::join_sending(addr, name, token, trickle, json!({"type": "join"})).await
+    }
+
+    /// The same, with this `join` message.
+    pub async fn join_sending(
+        addr: std::net::SocketAddr,
+        name: &str,
+        token: &str,
+        trickle: bool,
+        join: Value,
+    ) -> Self {
         let (offers_tx, offers) = mpsc::unbounded_channel();
         let mut ws = Ws::connect_diverting_to(addr, &format!("?token={token}"), Some(offers_tx))
             .await
             .expect("upgrade accepted");
-        ws.send(json!({"type": "join"}));
+        ws.send(join);
         let joined = ws.expect("joined").await;
         Self::joined(ws, joined, offers, name, trickle).await
     }

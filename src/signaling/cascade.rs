@@ -1,0 +1,733 @@
+//! Cascading: one meeting over several nodes (`cluster_cascade`).
+//!
+//! Each node serves the participants who reached it. A room task shares its members (their
+//! public view, with the tracks they publish here) in Redis, and reads the other nodes'
+//! members every `cluster_cascade_sync`: they become *remote members*, announced to the local
+//! participants like local ones, their tracks with ids of this node. A remote track is relayed
+//! here (`sfu::relay`: one connection from this node's media engine to the publisher's node,
+//! carrying that one track) only while a local participant receives it; otherwise nothing of
+//! it reaches this node. Room events that are not about media (chat, typing, mute, the end of
+//! the meeting, a kick) cross through a per-meeting Redis stream.
+//!
+//! The room task owns [`Cascade`]; a sync task per room does every Redis call, so the room
+//! never waits on Redis.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::protocol::{Kind, ParticipantView, TrackView};
+use super::room::Command;
+use super::rooms::Signaling;
+use crate::cluster::Cluster;
+use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
+use crate::sfu::{MediaKind, RelayedTrack, Requester, Sfu};
+
+/// The internal route a node opens a relay at (the publisher's node answers).
+pub const RELAYS_PATH: &str = "/internal/v1/cascade/relays";
+
+/// How long a relay that failed waits before it is made again.
+const RELAY_RETRY: Duration = Duration::from_secs(2);
+
+/// What cascading needs of the node.
+pub struct Settings {
+    pub cluster: Cluster,
+    pub sync: Duration,
+    /// The cluster's forward key: what the publisher's node checks on a relay request.
+    pub forward_key: String,
+    pub http: reqwest::Client,
+    /// Serials of track ids announced before their track exists.
+    pub serials: AtomicU64,
+    pub metrics: crate::metrics::Metrics,
+}
+
+/// One node's entry for one of its participants, as Redis holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MemberEntry {
+    node: String,
+    /// The node's HTTP base URL, where relays of this participant's tracks are opened.
+    http_url: String,
+    /// With the publishing node's track ids.
+    view: ParticipantView,
+}
+
+/// An event of a meeting for its other nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Event {
+    node: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub(crate) enum EventKind {
+    /// A server message for every member, as sent on the node it happened on.
+    Broadcast {
+        frame: String,
+    },
+    /// A moderator removed this participant (store written).
+    Kicked {
+        participant_id: String,
+        banned: bool,
+        by: Option<String>,
+    },
+    /// A moderator muted every source of `kind` of this participant (store written).
+    Muted {
+        participant_id: String,
+        video: bool,
+        by: Option<String>,
+    },
+    MeetingEnded {
+        by: Option<String>,
+    },
+}
+
+/// A remote track: whose, the publishing node's id of it, its kind.
+struct RemoteTrack {
+    participant_id: String,
+    origin: TrackId,
+    kind: Kind,
+    source: super::protocol::Source,
+}
+
+/// A remote participant who publishes, and the relay of their tracks to this node (one
+/// connection carrying the tracks local members receive).
+struct RemotePublisher {
+    identity: String,
+    /// The publishing node's HTTP base URL, where the relay is opened.
+    http_url: String,
+    relay: Relay,
+}
+
+enum Relay {
+    Idle {
+        retry_at: Option<Instant>,
+    },
+    Opening {
+        tracks: Vec<TrackId>,
+    },
+    Open {
+        tracks: Vec<TrackId>,
+        session: PeerId,
+        location: String,
+    },
+}
+
+/// What a relay task reports back to its room.
+pub(crate) struct RelayOutcome {
+    participant_id: String,
+    tracks: Vec<TrackId>,
+    result: Result<(PeerId, String), String>,
+}
+
+/// The room task's view of the meeting on other nodes.
+pub(crate) struct Cascade {
+    settings: Arc<Settings>,
+    meeting_id: String,
+    sync: mpsc::UnboundedSender<Outgoing>,
+    /// Remote members by participant id, their tracks with this node's ids.
+    remote: BTreeMap<String, ParticipantView>,
+    /// (participant, the publishing node's track id) → this node's id.
+    ids: HashMap<(String, String), TrackId>,
+    tracks: HashMap<TrackId, RemoteTrack>,
+    publishers: HashMap<String, RemotePublisher>,
+}
+
+enum Outgoing {
+    Member {
+        participant_id: String,
+        entry: Option<String>,
+    },
+    Event(String),
+}
+
+/// What a member of this node receives, for relays: its subscription mode and the tracks it
+/// listed (subscribed to when manual, unsubscribed from when automatic).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Subscriptions {
+    pub receives: bool,
+    pub manual: bool,
+    pub listed: HashSet<TrackId>,
+}
+
+impl Subscriptions {
+    pub fn wants(&self, track: TrackId) -> bool {
+        self.receives && (self.manual == self.listed.contains(&track))
+    }
+}
+
+impl Cascade {
+    pub fn start(settings: Arc<Settings>, meeting_id: String, signaling: Signaling) -> Self {
+        let (sync, outgoing) = mpsc::unbounded_channel();
+        tokio::spawn(sync_task(
+            settings.clone(),
+            meeting_id.clone(),
+            signaling,
+            outgoing,
+        ));
+        Self {
+            settings,
+            meeting_id,
+            sync,
+            remote: BTreeMap::new(),
+            ids: HashMap::new(),
+            tracks: HashMap::new(),
+            publishers: HashMap::new(),
+        }
+    }
+
+    /// Shares (or with `None`, withdraws) a local member's view.
+    pub fn put_member(&self, participant_id: &str, view: Option<&ParticipantView>) {
+        let entry = view.map(|view| {
+            serde_json::to_string(&MemberEntry {
+                node: self.settings.cluster.node_id().to_owned(),
+                http_url: self.settings.cluster.http_url().to_owned(),
+                view: view.clone(),
+            })
+            .expect("a member entry serializes")
+        });
+        let _ = self.sync.send(Outgoing::Member {
+            participant_id: participant_id.to_owned(),
+            entry,
+        });
+    }
+
+    pub fn post(&self, kind: EventKind) {
+        let event = Event {
+            node: self.settings.cluster.node_id().to_owned(),
+            kind,
+        };
+        let json = serde_json::to_string(&event).expect("an event serializes");
+        let _ = self.sync.send(Outgoing::Event(json));
+    }
+
+    pub fn remote_views(&self) -> impl Iterator<Item = &ParticipantView> {
+        self.remote.values()
+    }
+
+    pub fn is_remote(&self, participant_id: &str) -> bool {
+        self.remote.contains_key(participant_id)
+    }
+
+    /// The remote participant of `identity`.
+    pub fn participant_of(&self, identity: &str) -> Option<&str> {
+        self.remote
+            .iter()
+            .find(|(_, v)| v.identity == identity)
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// Whether `track` is a remote track not relayed here now (the SFU does not know it).
+    pub fn pending(&self, track: TrackId) -> bool {
+        let Some(remote) = self.tracks.get(&track) else {
+            return false;
+        };
+        !self.publishers.get(&remote.participant_id).is_some_and(
+            |p| matches!(&p.relay, Relay::Open { tracks, .. } if tracks.contains(&track)),
+        )
+    }
+
+    pub fn is_remote_track(&self, track: TrackId) -> bool {
+        self.tracks.contains_key(&track)
+    }
+
+    /// The members of the other nodes, as read now: returns what local members must be told,
+    /// with track ids of this node.
+    pub fn apply_members(&mut self, entries: Vec<String>, sfu: &Sfu) -> Changes {
+        let room = RoomId(self.meeting_id.clone());
+        let mut seen: BTreeMap<String, (ParticipantView, String)> = BTreeMap::new();
+        for json in entries {
+            let Ok(entry) = serde_json::from_str::<MemberEntry>(&json) else {
+                continue;
+            };
+            seen.insert(
+                entry.view.participant_id.clone(),
+                (entry.view, entry.http_url),
+            );
+        }
+        let mut changes = Changes::default();
+        let gone: Vec<String> = self
+            .remote
+            .keys()
+            .filter(|id| !seen.contains_key(*id))
+            .cloned()
+            .collect();
+        for participant_id in gone {
+            self.remote.remove(&participant_id);
+            self.tracks
+                .retain(|_, t| t.participant_id != participant_id);
+            self.ids.retain(|(p, _), _| *p != participant_id);
+            if let Some(publisher) = self.publishers.remove(&participant_id) {
+                self.close(publisher, sfu);
+            }
+            changes.left.push(participant_id);
+        }
+        for (participant_id, (mut view, http_url)) in seen {
+            let mut published = HashSet::new();
+            view.tracks
+                .retain(|t| parse_track_id(&t.track_id).is_some());
+            for track in &mut view.tracks {
+                let key = (participant_id.clone(), track.track_id.clone());
+                let local = match self.ids.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let serial = self.settings.serials.fetch_add(1, Ordering::Relaxed);
+                        let id = sfu.provisional_track_id(&room, serial);
+                        self.ids.insert(key, id);
+                        self.tracks.insert(
+                            id,
+                            RemoteTrack {
+                                participant_id: participant_id.clone(),
+                                origin: parse_track_id(&track.track_id).expect("kept above"),
+                                kind: track.kind,
+                                source: track.source,
+                            },
+                        );
+                        id
+                    }
+                };
+                track.track_id = local.to_string();
+                published.insert(local);
+            }
+            let withdrawn: Vec<TrackId> = self
+                .tracks
+                .iter()
+                .filter(|(id, t)| t.participant_id == participant_id && !published.contains(id))
+                .map(|(id, _)| *id)
+                .collect();
+            for track in withdrawn {
+                self.tracks.remove(&track);
+                self.ids
+                    .retain(|(p, _), id| !(*p == participant_id && *id == track));
+                changes
+                    .unpublished
+                    .push((participant_id.clone(), track.to_string()));
+            }
+            if !view.tracks.is_empty() {
+                self.publishers
+                    .entry(participant_id.clone())
+                    .or_insert_with(|| RemotePublisher {
+                        identity: view.identity.clone(),
+                        http_url: http_url.clone(),
+                        relay: Relay::Idle { retry_at: None },
+                    });
+            }
+            match self.remote.get(&participant_id) {
+                None => changes.joined.push(view.clone()),
+                Some(before) => {
+                    for track in &view.tracks {
+                        if !before.tracks.iter().any(|t| t.track_id == track.track_id) {
+                            changes
+                                .published
+                                .push((participant_id.clone(), track.clone()));
+                        }
+                    }
+                    if (
+                        &before.role,
+                        &before.muted,
+                        before.hand_raised,
+                        &before.display_name,
+                    ) != (
+                        &view.role,
+                        &view.muted,
+                        view.hand_raised,
+                        &view.display_name,
+                    ) {
+                        changes.updated.push(view.clone());
+                    }
+                }
+            }
+            self.remote.insert(participant_id, view);
+        }
+        changes
+    }
+
+    /// Relays to this node what local members receive, and nothing else: a publisher's relay
+    /// opens when a member here wants one of its tracks, is made again when that set changes,
+    /// and closes when nobody here wants any.
+    pub fn reconcile<'a>(
+        &mut self,
+        members: impl Iterator<Item = &'a Subscriptions> + Clone,
+        viewers: &HashMap<PeerId, Option<String>>,
+        sfu: &Sfu,
+        signaling: &Signaling,
+    ) {
+        let now = Instant::now();
+        let ids: Vec<String> = self.publishers.keys().cloned().collect();
+        for participant_id in ids {
+            let Some(view) = self.remote.get(&participant_id) else {
+                continue;
+            };
+            let publisher = &self.publishers[&participant_id];
+            let watched = viewers
+                .values()
+                .any(|w| w.as_ref().is_none_or(|who| *who == publisher.identity));
+            // In the publisher's order: the relay's sections follow it.
+            let wanted: Vec<TrackId> = view
+                .tracks
+                .iter()
+                .filter_map(|t| parse_track_id(&t.track_id))
+                .filter(|id| watched || members.clone().any(|m| m.wants(*id)))
+                .collect();
+            let replace = match &publisher.relay {
+                Relay::Idle { retry_at } => {
+                    !wanted.is_empty() && retry_at.is_none_or(|at| at <= now)
+                }
+                Relay::Opening { .. } => false,
+                Relay::Open { tracks, .. } => *tracks != wanted,
+            };
+            if replace {
+                self.open(&participant_id, wanted, sfu.clone(), signaling.clone());
+            }
+        }
+    }
+
+    /// Opens the relay of `participant_id`'s `tracks` (after closing the one it replaces), or
+    /// with no tracks only closes it.
+    fn open(&mut self, participant_id: &str, tracks: Vec<TrackId>, sfu: Sfu, signaling: Signaling) {
+        let Some(publisher) = self.publishers.get_mut(participant_id) else {
+            return;
+        };
+        let previous = std::mem::replace(
+            &mut publisher.relay,
+            if tracks.is_empty() {
+                Relay::Idle { retry_at: None }
+            } else {
+                Relay::Opening {
+                    tracks: tracks.clone(),
+                }
+            },
+        );
+        let identity = publisher.identity.clone();
+        let http_url = publisher.http_url.clone();
+        let relayed: Vec<RelayedTrack> = tracks
+            .iter()
+            .filter_map(|local| {
+                let remote = self.tracks.get(local)?;
+                self.settings
+                    .metrics
+                    .cascade_relayed_tracks
+                    .with_label_values(&[remote.source.as_str()])
+                    .inc();
+                Some(RelayedTrack {
+                    kind: match remote.kind {
+                        Kind::Audio => MediaKind::Audio,
+                        Kind::Video => MediaKind::Video,
+                    },
+                    origin: remote.origin,
+                    local: *local,
+                })
+            })
+            .collect();
+        let settings = self.settings.clone();
+        let meeting_id = self.meeting_id.clone();
+        let participant_id = participant_id.to_owned();
+        tokio::spawn(async move {
+            if let Relay::Open {
+                session, location, ..
+            } = previous
+            {
+                close_relay(&settings, &sfu, &meeting_id, &identity, session, &location).await;
+            }
+            if relayed.is_empty() {
+                return;
+            }
+            let result =
+                open_relay(&settings, &sfu, &meeting_id, &identity, &http_url, relayed).await;
+            match &result {
+                Ok(_) => {
+                    tracing::debug!(meeting = %meeting_id, publisher = %identity, "relay open")
+                }
+                Err(e) => {
+                    tracing::info!(meeting = %meeting_id, publisher = %identity, error = %e, "relay not opened")
+                }
+            }
+            signaling.tell_room(
+                &meeting_id,
+                Command::RelayOutcome(RelayOutcome {
+                    participant_id,
+                    tracks,
+                    result,
+                }),
+            );
+        });
+    }
+
+    /// A relay task is done: the relay is open, or idle with a retry later.
+    pub fn relay_outcome(&mut self, outcome: RelayOutcome, sfu: &Sfu) {
+        let current = self
+            .publishers
+            .get_mut(&outcome.participant_id)
+            .filter(|p| matches!(&p.relay, Relay::Opening { tracks } if *tracks == outcome.tracks));
+        match (current, outcome.result) {
+            (Some(publisher), Ok((session, location))) => {
+                publisher.relay = Relay::Open {
+                    tracks: outcome.tracks,
+                    session,
+                    location,
+                };
+            }
+            (Some(publisher), Err(_)) => {
+                publisher.relay = Relay::Idle {
+                    retry_at: Some(Instant::now() + RELAY_RETRY),
+                };
+            }
+            // The publisher went away meanwhile: close what was opened for it.
+            (None, Ok((session, location))) => {
+                let identity = self
+                    .publishers
+                    .get(&outcome.participant_id)
+                    .map(|p| p.identity.clone());
+                let (settings, sfu, meeting_id) =
+                    (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
+                tokio::spawn(async move {
+                    let identity = identity.unwrap_or_default();
+                    close_relay(&settings, &sfu, &meeting_id, &identity, session, &location).await;
+                });
+            }
+            (None, Err(_)) => {}
+        }
+    }
+
+    /// The relay `session` ended on its own (its connection failed, or the publishing node
+    /// closed it): made again later if it is still wanted.
+    pub fn relay_ended(&mut self, session: PeerId) {
+        for publisher in self.publishers.values_mut() {
+            if matches!(publisher.relay, Relay::Open { session: s, .. } if s == session) {
+                publisher.relay = Relay::Idle {
+                    retry_at: Some(Instant::now() + RELAY_RETRY),
+                };
+            }
+        }
+    }
+
+    /// Whether `session` is one of this room's open relays.
+    pub fn is_relay(&self, session: PeerId) -> bool {
+        self.publishers
+            .values()
+            .any(|p| matches!(p.relay, Relay::Open { session: s, .. } if s == session))
+    }
+
+    fn close(&self, publisher: RemotePublisher, sfu: &Sfu) {
+        if let Relay::Open {
+            session, location, ..
+        } = publisher.relay
+        {
+            let (settings, sfu, meeting_id) =
+                (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
+            tokio::spawn(async move {
+                close_relay(
+                    &settings,
+                    &sfu,
+                    &meeting_id,
+                    &publisher.identity,
+                    session,
+                    &location,
+                )
+                .await;
+            });
+        }
+    }
+
+    /// Closes every relay (the room task ends).
+    pub fn close_all(&mut self, sfu: &Sfu) {
+        for (_, publisher) in self.publishers.drain() {
+            if let Relay::Open {
+                session, location, ..
+            } = publisher.relay
+            {
+                let (settings, sfu, meeting_id) =
+                    (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
+                tokio::spawn(async move {
+                    close_relay(
+                        &settings,
+                        &sfu,
+                        &meeting_id,
+                        &publisher.identity,
+                        session,
+                        &location,
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+}
+
+fn parse_track_id(text: &str) -> Option<TrackId> {
+    text.strip_prefix('t')?.parse().ok().map(TrackId)
+}
+
+/// What changed among the remote members, for the local ones.
+#[derive(Default)]
+pub(crate) struct Changes {
+    pub joined: Vec<ParticipantView>,
+    pub left: Vec<String>,
+    pub updated: Vec<ParticipantView>,
+    pub published: Vec<(String, TrackView)>,
+    pub unpublished: Vec<(String, String)>,
+}
+
+/// A relay request, as the publisher's node reads it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RelayRequest {
+    pub meeting_id: String,
+    /// The publisher's identity.
+    pub publisher: String,
+    /// The publishing node's ids of the tracks, in the offer's order.
+    pub tracks: Vec<String>,
+    pub offer: String,
+}
+
+/// The publisher's node's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RelayAnswer {
+    pub answer: String,
+    /// Its relay session (a viewer there), to close it.
+    pub session: String,
+}
+
+async fn open_relay(
+    settings: &Settings,
+    sfu: &Sfu,
+    meeting_id: &str,
+    identity: &str,
+    http_url: &str,
+    tracks: Vec<RelayedTrack>,
+) -> Result<(PeerId, String), String> {
+    let room = RoomId(meeting_id.to_owned());
+    let request_tracks = tracks.iter().map(|t| t.origin.to_string()).collect();
+    let negotiated = sfu
+        .open_relay(room.clone(), ParticipantId(identity.to_owned()), tracks)
+        .await
+        .map_err(|e| e.to_string())?;
+    let session = negotiated.session;
+    let request = RelayRequest {
+        meeting_id: meeting_id.to_owned(),
+        publisher: identity.to_owned(),
+        tracks: request_tracks,
+        offer: negotiated.answer,
+    };
+    let url = format!("{}{RELAYS_PATH}", http_url.trim_end_matches('/'));
+    let response = settings
+        .http
+        .post(&url)
+        .header(crate::state::FORWARDED, &settings.forward_key)
+        .json(&request)
+        .send()
+        .await;
+    let answer = match response {
+        Ok(r) if r.status().is_success() => {
+            r.json::<RelayAnswer>().await.map_err(|e| e.to_string())
+        }
+        Ok(r) => Err(format!("{url} answered {}", r.status())),
+        Err(e) => Err(e.to_string()),
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            close_relay(settings, sfu, meeting_id, identity, session, "").await;
+            return Err(e);
+        }
+    };
+    let location = format!("{url}/{meeting_id}/{}", answer.session);
+    if let Err(e) = sfu.relay_answer(session, answer.answer).await {
+        close_relay(settings, sfu, meeting_id, identity, session, &location).await;
+        return Err(e.to_string());
+    }
+    Ok((session, location))
+}
+
+/// Closes a relay here and, at `location` (when known), its other end.
+async fn close_relay(
+    settings: &Settings,
+    sfu: &Sfu,
+    meeting_id: &str,
+    identity: &str,
+    session: PeerId,
+    location: &str,
+) {
+    let room = RoomId(meeting_id.to_owned());
+    let _ = sfu
+        .close(
+            room,
+            session,
+            Requester::owner(ParticipantId(identity.to_owned())),
+        )
+        .await;
+    if !location.is_empty() {
+        let _ = settings
+            .http
+            .delete(location)
+            .header(crate::state::FORWARDED, &settings.forward_key)
+            .send()
+            .await;
+    }
+}
+
+/// Does the room's Redis calls: writes its members' entries and events as they come, and
+/// every `sync` reads the other nodes' members and new events and tells the room. Ends when
+/// the room drops its [`Cascade`] (after writing what was queued).
+async fn sync_task(
+    settings: Arc<Settings>,
+    meeting_id: String,
+    signaling: Signaling,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let cluster = &settings.cluster;
+    let me = cluster.node_id().to_owned();
+    let mut tick = tokio::time::interval(settings.sync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Vec<String>> = None;
+    let mut after: Option<String> = None;
+    loop {
+        tokio::select! {
+            message = outgoing.recv() => match message {
+                Some(Outgoing::Member { participant_id, entry }) => {
+                    if let Err(e) = cluster.put_member(&meeting_id, &participant_id, entry.as_deref()).await {
+                        tracing::warn!(meeting = %meeting_id, error = %e, "cascade member not shared");
+                    }
+                }
+                Some(Outgoing::Event(json)) => {
+                    if let Err(e) = cluster.post_event(&meeting_id, &json).await {
+                        tracing::warn!(meeting = %meeting_id, error = %e, "cascade event not shared");
+                    }
+                }
+                None => return,
+            },
+            _ = tick.tick() => {
+                let Ok(nodes) = cluster.nodes().await else { continue };
+                let live: HashSet<String> = nodes.into_iter().map(|n| n.id).collect();
+                if let Ok(entries) = cluster.members(&meeting_id).await {
+                    let mut others: Vec<String> = entries
+                        .into_iter()
+                        .filter(|json| {
+                            serde_json::from_str::<MemberEntry>(json)
+                                .is_ok_and(|e| e.node != me && live.contains(&e.node))
+                        })
+                        .collect();
+                    others.sort();
+                    if last.as_ref() != Some(&others) {
+                        last = Some(others.clone());
+                        signaling.tell_room(&meeting_id, Command::RemoteMembers(others));
+                    }
+                }
+                if let Ok((events, next)) = cluster.events_after(&meeting_id, after.as_deref()).await {
+                    after = next;
+                    for json in events {
+                        let Ok(event) = serde_json::from_str::<Event>(&json) else { continue };
+                        if event.node != me {
+                            signaling.tell_room(&meeting_id, Command::RemoteEvent(event.kind));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
