@@ -119,63 +119,110 @@ async fn wait_tracks(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_meeting_over_three_nodes_relays_a_track_only_to_the_nodes_that_receive_it() {
+async fn one_meeting_over_three_nodes_relays_each_track_only_to_the_nodes_that_receive_it() {
     let shared = Shared::new().await;
     let [a, b, c] = three_cascading_nodes(&shared).await;
     let host = a.user("host").await;
     let meeting = a.open_meeting(&host).await;
 
-    // A publisher on A; a receiver on each node, each connected where it is (no redirect).
-    // The one on C subscribes by hand: to the camera, never to the screen share.
+    // A publisher on each node (each also receives the others), and a receiver on each node,
+    // each connected where it is (no redirect). Both participants on C subscribe by hand: to
+    // every camera and microphone, never to pa's screen share.
     let sa = participant(&a, &meeting, "sa", false).await;
     let sb = participant(&b, &meeting, "sb", false).await;
     let sc = participant(&c, &meeting, "sc", true).await;
     let mut pa = participant(&a, &meeting, "pa", false).await;
-    pa.publish(&[("camera", "cam"), ("screen", "screen")]).await;
-    pa.wait_publisher_connected().await;
-    let pa = Arc::new(pa);
+    let mut pb = participant(&b, &meeting, "pb", false).await;
+    let mut pc = participant(&c, &meeting, "pc", true).await;
+    pa.publish(&[
+        ("microphone", "mic"),
+        ("camera", "cam"),
+        ("screen", "screen"),
+    ])
+    .await;
+    pb.publish(&[("microphone", "mic"), ("camera", "cam")])
+        .await;
+    pc.publish(&[("microphone", "mic"), ("camera", "cam")])
+        .await;
+    for publisher in [&pa, &pb, &pc] {
+        publisher.wait_publisher_connected().await;
+    }
+    let publishers = Arc::new([pa, pb, pc]);
     let sending = {
-        let pa = pa.clone();
+        let publishers = publishers.clone();
         tokio::spawn(async move {
             loop {
-                pa.send_round(&["cam", "screen"]).await;
+                publishers[0].send_round(&["mic", "cam", "screen"]).await;
+                publishers[1].send_round(&["mic", "cam"]).await;
+                publishers[2].send_round(&["mic", "cam"]).await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
     };
-    let camera = (pa.participant_id(), "camera");
-    let screen = (pa.participant_id(), "screen");
+    let [pa, pb, pc] = &*publishers;
     let key = |(p, s): &(String, &str)| (p.clone(), (*s).to_owned());
-    let known = wait_tracks(&sc, &[camera.clone(), screen.clone()]).await;
-    sc.ws
-        .send(json!({"type": "subscribe", "track_id": known[&key(&camera)]}));
+    // (participant, source) of every camera and microphone, with their sender and its track.
+    let mut media = Vec::new();
+    for publisher in [pa, pb, pc] {
+        for (source, sent) in [("microphone", "mic"), ("camera", "cam")] {
+            media.push(((publisher.participant_id(), source), publisher, sent));
+        }
+    }
+    let screen = (pa.participant_id(), "screen");
+    let cameras_and_mics: Vec<(String, &str)> = media.iter().map(|(k, _, _)| k.clone()).collect();
+    let mut everything = cameras_and_mics.clone();
+    everything.push(screen.clone());
+    for manual in [&sc, pc] {
+        let known = wait_tracks(manual, &everything).await;
+        for wanted in &cameras_and_mics {
+            if wanted.0 != manual.participant_id() {
+                manual
+                    .ws
+                    .send(json!({"type": "subscribe", "track_id": known[&key(wanted)]}));
+            }
+        }
+    }
 
-    // Every receiver gets the camera, whichever node it is on; A's and B's get the screen.
-    for (receiver, sources) in [
-        (&sa, vec![&camera, &screen]),
-        (&sb, vec![&camera, &screen]),
-        (&sc, vec![&camera]),
-    ] {
-        let known = wait_tracks(receiver, &[camera.clone(), screen.clone()]).await;
-        for wanted in sources {
+    // Every receiver gets every other publisher's camera and microphone, wherever both are.
+    for receiver in [&sa, &sb, &sc, pa, pb, pc] {
+        let others: Vec<(String, &str)> = cameras_and_mics
+            .iter()
+            .filter(|(p, _)| *p != receiver.participant_id())
+            .cloned()
+            .collect();
+        let known = wait_tracks(receiver, &others).await;
+        for (wanted, publisher, sent) in &media {
+            if wanted.0 == receiver.participant_id() {
+                continue;
+            }
             let track = &known[&key(wanted)];
-            let sent = if wanted.1 == "camera" {
-                "cam"
-            } else {
-                "screen"
-            };
             let got = receiver
-                .wait_packets(track, "pa", sent, 20, Duration::from_secs(20))
+                .wait_packets(track, &publisher.name, sent, 20, Duration::from_secs(20))
                 .await;
             assert!(
                 got >= 20,
-                "{} got {got} packets of pa's {} ({track})",
+                "{} got {got} packets of {}'s {} ({track})",
                 receiver.name,
+                publisher.name,
                 wanted.1
             );
         }
     }
-    // Nothing of the screen share reaches node C, where nobody receives it; B relayed it.
+    // The screen share reaches the receivers on A and B (automatic subscriptions)...
+    for receiver in [&sa, &sb, pb] {
+        let known = wait_tracks(receiver, std::slice::from_ref(&screen)).await;
+        let track = &known[&key(&screen)];
+        let got = receiver
+            .wait_packets(track, "pa", "screen", 20, Duration::from_secs(20))
+            .await;
+        assert!(
+            got >= 20,
+            "{} got {got} packets of the screen share",
+            receiver.name
+        );
+    }
+    // ... and never node C, where nobody receives it: C relayed the other nodes' cameras and
+    // microphones, not the screen share; B relayed it.
     let relayed =
         |source: &str| format!("convene_cascade_relayed_tracks_total{{source=\"{source}\"}}");
     assert_eq!(
@@ -183,9 +230,49 @@ async fn a_meeting_over_three_nodes_relays_a_track_only_to_the_nodes_that_receiv
         0.0,
         "the screen share reached node C"
     );
-    assert!(c.metric(&relayed("camera")).await >= 1.0);
+    for receiver in [&sc, pc] {
+        let on_c = &tracks_known(receiver)[&key(&screen)];
+        assert_eq!(receiver.packets_from(on_c, "pa", "screen"), 0);
+    }
     assert!(b.metric(&relayed("screen")).await >= 1.0);
-    let on_c = &tracks_known(&sc)[&key(&screen)];
-    assert_eq!(sc.packets_from(on_c, "pa", "screen"), 0);
+    assert!(c.metric(&relayed("camera")).await >= 2.0);
+    assert!(c.metric(&relayed("microphone")).await >= 2.0);
+
+    // Once nobody on C receives pa's tracks, their relay closes (A holds one peer fewer); taken
+    // again, they flow again.
+    let pa_tracks = [
+        (pa.participant_id(), "microphone"),
+        (pa.participant_id(), "camera"),
+    ];
+    let peers_on_a = a.metric("convene_peers").await;
+    for manual in [&sc, pc] {
+        let known = tracks_known(manual);
+        for wanted in &pa_tracks {
+            manual
+                .ws
+                .send(json!({"type": "unsubscribe", "track_id": known[&key(wanted)]}));
+        }
+    }
+    // (One relay, or two when the camera was asked for while the microphone's was opening.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.metric("convene_peers").await >= peers_on_a {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay of pa's tracks to C never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cameras_relayed = c.metric(&relayed("camera")).await;
+    let camera = tracks_known(&sc)[&key(&pa_tracks[1])].clone();
+    let before = sc.packets_from(&camera, "pa", "cam");
+    sc.ws.send(json!({"type": "subscribe", "track_id": camera}));
+    let got = sc
+        .wait_packets(&camera, "pa", "cam", before + 20, Duration::from_secs(20))
+        .await;
+    assert!(
+        got >= before + 20,
+        "pa's camera again on C: {before} then {got}"
+    );
+    assert_eq!(c.metric(&relayed("camera")).await, cameras_relayed + 1.0);
     sending.abort();
 }

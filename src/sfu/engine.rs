@@ -92,6 +92,13 @@ pub struct Engine {
     /// Datagrams to send: filled by a turn, emptied as the socket takes them (see `flush`);
     /// reused, so it stops allocating.
     pub(super) outbox: Vec<(SocketAddr, BytesMut)>,
+    /// Cascading: each relay's own socket (see `relay.rs`), by relay.
+    pub(super) relay_sockets: FxHashMap<PeerId, super::relay::RelaySocket>,
+    /// Where relay sockets' readers send what they receive (the run loop takes the receiver).
+    pub(super) relay_tx: mpsc::Sender<super::relay::RelayDatagram>,
+    relay_rx: Option<mpsc::Receiver<super::relay::RelayDatagram>>,
+    /// The address relay sockets bind (the media sockets').
+    pub(super) relay_ip: std::net::IpAddr,
     /// Open ICE-TCP connections; what a peer sends over TCP goes to its connection's queue.
     pub(super) tcp: super::tcp::Connections,
     /// Media read from one peer before it is forwarded; reused across iterations.
@@ -119,6 +126,7 @@ impl Engine {
             .iter()
             .map(|ip| SocketAddr::new(*ip, media_port))
             .collect();
+        let (relay_tx, relay_rx) = mpsc::channel(super::relay::RELAY_QUEUE);
         Self {
             index,
             placement,
@@ -154,6 +162,10 @@ impl Engine {
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             outbox: Vec::new(),
+            relay_sockets: FxHashMap::default(),
+            relay_tx,
+            relay_rx: Some(relay_rx),
+            relay_ip: config.bind.ip(),
             tcp: super::tcp::Connections::default(),
             inbound: Vec::new(),
             events,
@@ -1322,7 +1334,13 @@ impl Engine {
         let Some(peer) = self.rooms.peer_mut(peer_id) else {
             return;
         };
-        queue_writes(&mut peer.pc, &mut self.outbox, &mut self.tcp, &self.metrics);
+        if !self.relay_sockets.contains_key(&peer_id) {
+            queue_writes(&mut peer.pc, &mut self.outbox, &mut self.tcp, &self.metrics);
+        }
+        self.send_relay_writes(peer_id);
+        let Some(peer) = self.rooms.peer_mut(peer_id) else {
+            return;
+        };
         let deadline = peer.pc.poll_timeout();
         if deadline != peer.next_timeout {
             peer.next_timeout = deadline;
@@ -1693,7 +1711,14 @@ impl Engine {
         }
         // Close sends DTLS close_notify; queue it before the state machine is dropped.
         let _ = peer.pc.close();
-        queue_writes(&mut peer.pc, &mut self.outbox, &mut self.tcp, &self.metrics);
+        match self.relay_sockets.remove(&peer_id) {
+            Some(socket) => {
+                while let Some(out) = peer.pc.poll_write() {
+                    socket.send(out.transport.peer_addr, &out.message);
+                }
+            }
+            None => queue_writes(&mut peer.pc, &mut self.outbox, &mut self.tcp, &self.metrics),
+        }
         if self.rooms.close_if_empty(&peer.room) {
             info!(room = %peer.room, "room released");
             self.placement.released(&peer.room);
@@ -1762,6 +1787,7 @@ pub async fn run(
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING_INTERVAL;
     let mut shutdown_reply = None;
     let mut woken_by: Option<Command> = None;
+    let mut relay_events = engine.relay_rx.take().expect("the engine runs once");
     'turns: loop {
         let deadline = engine
             .next_deadline()
@@ -1779,6 +1805,9 @@ pub async fn run(
                 None => break,
             },
             Some(event) = tcp_events.recv() => engine.on_tcp(event, Instant::now()),
+            Some(datagram) = relay_events.recv() => {
+                engine.on_relay_datagram(datagram, Instant::now())
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {}
             writable = socket.writable(), if backlog => {
                 if let Err(e) = writable {
@@ -1803,6 +1832,12 @@ pub async fn run(
         for _ in 0..RECEIVE_BUDGET {
             match tcp_events.try_recv() {
                 Ok(event) => engine.on_tcp(event, now),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..RECEIVE_BUDGET {
+            match relay_events.try_recv() {
+                Ok(datagram) => engine.on_relay_datagram(datagram, now),
                 Err(_) => break,
             }
         }

@@ -303,7 +303,17 @@ impl PeerFactory {
     /// is set and before the answer is created, so the answer carries them (no trickle needed
     /// from us).
     pub fn add_host_candidates(&self, pc: &mut RTCPeerConnection) -> Result<(), SfuError> {
-        let networks: &[(&str, TcpType)] = if self.ice_tcp {
+        self.add_host_candidates_on(pc, None)
+    }
+
+    /// The same, on `port` instead of the media port when given (a relay's socket), without
+    /// ICE-TCP.
+    pub fn add_host_candidates_on(
+        &self,
+        pc: &mut RTCPeerConnection,
+        port: Option<u16>,
+    ) -> Result<(), SfuError> {
+        let networks: &[(&str, TcpType)] = if self.ice_tcp && port.is_none() {
             &[("udp", TcpType::Unspecified), ("tcp", TcpType::Passive)]
         } else {
             &[("udp", TcpType::Unspecified)]
@@ -314,7 +324,7 @@ impl PeerFactory {
                     base_config: CandidateConfig {
                         network: (*network).to_owned(),
                         address: addr.ip().to_string(),
-                        port: addr.port(),
+                        port: port.unwrap_or(addr.port()),
                         component: 1,
                         ..Default::default()
                     },

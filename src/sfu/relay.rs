@@ -9,10 +9,16 @@
 //! NACKs are answered from the track's history and whose keyframe requests reach the publisher.
 //! Which tracks a node relays, and when, is signaling's business (`signaling::cascade`).
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::mpsc;
 use tracing::info;
 
 use super::engine::Engine;
@@ -47,6 +53,8 @@ impl Engine {
             return Err(SfuError::TrackNotFound);
         }
         let id = PeerId::on_engine(self.index as u8);
+        let socket = RelaySocket::open(self.relay_ip, id, self.relay_tx.clone())
+            .map_err(|e| SfuError::Internal(format!("relay socket: {e}")))?;
         let (mut pc, estimate) = self
             .factory
             .new_peer_connection(now, LegDirection::Receives)?;
@@ -57,7 +65,8 @@ impl Engine {
             };
             pc.add_transceiver_from_kind(kind, None)?;
         }
-        self.factory.add_host_candidates(&mut pc)?;
+        self.factory
+            .add_host_candidates_on(&mut pc, Some(socket.port))?;
         let mut peer = Peer {
             id,
             room: room.clone(),
@@ -81,9 +90,9 @@ impl Engine {
             manual: None,
         };
         let offer = super::subscription::create_offer(&mut peer, now)?;
-        let (local_ufrag, local_pwd) = local_credentials(&offer);
-        peer.local_ufrag = local_ufrag;
-        self.demux.bind_ufrag(&peer.local_ufrag, &local_pwd, id);
+        // Its datagrams come on its own socket: nothing of it goes through the demultiplexer.
+        peer.local_ufrag = local_credentials(&offer).0;
+        self.relay_sockets.insert(id, socket);
         info!(%room, publisher = %identity, session = %id, tracks = tracks.len(), "relay opened");
         let negotiated = Negotiated {
             session: id,
@@ -151,5 +160,127 @@ impl Engine {
             .map_err(|e| SfuError::BadOffer(e.to_string()))?;
         peer.negotiation = Default::default();
         Ok(())
+    }
+}
+
+/// A relay's own UDP socket. Two relays between the same two nodes (one each way, or two
+/// publishers of one node) on the engines' shared sockets would share one pair of addresses,
+/// which is all the demultiplexer tells connections apart by: a datagram of one would reach
+/// the other (a DTLS close of a relay just replaced closed its successor). So each relay sends
+/// and receives on a socket of its own (an ephemeral port), read by a task that hands its
+/// datagrams to the engine, as ICE-TCP connections do.
+pub(super) struct RelaySocket {
+    socket: Arc<tokio::net::UdpSocket>,
+    pub port: u16,
+    reader: tokio::task::AbortHandle,
+}
+
+/// A datagram a relay's socket received, for the engine.
+pub struct RelayDatagram {
+    pub peer: PeerId,
+    pub source: SocketAddr,
+    pub data: BytesMut,
+}
+
+/// Datagrams queued from relay sockets to their engine.
+pub const RELAY_QUEUE: usize = 4096;
+
+impl RelaySocket {
+    /// Binds a socket on `ip` (a free port) and starts reading it for `peer`. Must run on the
+    /// engine's runtime.
+    pub fn open(
+        ip: IpAddr,
+        peer: PeerId,
+        engine: mpsc::Sender<RelayDatagram>,
+    ) -> std::io::Result<Self> {
+        let std_socket = super::udp::bind(SocketAddr::new(ip, 0))?;
+        let port = std_socket.local_addr()?.port();
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(std_socket)?);
+        let reader = tokio::spawn(read(socket.clone(), peer, engine)).abort_handle();
+        Ok(Self {
+            socket,
+            port,
+            reader,
+        })
+    }
+
+    /// Sends without waiting; false when the socket's buffer is full (the datagram is lost, as
+    /// on a congested link: media is repaired by NACK, handshakes retransmit).
+    pub fn send(&self, to: SocketAddr, data: &[u8]) -> bool {
+        self.socket.try_send_to(data, to).is_ok()
+    }
+}
+
+impl Drop for RelaySocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+async fn read(
+    socket: Arc<tokio::net::UdpSocket>,
+    peer: PeerId,
+    engine: mpsc::Sender<RelayDatagram>,
+) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let Ok((len, source)) = socket.recv_from(&mut buffer).await else {
+            return;
+        };
+        let datagram = RelayDatagram {
+            peer,
+            source,
+            data: BytesMut::from(&buffer[..len]),
+        };
+        if engine.send(datagram).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Engine {
+    /// A datagram of a relay's socket: its connection's, with no demultiplexing.
+    pub(super) fn on_relay_datagram(&mut self, datagram: RelayDatagram, now: Instant) {
+        let Some(port) = self.relay_sockets.get(&datagram.peer).map(|s| s.port) else {
+            return;
+        };
+        let Some(peer) = self.rooms.peer_mut(datagram.peer) else {
+            return;
+        };
+        if super::ingress::classify(&datagram.data) == super::ingress::DatagramKind::Dtls {
+            peer.dtls_input = true;
+        }
+        let mut local_addr = self.factory.local_addr_for(None);
+        local_addr.set_port(port);
+        let transport = TransportContext {
+            local_addr,
+            peer_addr: datagram.source,
+            ecn: None,
+            transport_protocol: TransportProtocol::UDP,
+        };
+        if let Err(e) = peer.pc.handle_read(TaggedBytesMut {
+            now,
+            transport,
+            message: datagram.data,
+        }) {
+            tracing::debug!(session = %datagram.peer, error = %e, "relay datagram rejected");
+        }
+        self.mark_dirty(datagram.peer);
+    }
+
+    /// Sends what a relay has to send on its socket. False when `peer` is not a relay.
+    pub(super) fn send_relay_writes(&mut self, peer: PeerId) -> bool {
+        let Some(socket) = self.relay_sockets.get(&peer) else {
+            return false;
+        };
+        let Some(peer) = self.rooms.peer_mut(peer) else {
+            return true;
+        };
+        while let Some(out) = peer.pc.poll_write() {
+            if !socket.send(out.transport.peer_addr, &out.message) {
+                self.metrics.udp_send_dropped.inc();
+            }
+        }
+        true
     }
 }

@@ -161,10 +161,23 @@ impl Engine {
         subscribed: bool,
         now: Instant,
     ) -> Result<(), SfuError> {
-        let peer = self.rooms.peer(session).ok_or(SfuError::SessionNotFound)?;
+        let peer = self
+            .rooms
+            .peer_mut(session)
+            .ok_or(SfuError::SessionNotFound)?;
         if peer.role != PeerRole::RoomSubscriber {
             return Err(SfuError::SessionNotFound);
         }
+        // Kept even for a track that does not exist now (a remote one whose relay is being
+        // made): it is attached when it is published.
+        if let Some(wanted) = peer.manual.as_mut() {
+            if subscribed {
+                wanted.insert(track);
+            } else {
+                wanted.remove(&track);
+            }
+        }
+        let peer = self.rooms.peer(session).ok_or(SfuError::SessionNotFound)?;
         let source = self.rooms.track(track).ok_or(SfuError::TrackNotFound)?;
         let publisher = self
             .rooms
@@ -177,13 +190,6 @@ impl Engine {
             .down_tracks
             .iter()
             .position(|d| d.source == track && !d.removed);
-        if let Some(wanted) = self.rooms.peer_mut(session).and_then(|p| p.manual.as_mut()) {
-            if subscribed {
-                wanted.insert(track);
-            } else {
-                wanted.remove(&track);
-            }
-        }
         match (subscribed, active) {
             (true, None) => {
                 let mut sub = self

@@ -34,6 +34,9 @@ pub const RELAYS_PATH: &str = "/internal/v1/cascade/relays";
 /// How long a relay that failed waits before it is made again.
 const RELAY_RETRY: Duration = Duration::from_secs(2);
 
+/// Sync ticks between two looks at the relays when nothing changed.
+const RETRY_TICKS: u32 = 5;
+
 /// What cascading needs of the node.
 pub struct Settings {
     pub cluster: Cluster,
@@ -96,27 +99,23 @@ struct RemoteTrack {
     source: super::protocol::Source,
 }
 
-/// A remote participant who publishes, and the relay of their tracks to this node (one
-/// connection carrying the tracks local members receive).
+/// A remote participant who publishes, and the relays of their tracks to this node. A relay
+/// is one connection carrying some of the tracks: the ones wanted when it was opened. A track
+/// wanted later gets a relay of its own rather than a new relay replacing the old one, which
+/// would interrupt what the old one carried for everyone here.
 struct RemotePublisher {
     identity: String,
-    /// The publishing node's HTTP base URL, where the relay is opened.
+    /// The publishing node's HTTP base URL, where relays are opened.
     http_url: String,
-    relay: Relay,
+    relays: Vec<Relay>,
+    /// After a relay failed, when the tracks it carried are tried again.
+    retry_at: Option<Instant>,
 }
 
-enum Relay {
-    Idle {
-        retry_at: Option<Instant>,
-    },
-    Opening {
-        tracks: Vec<TrackId>,
-    },
-    Open {
-        tracks: Vec<TrackId>,
-        session: PeerId,
-        location: String,
-    },
+struct Relay {
+    tracks: Vec<TrackId>,
+    /// `None` while it is being opened.
+    open: Option<(PeerId, String)>,
 }
 
 /// What a relay task reports back to its room.
@@ -223,16 +222,6 @@ impl Cascade {
             .map(|(id, _)| id.as_str())
     }
 
-    /// Whether `track` is a remote track not relayed here now (the SFU does not know it).
-    pub fn pending(&self, track: TrackId) -> bool {
-        let Some(remote) = self.tracks.get(&track) else {
-            return false;
-        };
-        !self.publishers.get(&remote.participant_id).is_some_and(
-            |p| matches!(&p.relay, Relay::Open { tracks, .. } if tracks.contains(&track)),
-        )
-    }
-
     pub fn is_remote_track(&self, track: TrackId) -> bool {
         self.tracks.contains_key(&track)
     }
@@ -315,7 +304,8 @@ impl Cascade {
                     .or_insert_with(|| RemotePublisher {
                         identity: view.identity.clone(),
                         http_url: http_url.clone(),
-                        relay: Relay::Idle { retry_at: None },
+                        relays: Vec::new(),
+                        retry_at: None,
                     });
             }
             match self.remote.get(&participant_id) {
@@ -348,9 +338,9 @@ impl Cascade {
         changes
     }
 
-    /// Relays to this node what local members receive, and nothing else: a publisher's relay
-    /// opens when a member here wants one of its tracks, is made again when that set changes,
-    /// and closes when nobody here wants any.
+    /// Relays to this node what local members receive, and nothing else: a relay opens for
+    /// the tracks members here want that no relay carries, and a relay closes once nobody here
+    /// wants any of its tracks.
     pub fn reconcile<'a>(
         &mut self,
         members: impl Iterator<Item = &'a Subscriptions> + Clone,
@@ -368,42 +358,55 @@ impl Cascade {
             let watched = viewers
                 .values()
                 .any(|w| w.as_ref().is_none_or(|who| *who == publisher.identity));
-            // In the publisher's order: the relay's sections follow it.
+            // In the publisher's order: a relay's sections follow it.
             let wanted: Vec<TrackId> = view
                 .tracks
                 .iter()
                 .filter_map(|t| parse_track_id(&t.track_id))
                 .filter(|id| watched || members.clone().any(|m| m.wants(*id)))
                 .collect();
-            let replace = match &publisher.relay {
-                Relay::Idle { retry_at } => {
-                    !wanted.is_empty() && retry_at.is_none_or(|at| at <= now)
+            let unwanted: Vec<usize> = publisher
+                .relays
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.open.is_some() && !r.tracks.iter().any(|t| wanted.contains(t)))
+                .map(|(i, _)| i)
+                .collect();
+            let missing: Vec<TrackId> = wanted
+                .iter()
+                .copied()
+                .filter(|t| !publisher.relays.iter().any(|r| r.tracks.contains(t)))
+                .collect();
+            let may_open = publisher.retry_at.is_none_or(|at| at <= now)
+                && publisher.relays.iter().all(|r| r.open.is_some());
+            let publisher = self.publishers.get_mut(&participant_id).expect("listed");
+            for i in unwanted.into_iter().rev() {
+                let relay = publisher.relays.remove(i);
+                if let Some((session, location)) = relay.open {
+                    let identity = publisher.identity.clone();
+                    let (settings, sfu, meeting_id) =
+                        (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
+                    tokio::spawn(async move {
+                        close_relay(&settings, &sfu, &meeting_id, &identity, session, &location)
+                            .await;
+                    });
                 }
-                Relay::Opening { .. } => false,
-                Relay::Open { tracks, .. } => *tracks != wanted,
-            };
-            if replace {
-                self.open(&participant_id, wanted, sfu.clone(), signaling.clone());
+            }
+            if !missing.is_empty() && may_open {
+                self.open(&participant_id, missing, sfu.clone(), signaling.clone());
             }
         }
     }
 
-    /// Opens the relay of `participant_id`'s `tracks` (after closing the one it replaces), or
-    /// with no tracks only closes it.
+    /// Opens a relay of `participant_id`'s `tracks`.
     fn open(&mut self, participant_id: &str, tracks: Vec<TrackId>, sfu: Sfu, signaling: Signaling) {
         let Some(publisher) = self.publishers.get_mut(participant_id) else {
             return;
         };
-        let previous = std::mem::replace(
-            &mut publisher.relay,
-            if tracks.is_empty() {
-                Relay::Idle { retry_at: None }
-            } else {
-                Relay::Opening {
-                    tracks: tracks.clone(),
-                }
-            },
-        );
+        publisher.relays.push(Relay {
+            tracks: tracks.clone(),
+            open: None,
+        });
         let identity = publisher.identity.clone();
         let http_url = publisher.http_url.clone();
         let relayed: Vec<RelayedTrack> = tracks
@@ -429,15 +432,6 @@ impl Cascade {
         let meeting_id = self.meeting_id.clone();
         let participant_id = participant_id.to_owned();
         tokio::spawn(async move {
-            if let Relay::Open {
-                session, location, ..
-            } = previous
-            {
-                close_relay(&settings, &sfu, &meeting_id, &identity, session, &location).await;
-            }
-            if relayed.is_empty() {
-                return;
-            }
             let result =
                 open_relay(&settings, &sfu, &meeting_id, &identity, &http_url, relayed).await;
             match &result {
@@ -459,36 +453,28 @@ impl Cascade {
         });
     }
 
-    /// A relay task is done: the relay is open, or idle with a retry later.
+    /// A relay task is done: the relay is open, or dropped with a retry later.
     pub fn relay_outcome(&mut self, outcome: RelayOutcome, sfu: &Sfu) {
-        let current = self
-            .publishers
-            .get_mut(&outcome.participant_id)
-            .filter(|p| matches!(&p.relay, Relay::Opening { tracks } if *tracks == outcome.tracks));
-        match (current, outcome.result) {
-            (Some(publisher), Ok((session, location))) => {
-                publisher.relay = Relay::Open {
-                    tracks: outcome.tracks,
-                    session,
-                    location,
-                };
-            }
-            (Some(publisher), Err(_)) => {
-                publisher.relay = Relay::Idle {
-                    retry_at: Some(Instant::now() + RELAY_RETRY),
-                };
+        let publisher = self.publishers.get_mut(&outcome.participant_id);
+        let relay = publisher.and_then(|p| {
+            let i = p
+                .relays
+                .iter()
+                .position(|r| r.open.is_none() && r.tracks == outcome.tracks)?;
+            Some((p, i))
+        });
+        match (relay, outcome.result) {
+            (Some((publisher, i)), Ok(opened)) => publisher.relays[i].open = Some(opened),
+            (Some((publisher, i)), Err(_)) => {
+                publisher.relays.remove(i);
+                publisher.retry_at = Some(Instant::now() + RELAY_RETRY);
             }
             // The publisher went away meanwhile: close what was opened for it.
             (None, Ok((session, location))) => {
-                let identity = self
-                    .publishers
-                    .get(&outcome.participant_id)
-                    .map(|p| p.identity.clone());
                 let (settings, sfu, meeting_id) =
                     (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
                 tokio::spawn(async move {
-                    let identity = identity.unwrap_or_default();
-                    close_relay(&settings, &sfu, &meeting_id, &identity, session, &location).await;
+                    close_relay(&settings, &sfu, &meeting_id, "", session, &location).await;
                 });
             }
             (None, Err(_)) => {}
@@ -496,66 +482,46 @@ impl Cascade {
     }
 
     /// The relay `session` ended on its own (its connection failed, or the publishing node
-    /// closed it): made again later if it is still wanted.
+    /// closed it): its tracks are relayed again later if they are still wanted.
     pub fn relay_ended(&mut self, session: PeerId) {
         for publisher in self.publishers.values_mut() {
-            if matches!(publisher.relay, Relay::Open { session: s, .. } if s == session) {
-                publisher.relay = Relay::Idle {
-                    retry_at: Some(Instant::now() + RELAY_RETRY),
-                };
+            let before = publisher.relays.len();
+            publisher
+                .relays
+                .retain(|r| !matches!(r.open, Some((s, _)) if s == session));
+            if publisher.relays.len() != before {
+                publisher.retry_at = Some(Instant::now() + RELAY_RETRY);
             }
         }
     }
 
     /// Whether `session` is one of this room's open relays.
     pub fn is_relay(&self, session: PeerId) -> bool {
-        self.publishers
-            .values()
-            .any(|p| matches!(p.relay, Relay::Open { session: s, .. } if s == session))
+        self.publishers.values().any(|p| {
+            p.relays
+                .iter()
+                .any(|r| matches!(r.open, Some((s, _)) if s == session))
+        })
     }
 
     fn close(&self, publisher: RemotePublisher, sfu: &Sfu) {
-        if let Relay::Open {
-            session, location, ..
-        } = publisher.relay
-        {
-            let (settings, sfu, meeting_id) =
-                (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
-            tokio::spawn(async move {
-                close_relay(
-                    &settings,
-                    &sfu,
-                    &meeting_id,
-                    &publisher.identity,
-                    session,
-                    &location,
-                )
-                .await;
-            });
+        for relay in publisher.relays {
+            if let Some((session, location)) = relay.open {
+                let (settings, sfu, meeting_id) =
+                    (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
+                let identity = publisher.identity.clone();
+                tokio::spawn(async move {
+                    close_relay(&settings, &sfu, &meeting_id, &identity, session, &location).await;
+                });
+            }
         }
     }
 
     /// Closes every relay (the room task ends).
     pub fn close_all(&mut self, sfu: &Sfu) {
-        for (_, publisher) in self.publishers.drain() {
-            if let Relay::Open {
-                session, location, ..
-            } = publisher.relay
-            {
-                let (settings, sfu, meeting_id) =
-                    (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
-                tokio::spawn(async move {
-                    close_relay(
-                        &settings,
-                        &sfu,
-                        &meeting_id,
-                        &publisher.identity,
-                        session,
-                        &location,
-                    )
-                    .await;
-                });
-            }
+        let publishers: Vec<RemotePublisher> = self.publishers.drain().map(|(_, p)| p).collect();
+        for publisher in publishers {
+            self.close(publisher, sfu);
         }
     }
 }
@@ -654,13 +620,12 @@ async fn close_relay(
     location: &str,
 ) {
     let room = RoomId(meeting_id.to_owned());
-    let _ = sfu
-        .close(
-            room,
-            session,
-            Requester::owner(ParticipantId(identity.to_owned())),
-        )
-        .await;
+    // As the room's own: whoever the relay's identity is.
+    let requester = Requester {
+        identity: ParticipantId(identity.to_owned()),
+        moderator: true,
+    };
+    let _ = sfu.close(room, session, requester).await;
     if !location.is_empty() {
         let _ = settings
             .http
@@ -686,6 +651,7 @@ async fn sync_task(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Vec<String>> = None;
     let mut after: Option<String> = None;
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
             message = outgoing.recv() => match message {
@@ -713,9 +679,13 @@ async fn sync_task(
                         })
                         .collect();
                     others.sort();
+                    ticks = ticks.wrapping_add(1);
                     if last.as_ref() != Some(&others) {
                         last = Some(others.clone());
                         signaling.tell_room(&meeting_id, Command::RemoteMembers(others));
+                    } else if ticks.is_multiple_of(RETRY_TICKS) {
+                        // Relays that failed are made again once their wait is over.
+                        signaling.tell_room(&meeting_id, Command::CascadeTick);
                     }
                 }
                 if let Ok((events, next)) = cluster.events_after(&meeting_id, after.as_deref()).await {

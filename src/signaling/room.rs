@@ -166,8 +166,7 @@ pub(crate) enum Command {
         recording_id: Option<String>,
         reply: Reply<Result<Recording, RecordingError>>,
     },
-    /// A member (un)subscribed from a track; the reply says whether it is a remote track not
-    /// relayed here yet.
+    /// A member (un)subscribed from a track; the reply says whether it is a remote track.
     Subscription {
         participant_id: String,
         track: TrackId,
@@ -186,6 +185,8 @@ pub(crate) enum Command {
     RemoteEvent(EventKind),
     /// Cascading: a relay was opened, or failed.
     RelayOutcome(RelayOutcome),
+    /// Cascading: time to make again the relays that failed.
+    CascadeTick,
 }
 
 struct Member {
@@ -547,8 +548,11 @@ impl Room {
                         listed.listed.remove(&track);
                     }
                 }
-                let pending = self.cascade.as_ref().is_some_and(|c| c.pending(track));
-                let _ = reply.send(pending);
+                let remote = self
+                    .cascade
+                    .as_ref()
+                    .is_some_and(|c| c.is_remote_track(track));
+                let _ = reply.send(remote);
                 self.reconcile_relays();
             }
             Command::Viewer { session, publisher } => {
@@ -563,6 +567,7 @@ impl Room {
                 self.reconcile_relays();
             }
             Command::RemoteMembers(entries) => self.remote_members(entries),
+            Command::CascadeTick => self.reconcile_relays(),
             Command::RemoteEvent(event) => self.remote_event(event).await,
             Command::RelayOutcome(outcome) => {
                 if let Some(cascade) = &mut self.cascade {

@@ -186,7 +186,7 @@ impl Signaling {
     }
 
     /// A member (un)subscribes from a track: recorded for relays. True when the track is a
-    /// remote one not relayed here yet (the SFU does not know it; it is applied on arrival).
+    /// remote one (the SFU knows it only while it is relayed here).
     pub(crate) async fn subscription(
         &self,
         meeting_id: &str,

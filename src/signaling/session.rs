@@ -987,21 +987,23 @@ impl Session {
         } else {
             listed.remove(&track);
         }
-        // A remote track not relayed here yet: applied when it arrives (`RemoteTrackLive`).
-        let pending = self
+        let remote = self
             .state
             .live
             .rooms
             .subscription(&self.meeting.id, &self.participant_id, track, subscribed)
             .await;
-        if pending {
-            return Ok(());
-        }
-        self.state
+        match self
+            .state
             .sfu
             .set_subscribed(session, track, subscribed)
             .await
-            .map_err(|e| unknown_track(e, track_id, "of another participant here"))
+        {
+            // A remote track not relayed here yet: applied when it arrives (`RemoteTrackLive`,
+            // which this session handles after this).
+            Err(crate::sfu::SfuError::TrackNotFound) if remote => Ok(()),
+            result => result.map_err(|e| unknown_track(e, track_id, "of another participant here")),
+        }
     }
 
     /// Sets what the client wants of one received track: the layer (by size or index), then
