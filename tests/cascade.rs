@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::client::{Kind, WhepSubscriber, WhipPublisher};
 use common::redis::Shared;
 use common::TestServer;
 use serde_json::{json, Value};
@@ -275,4 +276,112 @@ async fn one_meeting_over_three_nodes_relays_each_track_only_to_the_nodes_that_r
     );
     assert_eq!(c.metric(&relayed("camera")).await, cameras_relayed + 1.0);
     sending.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_kicks_and_whip_whep_cross_the_nodes_of_a_cascaded_meeting() {
+    let shared = Shared::new().await;
+    let [a, b, c] = three_cascading_nodes(&shared).await;
+    let host = a.user("host").await;
+    let meeting = a.open_meeting(&host).await;
+    let id = meeting["id"].as_str().unwrap();
+
+    // The host on A, bob on C: each sees the other.
+    let answer = a.join_meeting(&meeting, Some(&host)).await;
+    let mut alice = MediaClient::join_sending(
+        a.server.http_addr,
+        "alice",
+        answer["join_token"].as_str().unwrap(),
+        false,
+        json!({"type": "join"}),
+    )
+    .await;
+    let bob = participant(&c, &meeting, "bob", false).await;
+    let bob_id = bob.participant_id();
+    alice
+        .ws
+        .expect_where("participant_joined", |m| {
+            m["participant"]["participant_id"] == bob_id.as_str()
+        })
+        .await;
+
+    // Chat from bob's socket on C reaches alice on A, and is stored once.
+    bob.ws
+        .send(json!({"type": "chat", "text": "hello from node C"}));
+    let chat = alice
+        .ws
+        .expect_where("chat_message", |m| m["text"] == "hello from node C")
+        .await;
+    assert_eq!(chat["participant_id"], bob_id.as_str());
+    let (_, history) = b
+        .call(
+            reqwest::Method::GET,
+            &format!("/meetings/{id}/messages"),
+            Some(&host.token),
+            None,
+        )
+        .await;
+    let copies = history["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{history}"))
+        .iter()
+        .filter(|m| m["text"] == "hello from node C")
+        .count();
+    assert_eq!(copies, 1, "{history}");
+
+    // WHIP on A, WHEP on B and C (a WHIP publisher is shared like a member): media reaches
+    // both viewers through relays.
+    let room = id;
+    let publisher = WhipPublisher::connect(&a, room, &a.token(room, "whip-cam", true, false)).await;
+    let viewers = [
+        WhepSubscriber::connect(
+            &b,
+            room,
+            &b.token(room, "viewer-b", false, true),
+            Some("whip-cam"),
+        )
+        .await,
+        WhepSubscriber::connect(
+            &c,
+            room,
+            &c.token(room, "viewer-c", false, true),
+            Some("whip-cam"),
+        )
+        .await,
+    ];
+    for viewer in &viewers {
+        assert!(viewer.session.url.starts_with(&b.base) || viewer.session.url.starts_with(&c.base));
+    }
+    let sending = tokio::spawn(async move {
+        for sequence in 0..u16::MAX {
+            publisher.send(Kind::Audio, sequence, vec![5; 40]).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    for viewer in &viewers {
+        let got = viewer
+            .wait_packets(Kind::Audio, 30, Duration::from_secs(20))
+            .await;
+        assert!(got >= 30, "{got} packets through the relay");
+    }
+    sending.abort();
+
+    // A kick made over REST at B (which hands it to the meeting's node) closes bob's socket
+    // on C; alice sees him leave.
+    let (status, body) = b
+        .call(
+            reqwest::Method::POST,
+            &format!("/meetings/{id}/participants/{bob_id}/kick"),
+            Some(&host.token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(bob.ws.closed().await.0, 4003, "kicked on node C");
+    alice
+        .ws
+        .expect_where("participant_left", |m| {
+            m["participant_id"] == bob_id.as_str()
+        })
+        .await;
 }

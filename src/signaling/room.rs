@@ -245,6 +245,9 @@ pub(super) struct Room {
     /// Cascading: view-only sessions here, by the publisher identity they watch (`None`: the
     /// latest publisher, whoever it is).
     viewers: HashMap<PeerId, Option<String>>,
+    /// Cascading: WHIP publishers here (no socket, no seat), by identity, as the meeting's
+    /// other nodes see them.
+    whip_publishers: BTreeMap<String, ParticipantView>,
 }
 
 /// Serves the room's commands until it is idle and the directory let it go.
@@ -311,12 +314,14 @@ impl Room {
             auto_record_checked: false,
             cascade,
             viewers: HashMap::new(),
+            whip_publishers: BTreeMap::new(),
         }
     }
 
     fn idle(&self) -> bool {
         self.members.is_empty()
             && self.viewers.is_empty()
+            && self.whip_publishers.is_empty()
             && self.waiting.is_empty()
             && self.countdown.is_none()
             && self.recording.is_none()
@@ -1050,6 +1055,49 @@ impl Room {
             SfuEvent::TrackUnpublished { session, .. } if cascade.is_relay(*session) => {
                 cascade.relay_ended(*session);
                 self.reconcile_relays();
+            }
+            // A WHIP publisher here: shared like a member, so other nodes relay its tracks.
+            SfuEvent::TrackPublished {
+                identity, track, ..
+            } => {
+                let kind = kind_of(track.kind);
+                let view = self
+                    .whip_publishers
+                    .entry(identity.0.clone())
+                    .or_insert_with(|| ParticipantView {
+                        participant_id: identity.0.clone(),
+                        identity: identity.0.clone(),
+                        user_id: None,
+                        display_name: identity.0.clone(),
+                        role: "publisher".to_owned(),
+                        muted: Vec::new(),
+                        hand_raised: false,
+                        tracks: Vec::new(),
+                    });
+                view.tracks.push(TrackView {
+                    track_id: track.id.to_string(),
+                    source: Source::default_for(kind),
+                    kind,
+                    muted: false,
+                    publisher_track_id: track.publisher_track_id.clone(),
+                    mime_type: track.mime_type.clone(),
+                });
+                cascade.put_member(&identity.0, Some(view));
+            }
+            SfuEvent::TrackUnpublished {
+                identity, track, ..
+            } => {
+                let Some(view) = self.whip_publishers.get_mut(&identity.0) else {
+                    return;
+                };
+                let id = track.to_string();
+                view.tracks.retain(|t| t.track_id != id);
+                if view.tracks.is_empty() {
+                    self.whip_publishers.remove(&identity.0);
+                    cascade.put_member(&identity.0, None);
+                } else {
+                    cascade.put_member(&identity.0, Some(view));
+                }
             }
             _ => {}
         }

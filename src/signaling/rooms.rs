@@ -444,7 +444,10 @@ impl Signaling {
             | SfuEvent::ActiveSpeakers { room, .. } => room.0.clone(),
             _ => return,
         };
-        self.tell(&meeting_id, Command::Media(event));
+        // Cascading: a WHIP publisher's tracks open its room, which shares them with the
+        // meeting's other nodes.
+        let open = self.cascading() && matches!(event, SfuEvent::TrackPublished { .. });
+        self.send(&meeting_id, Command::Media(event), open);
     }
 
     // ---- the waiting room -------------------------------------------------------------------
