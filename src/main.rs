@@ -69,6 +69,10 @@ struct LoadArgs {
     /// The server's base URL: WHIP is POSTed to {url}/whip/{room}, WHEP to {url}/whep/{room}.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Base URLs subscribers go to, in turn, comma-separated (other nodes of a cascading
+    /// cluster) [default: --url].
+    #[arg(long, value_delimiter = ',')]
+    subscriber_url: Vec<String>,
     #[arg(long, default_value = "load")]
     room: String,
     /// A bearer token for every session. Without it, tokens are minted per session with the
@@ -214,6 +218,7 @@ fn load(config: &Config, args: LoadArgs) -> anyhow::Result<()> {
     let runtime = runtime.enable_all().build()?;
     let options = LoadOptions {
         url: args.url,
+        subscriber_urls: args.subscriber_url,
         room: args.room,
         tokens,
         publishers: args.publishers,

@@ -235,7 +235,10 @@ impl ClientPeer {
                     let Some(target) = self.cached_target(&mut audio_target, audio) else {
                         continue;
                     };
-                    let payload = Bytes::from(vec![0xFC; OPUS_BYTES]);
+                    // The Opus TOC byte, then when it was sent (for the one-way delay).
+                    let mut payload = vec![0xFC; OPUS_BYTES];
+                    payload[1..9].copy_from_slice(&super::stats::stamp_now().to_be_bytes());
+                    let payload = Bytes::from(payload);
                     if self.write(audio, target, (audio_seq, audio_ts, true), payload) {
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
@@ -288,6 +291,13 @@ impl ClientPeer {
                     .bytes
                     .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
                 counters.expected.fetch_add(grown, Ordering::Relaxed);
+                if stream.clock_rate() == 48_000 && packet.payload.len() >= 9 {
+                    let mut sent = [0u8; 8];
+                    sent.copy_from_slice(&packet.payload[1..9]);
+                    let delay = super::stats::stamp_now().saturating_sub(u64::from_be_bytes(sent));
+                    counters.delay_us.fetch_add(delay, Ordering::Relaxed);
+                    counters.delayed.fetch_add(1, Ordering::Relaxed);
+                }
                 // The subscriber's jitter is its worst stream's.
                 let jitter = streams.values().map(Stream::jitter_us).max().unwrap_or(0);
                 counters.jitter_us.store(jitter, Ordering::Relaxed);

@@ -68,6 +68,8 @@ impl Tokens {
 pub struct LoadOptions {
     /// The server's base URL, e.g. `http://127.0.0.1:8080`.
     pub url: String,
+    /// Where subscribers go, in turn (other nodes of a cluster); empty: `url`.
+    pub subscriber_urls: Vec<String>,
     pub room: String,
     pub tokens: Tokens,
     pub publishers: usize,
@@ -173,9 +175,15 @@ pub async fn run(options: LoadOptions) -> Result<Report, LoadError> {
         let started = Instant::now();
         let (mut peer, _) = ClientPeer::new(server, false)?;
         let offer = peer.offer()?;
+        let subscriber_base = match options.subscriber_urls.len() {
+            0 => base.clone(),
+            n => options.subscriber_urls[i % n]
+                .trim_end_matches('/')
+                .to_owned(),
+        };
         let joined = post(
             &http,
-            &base,
+            &subscriber_base,
             "whep",
             &options.room,
             watch.as_deref(),

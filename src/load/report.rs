@@ -55,6 +55,9 @@ pub struct Report {
     /// POST to the first media packet.
     pub first_packet_ms_p50: Option<f64>,
     pub first_packet_ms_p95: Option<f64>,
+    /// Mean one-way delay of audio packets, publisher to subscriber (one clock: the load
+    /// generator runs both ends).
+    pub delay_ms_mean: Option<f64>,
     pub received_mbit_per_s: f64,
     /// With `--server-pid`: the server's CPU time over packets delivered, in microseconds.
     pub server_us_per_packet: Option<f64>,
@@ -87,6 +90,8 @@ pub(super) fn build(inputs: Inputs<'_>) -> Report {
         (gaps_expected.saturating_sub(received) as f64 / gaps_expected as f64 * 100.0).max(0.0)
     };
     let ms = |us: u64| us as f64 / 1000.0;
+    let delay_us: u64 = inputs.subscribers.iter().map(|s| s.window.delay_us).sum();
+    let delayed: u64 = inputs.subscribers.iter().map(|s| s.window.delayed).sum();
     let mut jitter: Vec<f64> = connected.iter().map(|s| ms(s.jitter_us)).collect();
     let mut join: Vec<f64> = connected
         .iter()
@@ -120,6 +125,7 @@ pub(super) fn build(inputs: Inputs<'_>) -> Report {
         join_ms_p95: percentile(&mut join, 95.0).map(|v| round(v, 1)),
         first_packet_ms_p50: percentile(&mut first, 50.0).map(|v| round(v, 1)),
         first_packet_ms_p95: percentile(&mut first, 95.0).map(|v| round(v, 1)),
+        delay_ms_mean: (delayed > 0).then(|| round(ms(delay_us) / delayed as f64, 3)),
         received_mbit_per_s: round(bytes as f64 * 8.0 / seconds / 1e6, 2),
         server_us_per_packet: inputs
             .server_cpu_seconds
@@ -189,6 +195,7 @@ impl Report {
                     opt(self.first_packet_ms_p95, "ms")
                 ),
             ),
+            ("audio delay mean".into(), opt(self.delay_ms_mean, "ms")),
             (
                 "packets sent / received".into(),
                 format!("{} / {}", self.packets_sent, self.packets_received),

@@ -13,6 +13,10 @@ pub struct Counters {
     pub expected: AtomicU64,
     /// Jitter in microseconds, the last estimate.
     pub jitter_us: AtomicU64,
+    /// One-way delay of audio packets (the publisher stamps each; the run's publishers and
+    /// subscribers share a clock): its sum in microseconds and how many packets it covers.
+    pub delay_us: AtomicU64,
+    pub delayed: AtomicU64,
 }
 
 impl Counters {
@@ -21,6 +25,8 @@ impl Counters {
             packets: self.packets.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             expected: self.expected.load(Ordering::Relaxed),
+            delay_us: self.delay_us.load(Ordering::Relaxed),
+            delayed: self.delayed.load(Ordering::Relaxed),
         }
     }
 }
@@ -30,6 +36,8 @@ pub struct Snapshot {
     pub packets: u64,
     pub bytes: u64,
     pub expected: u64,
+    pub delay_us: u64,
+    pub delayed: u64,
 }
 
 impl std::ops::Sub for Snapshot {
@@ -39,6 +47,8 @@ impl std::ops::Sub for Snapshot {
             packets: self.packets.saturating_sub(earlier.packets),
             bytes: self.bytes.saturating_sub(earlier.bytes),
             expected: self.expected.saturating_sub(earlier.expected),
+            delay_us: self.delay_us.saturating_sub(earlier.delay_us),
+            delayed: self.delayed.saturating_sub(earlier.delayed),
         }
     }
 }
@@ -61,6 +71,10 @@ pub struct Stream {
 }
 
 impl Stream {
+    pub fn clock_rate(&self) -> u32 {
+        self.clock_rate
+    }
+
     pub fn new(clock_rate: u32, epoch: Instant) -> Self {
         Self {
             clock_rate: clock_rate.max(1),
@@ -169,6 +183,15 @@ pub fn percentile(values: &mut [f64], p: f64) -> Option<f64> {
     Some(values[rank.clamp(1, values.len()) - 1])
 }
 
+/// The clock audio packets are stamped with: microseconds since the run's first use of it.
+pub fn stamp_now() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,4 +235,13 @@ mod tests {
         assert_eq!(percentile(&mut values, 95.0), Some(95.0));
         assert_eq!(percentile(&mut [], 50.0), None);
     }
+}
+
+/// The clock audio packets are stamped with: microseconds since the run's first use of it.
+pub fn stamp_now() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
 }
