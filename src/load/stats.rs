@@ -236,12 +236,3 @@ mod tests {
         assert_eq!(percentile(&mut [], 50.0), None);
     }
 }
-
-/// The clock audio packets are stamped with: microseconds since the run's first use of it.
-pub fn stamp_now() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_micros() as u64
-}
