@@ -39,6 +39,7 @@ start_node a 18301 52000
 start_node b 18302 52100
 start_node c 18303 52200
 ports=(18301 18302 18303)
+names=(A B C)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 forwarded() { curl -sf "http://127.0.0.1:$1/metrics" | awk '/^convene_rtp_packets_out_total /{print $2}'; }
@@ -56,7 +57,7 @@ run() { # label subscriber_urls
     local cpu=$(( $(cpu_ticks "${pids[$i]}") - before_cpu[i] ))
     local fwd; fwd=$(echo "$(forwarded "${ports[$i]}") - ${before_out[$i]}" | bc)
     if [ "${fwd%.*}" -gt 0 ]; then
-      printf '  node %s: %s packets forwarded, %s us CPU per packet\n' "abc"[$i] "$fwd" \
+      printf '  node %s: %s packets forwarded, %s us CPU per packet\n' "${names[$i]}" "$fwd" \
         "$(echo "scale=2; $cpu * 1000000 / $hz / $fwd" | bc)"
     fi
   done

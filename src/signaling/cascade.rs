@@ -4,9 +4,9 @@
 //! public view, with the tracks they publish here) in Redis, and reads the other nodes'
 //! members every `cluster_cascade_sync`: they become *remote members*, announced to the local
 //! participants like local ones, their tracks with ids of this node. A remote track is relayed
-//! here (`sfu::relay`: one connection from this node's media engine to the publisher's node,
-//! carrying that one track) only while a local participant receives it; otherwise nothing of
-//! it reaches this node. Room events that are not about media (chat, typing, mute, the end of
+//! here (`sfu::relay`: a connection from this node's media engine to the publisher's node,
+//! carrying the tracks of that publisher wanted when it opened) only while a local session
+//! receives it; otherwise nothing of it reaches this node. Room events that are not about media (chat, typing, mute, the end of
 //! the meeting, a kick) cross through a per-meeting Redis stream.
 //!
 //! The room task owns [`Cascade`]; a sync task per room does every Redis call, so the room
