@@ -150,7 +150,7 @@ impl Server {
                     Arc::new(crate::signaling::cascade::Settings {
                         cluster: cluster.clone(),
                         sync: config.cluster_cascade_sync,
-                        forward_key: keys.cluster_forward_key(),
+                        forward_key: keys.cluster_relay_key(),
                         http: reqwest::Client::builder()
                             .redirect(reqwest::redirect::Policy::none())
                             .timeout(std::time::Duration::from_secs(10))

@@ -321,29 +321,30 @@ return 0
 /// sealed like registry entries: whoever else writes to Redis cannot make a node announce a
 /// participant or open a relay.
 impl Cluster {
-    /// This node's entry for one participant of `room` (`None` removes it). The meeting's
-    /// member hash lives while any node renews it.
-    pub async fn put_member(
+    /// This node's entries for participants of `room` (`None` removes one), under fields of
+    /// this node (a participant moving between nodes has two for a moment, and each node
+    /// removes only its own). The meeting's member hash lives while a node renews it.
+    pub async fn put_members(
         &self,
         room: &str,
-        participant: &str,
-        entry: Option<&str>,
+        entries: &[(String, Option<String>)],
     ) -> redis::RedisResult<()> {
         let mut connection = self.inner.connection().await?;
         let key = members_key(room);
-        match entry {
-            Some(json) => {
-                let sealed = format!("{}.{json}", self.inner.mac(json));
-                redis::pipe()
-                    .hset(&key, participant, sealed)
-                    .ignore()
-                    .pexpire(&key, self.inner.room_ttl.as_millis() as i64)
-                    .ignore()
-                    .query_async(&mut connection)
-                    .await
-            }
-            None => connection.hdel(&key, participant).await,
+        let mut pipe = redis::pipe();
+        for (participant, entry) in entries {
+            let field = format!("{}/{participant}", self.inner.id);
+            match entry {
+                Some(json) => pipe
+                    .hset(&key, field, self.inner.seal_in(room, json))
+                    .ignore(),
+                None => pipe.hdel(&key, field).ignore(),
+            };
         }
+        pipe.pexpire(&key, self.inner.room_ttl.as_millis() as i64)
+            .ignore()
+            .query_async(&mut connection)
+            .await
     }
 
     /// Every node's member entries of `room` (their JSON), sealed ones only.
@@ -351,14 +352,17 @@ impl Cluster {
         let mut connection = self.inner.connection().await?;
         let all: std::collections::HashMap<String, String> =
             connection.hgetall(members_key(room)).await?;
-        Ok(all.values().filter_map(|v| self.inner.open(v)).collect())
+        Ok(all
+            .values()
+            .filter_map(|v| self.inner.open_in(room, v))
+            .collect())
     }
 
     /// Appends an event of `room` for its other nodes (the stream keeps the latest few).
     pub async fn post_event(&self, room: &str, json: &str) -> redis::RedisResult<()> {
         let mut connection = self.inner.connection().await?;
         let key = events_key(room);
-        let sealed = format!("{}.{json}", self.inner.mac(json));
+        let sealed = self.inner.seal_in(room, json);
         redis::pipe()
             .cmd("XADD")
             .arg(&key)
@@ -409,7 +413,7 @@ impl Cluster {
         let next = entries.last().map(|(id, _)| id.clone());
         let events = entries
             .into_iter()
-            .filter_map(|(_, fields)| fields.get(1).and_then(|v| self.inner.open(v)))
+            .filter_map(|(_, fields)| fields.get(1).and_then(|v| self.inner.open_in(room, v)))
             .collect();
         Ok((events, next.or_else(|| Some(after.to_owned()))))
     }
@@ -427,6 +431,18 @@ fn events_key(room: &str) -> String {
 }
 
 impl Inner {
+    /// `{hmac}.{json}`, the HMAC over the meeting too: a value cannot be replayed into another
+    /// meeting's keys.
+    fn seal_in(&self, room: &str, json: &str) -> String {
+        format!("{}.{json}", self.mac(&format!("{room}\n{json}")))
+    }
+
+    fn open_in(&self, room: &str, value: &str) -> Option<String> {
+        let (mac, json) = value.split_once('.')?;
+        self.open(&format!("{mac}.{room}\n{json}"))?;
+        Some(json.to_owned())
+    }
+
     /// The JSON of a value sealed by a node of this cluster.
     fn open(&self, value: &str) -> Option<String> {
         use hmac::Mac;

@@ -43,6 +43,19 @@ pub struct AppState {
 /// The header a node sets when it hands a request on to the node that owns its meeting.
 pub const FORWARDED: &str = "x-convene-forwarded";
 
+/// The header a node sets on a cascade relay request (`signaling::cascade`).
+pub const RELAY: &str = "x-convene-relay";
+
+/// Compared without an early exit: a key must not leak a byte at a time.
+fn key_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 impl AppState {
     /// Whether another node of the cluster handed this request on (it carries the cluster's
     /// forward key): it was rate-limited there, and is served here as it is.
@@ -53,14 +66,15 @@ impl AppState {
         let Some(given) = headers.get(FORWARDED) else {
             return false;
         };
-        let expected = self.keys.cluster_forward_key();
-        let given = given.as_bytes();
-        // Compared without an early exit: the key must not leak a byte at a time.
-        given.len() == expected.len()
-            && given
-                .iter()
-                .zip(expected.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        key_matches(given.as_bytes(), self.keys.cluster_forward_key().as_bytes())
+    }
+
+    /// Whether a cascading node of this cluster sent this relay request (its relay key).
+    pub fn relay_from_node(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.cluster.is_some()
+            && self.config.cluster_cascade
+            && headers.get(RELAY).is_some_and(|given| {
+                key_matches(given.as_bytes(), self.keys.cluster_relay_key().as_bytes())
+            })
     }
 }

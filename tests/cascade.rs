@@ -366,6 +366,41 @@ async fn chat_kicks_and_whip_whep_cross_the_nodes_of_a_cascaded_meeting() {
     }
     sending.abort();
 
+    // The relay routes are for nodes: not open to a client, not even through a node that hands
+    // a request about a meeting on (with `..` segments that would leave the meeting's routes).
+    let relay_request = json!({"meeting_id": id, "publisher": "whip-cam", "tracks": ["t2"],
+                               "offer": "v=0\r\n"});
+    let response = reqwest::Client::new()
+        .post(a.url("/internal/v1/cascade/relays"))
+        .header("x-convene-forwarded", "guess")
+        .json(&relay_request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
+    for node in [&a, &b, &c] {
+        let body = relay_request.to_string();
+        let request = format!(
+            "POST /api/v1/meetings/{id}/%2e%2e/%2e%2e/%2e%2e/%2e%2e/internal/v1/cascade/relays HTTP/1.1\r\n\
+             Host: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            node.server.http_addr,
+            body.len()
+        );
+        let mut stream = tokio::net::TcpStream::connect(node.server.http_addr)
+            .await
+            .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer).await;
+        let status = answer.split(' ').nth(1).unwrap_or_default().to_owned();
+        assert!(
+            status == "404" || status == "400",
+            "a dotted path reached the relay route: {answer}"
+        );
+    }
+
     // A kick made over REST at B (which hands it to the meeting's node) closes bob's socket
     // on C; alice sees him leave.
     let (status, body) = b

@@ -39,7 +39,7 @@ pub fn internal_router() -> Router<AppState> {
 }
 
 fn from_a_node(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    if state.forwarded_by_node(headers) && state.config.cluster_cascade {
+    if state.relay_from_node(headers) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -86,7 +86,7 @@ async fn open_relay(
         .sfu
         .offer(
             crate::ids::RoomId(request.meeting_id),
-            crate::ids::ParticipantId(RELAY_IDENTITY.to_owned()),
+            crate::ids::ParticipantId(crate::sfu::relay::RELAY_IDENTITY.to_owned()),
             crate::sfu::Intent::Relay {
                 publisher: crate::ids::ParticipantId(request.publisher),
                 tracks,
@@ -100,9 +100,6 @@ async fn open_relay(
         session: negotiated.session.to_string(),
     }))
 }
-
-/// The identity relays to other nodes have in a room.
-const RELAY_IDENTITY: &str = "convene-relay";
 
 async fn close_relay(
     State(state): State<AppState>,
@@ -124,7 +121,9 @@ async fn close_relay(
         .close(
             crate::ids::RoomId(meeting_id),
             session,
-            crate::sfu::Requester::owner(crate::ids::ParticipantId(RELAY_IDENTITY.to_owned())),
+            crate::sfu::Requester::owner(crate::ids::ParticipantId(
+                crate::sfu::relay::RELAY_IDENTITY.to_owned(),
+            )),
         )
         .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
@@ -269,6 +268,18 @@ async fn forward(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let url = format!("{}{}", node.http_url.trim_end_matches('/'), path);
+    // Only what this middleware routes goes on: `..` segments (`%2e%2e` included) would leave
+    // the meeting's routes once the URL is normalized.
+    let raw = parts.uri.path().to_ascii_lowercase();
+    let routed = reqwest::Url::parse(&url).is_ok_and(|u| u.path().starts_with("/api/v1/meetings/"));
+    if !routed || raw.contains("..") || raw.contains("%2e") {
+        return Ok(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        )
+        .into_response());
+    }
     let Ok(body) = axum::body::to_bytes(body, state.config.max_body_bytes).await else {
         return Ok(ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,

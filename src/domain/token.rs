@@ -130,6 +130,12 @@ impl TokenKeys {
         self.derived(b"convene cluster forward v1")
     }
 
+    /// What a node sends with a cascade relay request (its own key: the REST forward never
+    /// carries it, so no path through a forward reaches the relay routes).
+    pub fn cluster_relay_key(&self) -> String {
+        self.derived(b"convene cluster relay v1")
+    }
+
     /// What a node signs its cluster registry entry with (and checks the others' against).
     pub fn cluster_registry_key(&self) -> String {
         self.derived(b"convene cluster registry v1")

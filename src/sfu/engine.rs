@@ -461,8 +461,18 @@ impl Engine {
                 (Some((publisher.clone(), chosen(publisher.as_ref()))), None)
             }
             // A relay does not wait for its publisher: the other node asks for what exists.
+            // The publisher's connection holding the asked tracks (it may have another).
             Intent::Relay { publisher, tracks } => {
-                let peer = chosen(Some(publisher)).ok_or(SfuError::PublisherNotFound)?;
+                let peer = tracks
+                    .first()
+                    .and_then(|t| self.rooms.track(*t))
+                    .map(|t| t.publisher)
+                    .filter(|p| {
+                        self.rooms
+                            .peer(*p)
+                            .is_some_and(|p| p.identity == *publisher && p.room == room_id)
+                    })
+                    .ok_or(SfuError::PublisherNotFound)?;
                 (
                     Some((Some(publisher.clone()), Some(peer))),
                     Some(tracks.as_slice()),

@@ -28,6 +28,9 @@ use super::sdp::local_credentials;
 use super::{MediaKind, Negotiated, RelayedTrack};
 use crate::ids::{ParticipantId, PeerId, RoomId};
 
+/// The identity relays to other nodes have in a room (on the publisher's node).
+pub const RELAY_IDENTITY: &str = "convene-relay";
+
 impl Engine {
     /// A relay connection receiving `tracks` of `identity`, and its offer (one receive-only
     /// section per track, in their order). Each track takes the id signaling announced.

@@ -171,7 +171,8 @@ impl Engine {
         // Kept even for a track that does not exist now (a remote one whose relay is being
         // made): it is attached when it is published.
         if let Some(wanted) = peer.manual.as_mut() {
-            if subscribed {
+            // Bounded like the session's own list (`signaling::session`), with room to spare.
+            if subscribed && wanted.len() < 4096 {
                 wanted.insert(track);
             } else {
                 wanted.remove(&track);

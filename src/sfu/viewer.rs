@@ -78,6 +78,12 @@ impl Engine {
             if live {
                 continue;
             }
+            // A relay to another node carries the tracks it was opened for, not whatever the
+            // publisher sends next: that node opens a new one if it still wants them.
+            if peer.identity.0 == super::relay::RELAY_IDENTITY {
+                self.remove_peer(viewer, "relayed tracks ended", now);
+                continue;
+            }
             let room = peer.room.clone();
             if let Some(peer) = self.rooms.peer_mut(viewer) {
                 if let PeerRole::Subscriber {

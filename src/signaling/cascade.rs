@@ -37,11 +37,14 @@ const RELAY_RETRY: Duration = Duration::from_secs(2);
 /// Sync ticks between two looks at the relays when nothing changed.
 const RETRY_TICKS: u32 = 5;
 
+/// Sync ticks between two renewals of this node's member entries.
+const RENEW_TICKS: u32 = 10;
+
 /// What cascading needs of the node.
 pub struct Settings {
     pub cluster: Cluster,
     pub sync: Duration,
-    /// The cluster's forward key: what the publisher's node checks on a relay request.
+    /// The cluster's relay key: what the publisher's node checks on a relay request.
     pub forward_key: String,
     pub http: reqwest::Client,
     /// Serials of track ids announced before their track exists.
@@ -88,6 +91,11 @@ pub(crate) enum EventKind {
     },
     MeetingEnded {
         by: Option<String>,
+    },
+    /// A moderator changed this participant's role (store written).
+    RoleChanged {
+        participant_id: String,
+        role: String,
     },
 }
 
@@ -210,10 +218,6 @@ impl Cascade {
         self.remote.values()
     }
 
-    pub fn is_remote(&self, participant_id: &str) -> bool {
-        self.remote.contains_key(participant_id)
-    }
-
     /// The remote participant of `identity`.
     pub fn participant_of(&self, identity: &str) -> Option<&str> {
         self.remote
@@ -228,13 +232,22 @@ impl Cascade {
 
     /// The members of the other nodes, as read now: returns what local members must be told,
     /// with track ids of this node.
-    pub fn apply_members(&mut self, entries: Vec<String>, sfu: &Sfu) -> Changes {
+    pub fn apply_members(
+        &mut self,
+        entries: Vec<String>,
+        is_local: impl Fn(&str) -> bool,
+        sfu: &Sfu,
+    ) -> Changes {
         let room = RoomId(self.meeting_id.clone());
         let mut seen: BTreeMap<String, (ParticipantView, String)> = BTreeMap::new();
         for json in entries {
             let Ok(entry) = serde_json::from_str::<MemberEntry>(&json) else {
                 continue;
             };
+            // Moved here (its old node's entry lingers a moment): it is local.
+            if is_local(&entry.view.participant_id) {
+                continue;
+            }
             seen.insert(
                 entry.view.participant_id.clone(),
                 (entry.view, entry.http_url),
@@ -495,6 +508,13 @@ impl Cascade {
         }
     }
 
+    /// Whether a relay is being opened (its outcome is on its way to the room).
+    pub fn opening(&self) -> bool {
+        self.publishers
+            .values()
+            .any(|p| p.relays.iter().any(|r| r.open.is_none()))
+    }
+
     /// Whether `session` is one of this room's open relays.
     pub fn is_relay(&self, session: PeerId) -> bool {
         self.publishers.values().any(|p| {
@@ -584,7 +604,7 @@ async fn open_relay(
     let response = settings
         .http
         .post(&url)
-        .header(crate::state::FORWARDED, &settings.forward_key)
+        .header(crate::state::RELAY, &settings.forward_key)
         .json(&request)
         .send()
         .await;
@@ -630,7 +650,7 @@ async fn close_relay(
         let _ = settings
             .http
             .delete(location)
-            .header(crate::state::FORWARDED, &settings.forward_key)
+            .header(crate::state::RELAY, &settings.forward_key)
             .send()
             .await;
     }
@@ -652,11 +672,18 @@ async fn sync_task(
     let mut last: Option<Vec<String>> = None;
     let mut after: Option<String> = None;
     let mut ticks = 0u32;
+    // This node's entries, written again every few ticks: the hash expires unless renewed,
+    // and Redis may have lost it (a restart).
+    let mut own: HashMap<String, String> = HashMap::new();
     loop {
         tokio::select! {
             message = outgoing.recv() => match message {
                 Some(Outgoing::Member { participant_id, entry }) => {
-                    if let Err(e) = cluster.put_member(&meeting_id, &participant_id, entry.as_deref()).await {
+                    match &entry {
+                        Some(json) => own.insert(participant_id.clone(), json.clone()),
+                        None => own.remove(&participant_id),
+                    };
+                    if let Err(e) = cluster.put_members(&meeting_id, &[(participant_id, entry)]).await {
                         tracing::warn!(meeting = %meeting_id, error = %e, "cascade member not shared");
                     }
                 }
@@ -668,6 +695,11 @@ async fn sync_task(
                 None => return,
             },
             _ = tick.tick() => {
+                if ticks.is_multiple_of(RENEW_TICKS) && !own.is_empty() {
+                    let entries: Vec<(String, Option<String>)> =
+                        own.iter().map(|(p, e)| (p.clone(), Some(e.clone()))).collect();
+                    let _ = cluster.put_members(&meeting_id, &entries).await;
+                }
                 let Ok(nodes) = cluster.nodes().await else { continue };
                 let live: HashSet<String> = nodes.into_iter().map(|n| n.id).collect();
                 if let Ok(entries) = cluster.members(&meeting_id).await {

@@ -322,6 +322,7 @@ impl Room {
         self.members.is_empty()
             && self.viewers.is_empty()
             && self.whip_publishers.is_empty()
+            && !self.cascade.as_ref().is_some_and(Cascade::opening)
             && self.waiting.is_empty()
             && self.countdown.is_none()
             && self.recording.is_none()
@@ -408,7 +409,7 @@ impl Room {
                 if let Some(cascade) = self
                     .cascade
                     .as_ref()
-                    .filter(|c| c.is_remote(&participant_id))
+                    .filter(|_| !self.members.contains_key(&participant_id))
                 {
                     cascade.post(EventKind::Muted {
                         participant_id: participant_id.clone(),
@@ -420,7 +421,11 @@ impl Room {
                 self.share(&participant_id);
             }
             Command::Kicked { target, banned, by } => {
-                if let Some(cascade) = self.cascade.as_ref().filter(|c| c.is_remote(&target.id)) {
+                if let Some(cascade) = self
+                    .cascade
+                    .as_ref()
+                    .filter(|_| !self.members.contains_key(&target.id))
+                {
                     cascade.post(EventKind::Kicked {
                         participant_id: target.id.clone(),
                         banned,
@@ -443,6 +448,16 @@ impl Room {
                 participant_id,
                 role,
             } => {
+                if let Some(cascade) = self
+                    .cascade
+                    .as_ref()
+                    .filter(|_| !self.members.contains_key(&participant_id))
+                {
+                    cascade.post(EventKind::RoleChanged {
+                        participant_id: participant_id.clone(),
+                        role: role.as_str().to_owned(),
+                    });
+                }
                 self.role_changed(&participant_id, role);
                 self.share(&participant_id);
             }
@@ -611,7 +626,9 @@ impl Room {
         let Some(cascade) = &mut self.cascade else {
             return;
         };
-        let changes = cascade.apply_members(entries, &self.services.sfu);
+        let members = &self.members;
+        let changes =
+            cascade.apply_members(entries, |id| members.contains_key(id), &self.services.sfu);
         for participant_id in changes.left {
             self.broadcast(
                 &frame(&ServerMessage::ParticipantLeft {
@@ -695,6 +712,17 @@ impl Room {
             EventKind::MeetingEnded { by } => {
                 let _ = self.stop_recording(None, None).await;
                 self.meeting_ended(by);
+            }
+            EventKind::RoleChanged {
+                participant_id,
+                role,
+            } => {
+                if let Some(role) = Role::parse(&role) {
+                    if self.members.contains_key(&participant_id) {
+                        self.role_changed(&participant_id, role);
+                        self.share(&participant_id);
+                    }
+                }
             }
         }
     }
@@ -1056,10 +1084,11 @@ impl Room {
                 cascade.relay_ended(*session);
                 self.reconcile_relays();
             }
-            // A WHIP publisher here: shared like a member, so other nodes relay its tracks.
+            // A WHIP publisher here: shared like a member, so other nodes relay its tracks. (Not
+            // a relay whose publisher went away meanwhile: that one is closing.)
             SfuEvent::TrackPublished {
                 identity, track, ..
-            } => {
+            } if cascade.participant_of(&identity.0).is_none() => {
                 let kind = kind_of(track.kind);
                 let view = self
                     .whip_publishers

@@ -39,6 +39,9 @@ use crate::store::chat::{Message, NewMessage};
 use crate::store::meetings::Meeting;
 use crate::store::{now_ms, StoreError};
 
+/// Tracks a session lists by name (subscribed to when manual, unsubscribed from otherwise):
+/// every one a client names is remembered, so their number is bounded.
+const MAX_LISTED_TRACKS: usize = 1024;
 /// Times a session re-creates a subscriber connection that closed under it.
 const MAX_SUBSCRIBER_RESETS: u32 = 3;
 /// The highest frame-rate cap `set_track` takes.
@@ -983,16 +986,21 @@ impl Session {
         let (session, track) = self.received_track(track_id)?;
         let listed = &mut self.subscriptions.listed;
         if subscribed == self.subscriptions.manual {
+            if listed.len() >= MAX_LISTED_TRACKS {
+                return Err(Refusal::new(
+                    "invalid",
+                    format!("at most {MAX_LISTED_TRACKS} tracks (un)subscribed by name"),
+                ));
+            }
             listed.insert(track);
         } else {
             listed.remove(&track);
         }
-        let remote = self
-            .state
-            .live
-            .rooms
-            .subscription(&self.meeting.id, &self.participant_id, track, subscribed)
-            .await;
+        let rooms = &self.state.live.rooms;
+        let remote = rooms.cascading()
+            && rooms
+                .subscription(&self.meeting.id, &self.participant_id, track, subscribed)
+                .await;
         match self
             .state
             .sfu
