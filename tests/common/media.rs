@@ -182,10 +182,13 @@ pub fn probe(path: &Path) -> Value {
 
 /// Decodes the whole file: the errors ffmpeg printed (empty when it decoded cleanly).
 pub fn decode_errors(path: &Path) -> String {
+    // Frames keep the file's timestamps: without passthrough ffmpeg converts them to a frame
+    // rate it guesses, and frames closer than its period (a sender that bunched them under CPU
+    // load) collide on the null muxer. Repeated timestamps in the file itself still fail here.
     let out = Command::new("ffmpeg")
         .args(["-hide_banner", "-v", "error", "-i"])
         .arg(path)
-        .args(["-f", "null", "-"])
+        .args(["-fps_mode", "passthrough", "-f", "null", "-"])
         .output()
         .expect("ffmpeg runs");
     let mut errors = String::from_utf8_lossy(&out.stderr).into_owned();
