@@ -313,21 +313,7 @@ async fn chat_kicks_and_whip_whep_cross_the_nodes_of_a_cascaded_meeting() {
         .expect_where("chat_message", |m| m["text"] == "hello from node C")
         .await;
     assert_eq!(chat["participant_id"], bob_id.as_str());
-    let (_, history) = b
-        .call(
-            reqwest::Method::GET,
-            &format!("/meetings/{id}/messages"),
-            Some(&host.token),
-            None,
-        )
-        .await;
-    let copies = history["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{history}"))
-        .iter()
-        .filter(|m| m["text"] == "hello from node C")
-        .count();
-    assert_eq!(copies, 1, "{history}");
+    assert_eq!(b.chat_copies(id, &host.token, "hello from node C").await, 1);
 
     // WHIP on A, WHEP on B and C (a WHIP publisher is shared like a member): media reaches
     // both viewers through relays.

@@ -514,35 +514,26 @@ impl Engine {
             return Err(super::sdp::nothing_accepted());
         }
 
-        let mut peer = Peer {
-            id,
-            room: room_id.clone(),
-            identity: identity.clone(),
-            role: match &watch {
-                Some((wanted, publisher)) => PeerRole::Subscriber {
-                    publisher: *publisher,
-                    wanted: wanted.clone(),
-                    waiting_since: publisher.is_none().then_some(now),
-                },
-                None => PeerRole::Publisher,
+        let role = match &watch {
+            Some((wanted, publisher)) => PeerRole::Subscriber {
+                publisher: *publisher,
+                wanted: wanted.clone(),
+                waiting_since: publisher.is_none().then_some(now),
             },
-            pc,
-            state: PeerState::Connecting,
-            created_at: now,
-            local_ufrag,
-            remote_ufrag,
-            inbound: FxHashMap::default(),
-            published: Vec::new(),
-            down_tracks,
-            next_timeout: None,
-            dirty: false,
-            negotiation: Default::default(),
-            quality: Default::default(),
-            dtls_input: false,
-            estimate,
-            relay_tracks: Vec::new(),
-            manual: None,
+            None => PeerRole::Publisher,
         };
+        let mut peer = Peer::new(
+            id,
+            room_id.clone(),
+            identity.clone(),
+            role,
+            pc,
+            estimate,
+            now,
+        );
+        peer.local_ufrag = local_ufrag;
+        peer.remote_ufrag = remote_ufrag;
+        peer.down_tracks = down_tracks;
 
         let mut new_tracks = Vec::new();
         match watch {
@@ -1344,13 +1335,10 @@ impl Engine {
         let Some(peer) = self.rooms.peer_mut(peer_id) else {
             return;
         };
-        if !self.relay_sockets.contains_key(&peer_id) {
-            queue_writes(&mut peer.pc, &mut self.outbox, &mut self.tcp, &self.metrics);
+        match self.relay_sockets.get(&peer_id) {
+            Some(socket) => socket.send_writes(&mut peer.pc, &self.metrics),
+            None => queue_writes(&mut peer.pc, &mut self.outbox, &mut self.tcp, &self.metrics),
         }
-        self.send_relay_writes(peer_id);
-        let Some(peer) = self.rooms.peer_mut(peer_id) else {
-            return;
-        };
         let deadline = peer.pc.poll_timeout();
         if deadline != peer.next_timeout {
             peer.next_timeout = deadline;
@@ -1722,11 +1710,7 @@ impl Engine {
         // Close sends DTLS close_notify; queue it before the state machine is dropped.
         let _ = peer.pc.close();
         match self.relay_sockets.remove(&peer_id) {
-            Some(socket) => {
-                while let Some(out) = peer.pc.poll_write() {
-                    socket.send(out.transport.peer_addr, &out.message);
-                }
-            }
+            Some(socket) => socket.send_writes(&mut peer.pc, &self.metrics),
             None => queue_writes(&mut peer.pc, &mut self.outbox, &mut self.tcp, &self.metrics),
         }
         if self.rooms.close_if_empty(&peer.room) {

@@ -126,6 +126,41 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A new connection in `room`, connecting, with nothing negotiated on it yet: callers set
+    /// what their kind of peer adds (credentials, down tracks, relay tracks, manual set).
+    pub fn new(
+        id: PeerId,
+        room: RoomId,
+        identity: ParticipantId,
+        role: PeerRole,
+        pc: RTCPeerConnection,
+        estimate: Option<Arc<Estimate>>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            id,
+            room,
+            identity,
+            role,
+            pc,
+            state: PeerState::Connecting,
+            created_at: now,
+            local_ufrag: String::new(),
+            remote_ufrag: String::new(),
+            inbound: Default::default(),
+            published: Vec::new(),
+            down_tracks: Vec::new(),
+            next_timeout: None,
+            dirty: false,
+            negotiation: Default::default(),
+            quality: Default::default(),
+            dtls_input: false,
+            estimate,
+            relay_tracks: Vec::new(),
+            manual: None,
+        }
+    }
+
     /// Whether a room subscriber takes `track` when it appears.
     pub fn takes(&self, track: TrackId) -> bool {
         self.manual

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -23,7 +24,7 @@ use tracing::info;
 
 use super::engine::Engine;
 use super::error::SfuError;
-use super::peer::{LegDirection, Peer, PeerRole, PeerState};
+use super::peer::{LegDirection, Peer, PeerRole};
 use super::sdp::local_credentials;
 use super::{MediaKind, Negotiated, RelayedTrack};
 use crate::ids::{ParticipantId, PeerId, RoomId};
@@ -70,42 +71,22 @@ impl Engine {
         }
         self.factory
             .add_host_candidates_on(&mut pc, Some(socket.port))?;
-        let mut peer = Peer {
+        let mut peer = Peer::new(
             id,
-            room: room.clone(),
-            identity: identity.clone(),
-            role: PeerRole::Publisher,
+            room.clone(),
+            identity.clone(),
+            PeerRole::Publisher,
             pc,
-            state: PeerState::Connecting,
-            created_at: now,
-            local_ufrag: String::new(),
-            remote_ufrag: String::new(),
-            inbound: Default::default(),
-            published: Vec::new(),
-            down_tracks: Vec::new(),
-            next_timeout: None,
-            dirty: false,
-            negotiation: Default::default(),
-            quality: Default::default(),
-            dtls_input: false,
             estimate,
-            relay_tracks: tracks.iter().map(|t| (t.origin, t.local)).collect(),
-            manual: None,
-        };
+            now,
+        );
+        peer.relay_tracks = tracks.iter().map(|t| (t.origin, t.local)).collect();
         let offer = super::subscription::create_offer(&mut peer, now)?;
         // Its datagrams come on its own socket: nothing of it goes through the demultiplexer.
         peer.local_ufrag = local_credentials(&offer).0;
         self.relay_sockets.insert(id, socket);
         info!(%room, publisher = %identity, session = %id, tracks = tracks.len(), "relay opened");
-        let negotiated = Negotiated {
-            session: id,
-            answer: offer,
-            ice_generation: peer.local_ufrag.clone(),
-        };
-        self.rooms.insert_peer(peer);
-        self.mark_dirty(id);
-        self.update_gauges();
-        Ok(negotiated)
+        Ok(self.admit_offering(peer, offer))
     }
 
     /// The publisher's node answered: the relay's track is published in the room.
@@ -207,10 +188,19 @@ impl RelaySocket {
         })
     }
 
-    /// Sends without waiting; false when the socket's buffer is full (the datagram is lost, as
-    /// on a congested link: media is repaired by NACK, handshakes retransmit).
-    pub fn send(&self, to: SocketAddr, data: &[u8]) -> bool {
-        self.socket.try_send_to(data, to).is_ok()
+    /// Sends what the relay's connection has to send, without waiting: a datagram the socket's
+    /// buffer has no room for is lost (and counted), as on a congested link; media is repaired
+    /// by NACK, handshakes retransmit.
+    pub fn send_writes(&self, pc: &mut RTCPeerConnection, metrics: &crate::metrics::Metrics) {
+        while let Some(out) = pc.poll_write() {
+            if self
+                .socket
+                .try_send_to(&out.message, out.transport.peer_addr)
+                .is_err()
+            {
+                metrics.udp_send_dropped.inc();
+            }
+        }
     }
 }
 
@@ -269,21 +259,5 @@ impl Engine {
             tracing::debug!(session = %datagram.peer, error = %e, "relay datagram rejected");
         }
         self.mark_dirty(datagram.peer);
-    }
-
-    /// Sends what a relay has to send on its socket. False when `peer` is not a relay.
-    pub(super) fn send_relay_writes(&mut self, peer: PeerId) -> bool {
-        let Some(socket) = self.relay_sockets.get(&peer) else {
-            return false;
-        };
-        let Some(peer) = self.rooms.peer_mut(peer) else {
-            return true;
-        };
-        while let Some(out) = peer.pc.poll_write() {
-            if !socket.send(out.transport.peer_addr, &out.message) {
-                self.metrics.udp_send_dropped.inc();
-            }
-        }
-        true
     }
 }

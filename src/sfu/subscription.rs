@@ -42,28 +42,16 @@ impl Engine {
         // come up at join time and the first track later only costs a renegotiation.
         pc.create_data_channel("convene", None)?;
         self.factory.add_host_candidates(&mut pc)?;
-        let mut peer = Peer {
+        let mut peer = Peer::new(
             id,
-            room: room_id.clone(),
-            identity: identity.clone(),
-            role: PeerRole::RoomSubscriber,
+            room_id.clone(),
+            identity.clone(),
+            PeerRole::RoomSubscriber,
             pc,
-            state: PeerState::Connecting,
-            created_at: now,
-            local_ufrag: String::new(),
-            remote_ufrag: String::new(),
-            inbound: rustc_hash::FxHashMap::default(),
-            published: Vec::new(),
-            down_tracks: Vec::new(),
-            next_timeout: None,
-            dirty: false,
-            negotiation: Default::default(),
-            quality: Default::default(),
-            dtls_input: false,
             estimate,
-            relay_tracks: Vec::new(),
-            manual: manual.then(Default::default),
-        };
+            now,
+        );
+        peer.manual = manual.then(Default::default);
         let sources: Vec<TrackId> = self
             .rooms
             .get(&room_id)
@@ -89,15 +77,21 @@ impl Engine {
         peer.local_ufrag = local_ufrag;
         self.demux.bind_ufrag(&peer.local_ufrag, &local_pwd, id);
         info!(room = %room_id, participant = %identity, session = %id, tracks = peer.down_tracks.len(), "room subscriber created");
+        Ok(self.admit_offering(peer, offer))
+    }
+
+    /// Takes in a peer whose offer (ours) is made: the caller sends `offer` on.
+    pub(super) fn admit_offering(&mut self, peer: Peer, offer: String) -> Negotiated {
         let negotiated = Negotiated {
-            session: id,
+            session: peer.id,
             answer: offer,
             ice_generation: peer.local_ufrag.clone(),
         };
+        let id = peer.id;
         self.rooms.insert_peer(peer);
         self.mark_dirty(id);
         self.update_gauges();
-        Ok(negotiated)
+        negotiated
     }
 
     /// The client's answer to our last offer on a room subscriber.

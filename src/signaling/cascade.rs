@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::protocol::{Kind, ParticipantView, TrackView};
+use super::protocol::{Kind, ParticipantView, ServerMessage};
 use super::room::Command;
 use super::rooms::Signaling;
 use crate::cluster::Cluster;
@@ -237,7 +237,7 @@ impl Cascade {
         entries: Vec<String>,
         is_local: impl Fn(&str) -> bool,
         sfu: &Sfu,
-    ) -> Changes {
+    ) -> Vec<ServerMessage> {
         let room = RoomId(self.meeting_id.clone());
         let mut seen: BTreeMap<String, (ParticipantView, String)> = BTreeMap::new();
         for json in entries {
@@ -253,7 +253,7 @@ impl Cascade {
                 (entry.view, entry.http_url),
             );
         }
-        let mut changes = Changes::default();
+        let mut told = Vec::new();
         let gone: Vec<String> = self
             .remote
             .keys()
@@ -268,7 +268,10 @@ impl Cascade {
             if let Some(publisher) = self.publishers.remove(&participant_id) {
                 self.close(publisher, sfu);
             }
-            changes.left.push(participant_id);
+            told.push(ServerMessage::ParticipantLeft {
+                participant_id,
+                reason: "left".to_owned(),
+            });
         }
         for (participant_id, (mut view, http_url)) in seen {
             let mut published = HashSet::new();
@@ -307,9 +310,10 @@ impl Cascade {
                 self.tracks.remove(&track);
                 self.ids
                     .retain(|(p, _), id| !(*p == participant_id && *id == track));
-                changes
-                    .unpublished
-                    .push((participant_id.clone(), track.to_string()));
+                told.push(ServerMessage::TrackUnpublished {
+                    participant_id: participant_id.clone(),
+                    track_id: track.to_string(),
+                });
             }
             if !view.tracks.is_empty() {
                 self.publishers
@@ -322,13 +326,16 @@ impl Cascade {
                     });
             }
             match self.remote.get(&participant_id) {
-                None => changes.joined.push(view.clone()),
+                None => told.push(ServerMessage::ParticipantJoined {
+                    participant: view.clone(),
+                }),
                 Some(before) => {
                     for track in &view.tracks {
                         if !before.tracks.iter().any(|t| t.track_id == track.track_id) {
-                            changes
-                                .published
-                                .push((participant_id.clone(), track.clone()));
+                            told.push(ServerMessage::TrackPublished {
+                                participant_id: participant_id.clone(),
+                                track: track.clone(),
+                            });
                         }
                     }
                     if (
@@ -342,13 +349,15 @@ impl Cascade {
                         view.hand_raised,
                         &view.display_name,
                     ) {
-                        changes.updated.push(view.clone());
+                        told.push(ServerMessage::ParticipantUpdated {
+                            participant: view.clone(),
+                        });
                     }
                 }
             }
             self.remote.insert(participant_id, view);
         }
-        changes
+        told
     }
 
     /// Relays to this node what local members receive, and nothing else: a relay opens for
@@ -393,17 +402,13 @@ impl Cascade {
             let may_open = publisher.retry_at.is_none_or(|at| at <= now)
                 && publisher.relays.iter().all(|r| r.open.is_some());
             let publisher = self.publishers.get_mut(&participant_id).expect("listed");
-            for i in unwanted.into_iter().rev() {
-                let relay = publisher.relays.remove(i);
-                if let Some((session, location)) = relay.open {
-                    let identity = publisher.identity.clone();
-                    let (settings, sfu, meeting_id) =
-                        (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
-                    tokio::spawn(async move {
-                        close_relay(&settings, &sfu, &meeting_id, &identity, session, &location)
-                            .await;
-                    });
-                }
+            let closed: Vec<Relay> = unwanted
+                .into_iter()
+                .rev()
+                .map(|i| publisher.relays.remove(i))
+                .collect();
+            for (session, location) in closed.into_iter().filter_map(|r| r.open) {
+                self.spawn_close(sfu, session, location);
             }
             if !missing.is_empty() && may_open {
                 self.open(&participant_id, missing, sfu.clone(), signaling.clone());
@@ -483,13 +488,7 @@ impl Cascade {
                 publisher.retry_at = Some(Instant::now() + RELAY_RETRY);
             }
             // The publisher went away meanwhile: close what was opened for it.
-            (None, Ok((session, location))) => {
-                let (settings, sfu, meeting_id) =
-                    (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
-                tokio::spawn(async move {
-                    close_relay(&settings, &sfu, &meeting_id, "", session, &location).await;
-                });
-            }
+            (None, Ok((session, location))) => self.spawn_close(sfu, session, location),
             (None, Err(_)) => {}
         }
     }
@@ -527,14 +526,18 @@ impl Cascade {
     fn close(&self, publisher: RemotePublisher, sfu: &Sfu) {
         for relay in publisher.relays {
             if let Some((session, location)) = relay.open {
-                let (settings, sfu, meeting_id) =
-                    (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
-                let identity = publisher.identity.clone();
-                tokio::spawn(async move {
-                    close_relay(&settings, &sfu, &meeting_id, &identity, session, &location).await;
-                });
+                self.spawn_close(sfu, session, location);
             }
         }
+    }
+
+    /// Closes a relay here and at the publisher's node, off the room task.
+    fn spawn_close(&self, sfu: &Sfu, session: PeerId, location: String) {
+        let (settings, sfu, meeting_id) =
+            (self.settings.clone(), sfu.clone(), self.meeting_id.clone());
+        tokio::spawn(async move {
+            close_relay(&settings, &sfu, &meeting_id, session, &location).await;
+        });
     }
 
     /// Closes every relay (the room task ends).
@@ -548,16 +551,6 @@ impl Cascade {
 
 fn parse_track_id(text: &str) -> Option<TrackId> {
     text.strip_prefix('t')?.parse().ok().map(TrackId)
-}
-
-/// What changed among the remote members, for the local ones.
-#[derive(Default)]
-pub(crate) struct Changes {
-    pub joined: Vec<ParticipantView>,
-    pub left: Vec<String>,
-    pub updated: Vec<ParticipantView>,
-    pub published: Vec<(String, TrackView)>,
-    pub unpublished: Vec<(String, String)>,
 }
 
 /// A relay request, as the publisher's node reads it.
@@ -618,13 +611,13 @@ async fn open_relay(
     let answer = match answer {
         Ok(answer) => answer,
         Err(e) => {
-            close_relay(settings, sfu, meeting_id, identity, session, "").await;
+            close_relay(settings, sfu, meeting_id, session, "").await;
             return Err(e);
         }
     };
     let location = format!("{url}/{meeting_id}/{}", answer.session);
     if let Err(e) = sfu.relay_answer(session, answer.answer).await {
-        close_relay(settings, sfu, meeting_id, identity, session, &location).await;
+        close_relay(settings, sfu, meeting_id, session, &location).await;
         return Err(e.to_string());
     }
     Ok((session, location))
@@ -635,14 +628,13 @@ async fn close_relay(
     settings: &Settings,
     sfu: &Sfu,
     meeting_id: &str,
-    identity: &str,
     session: PeerId,
     location: &str,
 ) {
     let room = RoomId(meeting_id.to_owned());
     // As the room's own: whoever the relay's identity is.
     let requester = Requester {
-        identity: ParticipantId(identity.to_owned()),
+        identity: ParticipantId(String::new()),
         moderator: true,
     };
     let _ = sfu.close(room, session, requester).await;

@@ -406,32 +406,26 @@ impl Room {
                 kind,
                 by,
             } => {
-                if let Some(cascade) = self
-                    .cascade
-                    .as_ref()
-                    .filter(|_| !self.members.contains_key(&participant_id))
-                {
-                    cascade.post(EventKind::Muted {
+                self.tell_node_of(
+                    &participant_id,
+                    EventKind::Muted {
                         participant_id: participant_id.clone(),
                         video: kind == MediaKind::Video,
                         by: by.clone(),
-                    });
-                }
+                    },
+                );
                 self.muted_by_moderator(&participant_id, kind, by);
                 self.share(&participant_id);
             }
             Command::Kicked { target, banned, by } => {
-                if let Some(cascade) = self
-                    .cascade
-                    .as_ref()
-                    .filter(|_| !self.members.contains_key(&target.id))
-                {
-                    cascade.post(EventKind::Kicked {
+                self.tell_node_of(
+                    &target.id,
+                    EventKind::Kicked {
                         participant_id: target.id.clone(),
                         banned,
                         by: by.clone(),
-                    });
-                }
+                    },
+                );
                 for member in self.members.values() {
                     if member.view.identity == target.identity {
                         let _ = member.session.send(Input::Kicked {
@@ -448,16 +442,13 @@ impl Room {
                 participant_id,
                 role,
             } => {
-                if let Some(cascade) = self
-                    .cascade
-                    .as_ref()
-                    .filter(|_| !self.members.contains_key(&participant_id))
-                {
-                    cascade.post(EventKind::RoleChanged {
+                self.tell_node_of(
+                    &participant_id,
+                    EventKind::RoleChanged {
                         participant_id: participant_id.clone(),
                         role: role.as_str().to_owned(),
-                    });
-                }
+                    },
+                );
                 self.role_changed(&participant_id, role);
                 self.share(&participant_id);
             }
@@ -600,6 +591,18 @@ impl Room {
 
     // ---- cascading ----------------------------------------------------------------------------
 
+    /// An action on a participant who is not a member here (REST acts on the placed node): the
+    /// node holding them applies it.
+    fn tell_node_of(&self, participant_id: &str, event: EventKind) {
+        if let Some(cascade) = self
+            .cascade
+            .as_ref()
+            .filter(|_| !self.members.contains_key(participant_id))
+        {
+            cascade.post(event);
+        }
+    }
+
     /// Shares a local member's view with the meeting's other nodes.
     fn share(&self, participant_id: &str) {
         if let Some(cascade) = &self.cascade {
@@ -627,46 +630,10 @@ impl Room {
             return;
         };
         let members = &self.members;
-        let changes =
+        let told =
             cascade.apply_members(entries, |id| members.contains_key(id), &self.services.sfu);
-        for participant_id in changes.left {
-            self.broadcast(
-                &frame(&ServerMessage::ParticipantLeft {
-                    participant_id,
-                    reason: "left".to_owned(),
-                }),
-                None,
-            );
-        }
-        for (participant_id, track_id) in changes.unpublished {
-            self.broadcast(
-                &frame(&ServerMessage::TrackUnpublished {
-                    participant_id,
-                    track_id,
-                }),
-                None,
-            );
-        }
-        for participant in changes.joined {
-            self.broadcast(
-                &frame(&ServerMessage::ParticipantJoined { participant }),
-                None,
-            );
-        }
-        for (participant_id, track) in changes.published {
-            self.broadcast(
-                &frame(&ServerMessage::TrackPublished {
-                    participant_id,
-                    track,
-                }),
-                None,
-            );
-        }
-        for participant in changes.updated {
-            self.broadcast(
-                &frame(&ServerMessage::ParticipantUpdated { participant }),
-                None,
-            );
+        for message in told {
+            self.broadcast(&frame(&message), None);
         }
         self.reconcile_relays();
     }

@@ -127,6 +127,13 @@ impl Signaling {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn viewers(&self) -> std::sync::MutexGuard<'_, HashMap<crate::ids::PeerId, String>> {
+        self.inner
+            .viewers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub(super) fn stopping(&self) -> bool {
         self.inner.stopping.load(Ordering::Relaxed)
     }
@@ -214,11 +221,7 @@ impl Signaling {
         publisher: Option<String>,
     ) {
         if self.cascading() {
-            self.inner
-                .viewers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(session, meeting_id.to_owned());
+            self.viewers().insert(session, meeting_id.to_owned());
             self.send(
                 meeting_id,
                 Command::Viewer {
@@ -235,12 +238,7 @@ impl Signaling {
         if !self.cascading() {
             return;
         }
-        let meeting = self
-            .inner
-            .viewers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&session);
+        let meeting = self.viewers().remove(&session);
         if let Some(meeting_id) = meeting {
             self.tell(
                 &meeting_id,

@@ -16,6 +16,24 @@ pub struct TestUser {
 }
 
 impl TestServer {
+    /// How many messages of the meeting's chat history (read with `token`) say `text`.
+    pub async fn chat_copies(&self, meeting_id: &str, token: &str, text: &str) -> usize {
+        let (_, history) = self
+            .call(
+                Method::GET,
+                &format!("/meetings/{meeting_id}/messages"),
+                Some(token),
+                None,
+            )
+            .await;
+        history["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{history}"))
+            .iter()
+            .filter(|m| m["text"] == text)
+            .count()
+    }
+
     /// A live meeting of `host` that admits guests straight in.
     pub async fn open_meeting(&self, host: &TestUser) -> Value {
         let (status, meeting) = self
