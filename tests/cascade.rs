@@ -406,3 +406,94 @@ async fn chat_kicks_and_whip_whep_cross_the_nodes_of_a_cascaded_meeting() {
         })
         .await;
 }
+
+/// The width of the last VP8 keyframe `client` received on `track`, if any came.
+fn last_keyframe_width(client: &MediaClient, track: &str) -> Option<u16> {
+    client
+        .received()
+        .get(track)?
+        .payloads
+        .iter()
+        .rev()
+        .find_map(|p| convene::sfu::keyframe::vp8_keyframe(p).flatten())
+        .map(|(width, _)| width)
+}
+
+/// Waits until the last keyframe `client` received on `track` is `width` wide.
+async fn wait_keyframe_width(client: &MediaClient, track: &str, width: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = last_keyframe_width(client, track);
+        if last == Some(width) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: {what}: the last keyframe is {last:?} wide, not {width}",
+            client.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Layer choices cross a relay: a simulcast publisher (headless Chromium, WHIP) on node A,
+/// receivers on node B. The relay carries the most B's receivers want together: the best by
+/// default, the lowest layer once the one receiver asks for it, the best again when a second
+/// receiver (who wants it) arrives, and the lowest again once that one pauses the track.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_choices_on_one_node_decide_what_the_relay_from_the_publishers_node_carries() {
+    let shared = Shared::new().await;
+    let [a, b, _c] = three_cascading_nodes(&shared).await;
+    let host = a.user("host").await;
+    let meeting = a.open_meeting(&host).await;
+    let room = meeting["id"].as_str().unwrap();
+    let token = a.token(room, "cam", true, false);
+    let (publisher, sending) = common::browser::Running::start(
+        "publish.mjs",
+        &[
+            ("CONVENE_URL", a.base.as_str()),
+            ("ROOM", room),
+            ("PUBLISH_TOKEN", token.as_str()),
+        ],
+        "SENDING",
+        Duration::from_secs(90),
+    )
+    .await;
+    let widths: HashMap<String, u16> =
+        serde_json::from_str(sending.trim_start_matches("SENDING").trim()).unwrap();
+    let (low, top) = (widths["q"], widths["f"]);
+    assert!(low < top, "{widths:?}");
+
+    let first = participant(&b, &meeting, "first", false).await;
+    let camera = (String::from("cam"), "camera");
+    let track = wait_tracks(&first, std::slice::from_ref(&camera)).await
+        [&(camera.0.clone(), camera.1.to_owned())]
+        .clone();
+    wait_keyframe_width(&first, &track, top, "the relay carries the best at first").await;
+
+    first
+        .ws
+        .send(json!({"type": "set_track", "track_id": track, "layer": 0}));
+    wait_keyframe_width(&first, &track, low, "its one receiver asked for the lowest").await;
+    let asked = a
+        .metric("convene_layer_switches_total{reason=\"requested\"}")
+        .await;
+    assert!(
+        asked >= 1.0,
+        "the relay's layer changed at A on request: {asked}"
+    );
+
+    let second = participant(&b, &meeting, "second", false).await;
+    let track_there = wait_tracks(&second, std::slice::from_ref(&camera)).await
+        [&(camera.0.clone(), camera.1.to_owned())]
+        .clone();
+    assert_eq!(track_there, track, "one id for the track on node B");
+    wait_keyframe_width(&second, &track, top, "a second receiver wants the best").await;
+    wait_keyframe_width(&first, &track, top, "B gets one stream: the most wanted").await;
+
+    second
+        .ws
+        .send(json!({"type": "set_track", "track_id": track, "paused": true}));
+    wait_keyframe_width(&first, &track, low, "the receiver wanting more paused it").await;
+    publisher.stop().await;
+}

@@ -36,6 +36,10 @@ pub fn internal_router() -> Router<AppState> {
             &format!("{RELAYS_PATH}/{{meeting_id}}/{{session}}"),
             axum::routing::delete(close_relay),
         )
+        .route(
+            &format!("{RELAYS_PATH}/{{meeting_id}}/{{session}}/tracks/{{track}}"),
+            axum::routing::put(relay_wish),
+        )
 }
 
 fn from_a_node(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
@@ -101,13 +105,8 @@ async fn open_relay(
     }))
 }
 
-async fn close_relay(
-    State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-    axum::extract::Path((meeting_id, session)): axum::extract::Path<(String, String)>,
-) -> Result<axum::http::StatusCode, ApiError> {
-    from_a_node(&state, &headers)?;
-    let session = uuid::Uuid::parse_str(&session)
+fn relay_session(session: &str) -> Result<crate::ids::PeerId, ApiError> {
+    uuid::Uuid::parse_str(session)
         .map(crate::ids::PeerId)
         .map_err(|_| {
             ApiError::new(
@@ -115,7 +114,58 @@ async fn close_relay(
                 "not_found",
                 "no such relay",
             )
+        })
+}
+
+/// What the receiving node's receivers want of one track the relay carries (layer, frame
+/// rate, paused): applied to the relay as a viewer's own asks (see `sfu::relay_wish`).
+async fn relay_wish(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path((meeting_id, session, track)): axum::extract::Path<(
+        String,
+        String,
+        String,
+    )>,
+    Json(wish): Json<crate::sfu::relay_wish::RelayWish>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    from_a_node(&state, &headers)?;
+    let session = relay_session(&session)?;
+    let track = track
+        .strip_prefix('t')
+        .and_then(|n| n.parse().ok())
+        .map(crate::ids::TrackId)
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such track",
+            )
         })?;
+    if !wish.is_valid(
+        crate::signaling::session::MAX_TILE_SIDE,
+        crate::signaling::session::MAX_FPS,
+    ) {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "a wish within what a receiver may ask (set_track's limits)",
+        ));
+    }
+    state
+        .sfu
+        .relay_wish(crate::ids::RoomId(meeting_id), session, track, wish)
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+async fn close_relay(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path((meeting_id, session)): axum::extract::Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    from_a_node(&state, &headers)?;
+    let session = relay_session(&session)?;
     state
         .sfu
         .close(

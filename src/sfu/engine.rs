@@ -313,6 +313,15 @@ impl Engine {
                 };
                 let _ = reply.send(result);
             }
+            Command::RelayWish {
+                room,
+                session,
+                track,
+                wish,
+                reply,
+            } => {
+                let _ = reply.send(self.apply_relay_wish(&room, session, track, wish, now));
+            }
             Command::SetWanted {
                 session,
                 track,

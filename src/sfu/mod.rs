@@ -20,6 +20,7 @@ mod placement;
 pub mod quality;
 pub mod red;
 pub mod relay;
+pub mod relay_wish;
 mod room;
 pub mod rtcp;
 pub mod sdp;
@@ -188,6 +189,14 @@ pub enum SfuEvent {
     },
     /// The peer is gone (closed, failed, kicked, or never connected).
     Closed { session: PeerId, reason: String },
+    /// Cascading: what this node's receivers of a track that relay `session` brings want of it
+    /// changed (`track` is the publishing node's id of it), for that node.
+    RelayWish {
+        room: RoomId,
+        session: PeerId,
+        track: TrackId,
+        wish: relay_wish::RelayWish,
+    },
 }
 
 /// The allocation priority signaling gives a screen share (speakers get 1 or 2 on top of a
@@ -421,6 +430,13 @@ pub(crate) enum Command {
     },
     RequestKeyframe {
         track: TrackId,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    RelayWish {
+        room: RoomId,
+        session: PeerId,
+        track: TrackId,
+        wish: relay_wish::RelayWish,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
     SetWanted {
@@ -950,6 +966,27 @@ impl Sfu {
                 session,
                 track,
                 wanted,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// Cascading, on the publisher's node: what another node's receivers want of `track`,
+    /// applied to that node's relay `session` (see `relay_wish`).
+    pub async fn relay_wish(
+        &self,
+        room: RoomId,
+        session: PeerId,
+        track: TrackId,
+        wish: relay_wish::RelayWish,
+    ) -> Result<(), SfuError> {
+        self.call(Route::Session(session), no_session, |reply| {
+            Command::RelayWish {
+                room,
+                session,
+                track,
+                wish,
                 reply,
             }
         })

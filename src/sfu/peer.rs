@@ -120,6 +120,9 @@ pub struct Peer {
     /// A cascade relay (see `relay.rs`): the publishing node's id of each track it receives,
     /// and the id the track takes here.
     pub relay_tracks: Vec<(TrackId, TrackId)>,
+    /// A relay: what its receivers here want of each of its tracks (by the id here), as last
+    /// told to the publishing node (absent: everything, the default there).
+    pub relay_wishes: rustc_hash::FxHashMap<TrackId, super::relay_wish::RelayWish>,
     /// A room subscriber with manual subscriptions gets only these tracks; `None`: every other
     /// participant's track (automatic, the default).
     pub manual: Option<rustc_hash::FxHashSet<TrackId>>,
@@ -157,6 +160,7 @@ impl Peer {
             dtls_input: false,
             estimate,
             relay_tracks: Vec::new(),
+            relay_wishes: Default::default(),
             manual: None,
         }
     }

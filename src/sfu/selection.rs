@@ -182,6 +182,7 @@ impl Engine {
             self.retarget(track, now, "");
         }
         self.cap_frame_rates();
+        self.relay_wishes();
     }
 
     /// A subscriber's frame-rate cap (`set_track`'s `fps`) as the VP8 temporal layer each of
@@ -201,7 +202,7 @@ impl Engine {
     }
 
     /// [`Engine::cap_frame_rates`] for one track's subscribers.
-    fn cap_frame_rate(&mut self, track_id: TrackId) {
+    pub(super) fn cap_frame_rate(&mut self, track_id: TrackId) {
         let Some(room) = self.rooms.of_track_mut(track_id) else {
             return;
         };

@@ -506,7 +506,7 @@ impl Munger {
 
 /// A down track of `mime_type` for unit tests.
 #[cfg(test)]
-fn test_down_track(mime_type: &str, clock_rate: u32) -> DownTrack {
+pub(super) fn test_down_track(mime_type: &str, clock_rate: u32) -> DownTrack {
     let codec = RTCRtpCodec {
         mime_type: mime_type.into(),
         clock_rate,

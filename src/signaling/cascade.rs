@@ -26,6 +26,7 @@ use super::room::Command;
 use super::rooms::Signaling;
 use crate::cluster::Cluster;
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
+use crate::sfu::relay_wish::RelayWish;
 use crate::sfu::{MediaKind, RelayedTrack, Requester, Sfu};
 
 /// The internal route a node opens a relay at (the publisher's node answers).
@@ -36,6 +37,9 @@ const RELAY_RETRY: Duration = Duration::from_secs(2);
 
 /// Sync ticks between two looks at the relays when nothing changed.
 const RETRY_TICKS: u32 = 5;
+
+/// Layer choices kept for relays being opened, at most.
+const MAX_EARLY_WISHES: usize = 256;
 
 /// Sync ticks between two renewals of this node's member entries.
 const RENEW_TICKS: u32 = 10;
@@ -144,6 +148,11 @@ pub(crate) struct Cascade {
     ids: HashMap<(String, String), TrackId>,
     tracks: HashMap<TrackId, RemoteTrack>,
     publishers: HashMap<String, RemotePublisher>,
+    /// Layer choices for the publishers' nodes, sent in order by one task: (the relay's
+    /// location there, the track's id there, the wish).
+    wishes: mpsc::UnboundedSender<(String, TrackId, RelayWish)>,
+    /// Wishes of relays whose opening is not reported yet (sent once it is).
+    early_wishes: Vec<(PeerId, TrackId, RelayWish)>,
 }
 
 enum Outgoing {
@@ -178,6 +187,8 @@ impl Cascade {
             signaling,
             outgoing,
         ));
+        let (wishes, queued) = mpsc::unbounded_channel();
+        tokio::spawn(wish_task(settings.clone(), queued));
         Self {
             settings,
             meeting_id,
@@ -186,6 +197,28 @@ impl Cascade {
             ids: HashMap::new(),
             tracks: HashMap::new(),
             publishers: HashMap::new(),
+            wishes,
+            early_wishes: Vec::new(),
+        }
+    }
+
+    /// What this node's receivers want of `track` (the publishing node's id) that relay
+    /// `session` brings: for the relay's other end.
+    pub fn tell_wish(&mut self, session: PeerId, track: TrackId, wish: RelayWish) {
+        let location = self.publishers.values().find_map(|p| {
+            p.relays.iter().find_map(|r| match &r.open {
+                Some((s, location)) if *s == session => Some(location.clone()),
+                _ => None,
+            })
+        });
+        match location {
+            Some(location) => {
+                let _ = self.wishes.send((location, track, wish));
+            }
+            None if self.opening() && self.early_wishes.len() < MAX_EARLY_WISHES => {
+                self.early_wishes.push((session, track, wish));
+            }
+            None => {}
         }
     }
 
@@ -473,6 +506,16 @@ impl Cascade {
 
     /// A relay task is done: the relay is open, or dropped with a retry later.
     pub fn relay_outcome(&mut self, outcome: RelayOutcome, sfu: &Sfu) {
+        let early: Vec<_> = match &outcome.result {
+            Ok((session, _)) => {
+                let (theirs, others) = std::mem::take(&mut self.early_wishes)
+                    .into_iter()
+                    .partition(|(s, _, _)| s == session);
+                self.early_wishes = others;
+                theirs
+            }
+            Err(_) => Vec::new(),
+        };
         let publisher = self.publishers.get_mut(&outcome.participant_id);
         let relay = publisher.and_then(|p| {
             let i = p
@@ -490,6 +533,12 @@ impl Cascade {
             // The publisher went away meanwhile: close what was opened for it.
             (None, Ok((session, location))) => self.spawn_close(sfu, session, location),
             (None, Err(_)) => {}
+        }
+        for (session, track, wish) in early {
+            self.tell_wish(session, track, wish);
+        }
+        if !self.opening() {
+            self.early_wishes.clear();
         }
     }
 
@@ -621,6 +670,29 @@ async fn open_relay(
         return Err(e.to_string());
     }
     Ok((session, location))
+}
+
+/// Sends layer choices to the relays' other ends, in the order they were made. One that fails
+/// is not sent again (the relay is closing, or the next change corrects it).
+async fn wish_task(
+    settings: Arc<Settings>,
+    mut wishes: mpsc::UnboundedReceiver<(String, TrackId, RelayWish)>,
+) {
+    while let Some((location, track, wish)) = wishes.recv().await {
+        let url = format!("{location}/tracks/{track}");
+        let response = settings
+            .http
+            .put(&url)
+            .header(crate::state::RELAY, &settings.forward_key)
+            .json(&wish)
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => tracing::info!(%url, status = %r.status(), "relay wish refused"),
+            Err(e) => tracing::info!(%url, error = %e, "relay wish not sent"),
+        }
+    }
 }
 
 /// Closes a relay here and, at `location` (when known), its other end.

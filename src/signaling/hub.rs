@@ -53,7 +53,8 @@ impl Hub {
             }
             SfuEvent::TrackPublished { .. }
             | SfuEvent::TrackUnpublished { .. }
-            | SfuEvent::ActiveSpeakers { .. } => Some(event),
+            | SfuEvent::ActiveSpeakers { .. }
+            | SfuEvent::RelayWish { .. } => Some(event),
         }
     }
 

@@ -1028,6 +1028,16 @@ impl Room {
                     .collect();
                 self.broadcast(&frame(&ServerMessage::ActiveSpeakers { speakers }), None);
             }
+            SfuEvent::RelayWish {
+                session,
+                track,
+                wish,
+                ..
+            } => {
+                if let Some(cascade) = &mut self.cascade {
+                    cascade.tell_wish(session, track, wish);
+                }
+            }
             // Session events go to their sessions, not here.
             _ => {}
         }

@@ -439,7 +439,8 @@ impl Signaling {
         let meeting_id = match &event {
             SfuEvent::TrackPublished { room, .. }
             | SfuEvent::TrackUnpublished { room, .. }
-            | SfuEvent::ActiveSpeakers { room, .. } => room.0.clone(),
+            | SfuEvent::ActiveSpeakers { room, .. }
+            | SfuEvent::RelayWish { room, .. } => room.0.clone(),
             _ => return,
         };
         // Cascading: a WHIP publisher's tracks open its room, which shares them with the

@@ -45,10 +45,10 @@ const MAX_LISTED_TRACKS: usize = 1024;
 /// Times a session re-creates a subscriber connection that closed under it.
 const MAX_SUBSCRIBER_RESETS: u32 = 3;
 /// The highest frame-rate cap `set_track` takes.
-const MAX_FPS: u16 = 240;
+pub(crate) const MAX_FPS: u16 = 240;
 
 /// The largest tile side `set_track` takes, in pixels (8K).
-const MAX_TILE_SIDE: u16 = 8192;
+pub(crate) const MAX_TILE_SIDE: u16 = 8192;
 /// How long a join waits for the session it takes over to finish.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -1045,7 +1045,7 @@ impl Session {
                 return Err(Refusal::new(
                     "invalid",
                     format!(
-                        "set_track takes width and height (1..={MAX_TILE_SIDE}) together, or                          a layer (0..{}), not both",
+                        "set_track takes width and height (1..={MAX_TILE_SIDE}) together, or a layer (0..{}), not both",
                         simulcast::MAX_LAYERS
                     ),
                 ))

@@ -11,13 +11,12 @@
 //
 // Exit code 0 and a last line PASS on success.
 
-import { chromium } from 'playwright-core';
+import { launchChromium } from './wait.mjs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 
 const env = process.env;
 const URL_ = (env.CONVENE_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
-const CHROMIUM = env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACT_DIR = path.resolve(env.ARTIFACT_DIR || 'test-artifacts/simulcast');
 const STEP_MS = 40_000;
 const t0 = Date.now();
@@ -57,15 +56,7 @@ async function until(what, check) {
 async function main() {
   for (const k of ['ROOM', 'PUBLISH_TOKEN', 'WATCH_TOKENS']) if (!env[k]) throw new Error(`${k} is not set`);
   const watchTokens = env.WATCH_TOKENS.split(',');
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 20_000,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-      '--autoplay-policy=no-user-gesture-required'],
-  });
+  const browser = await launchChromium();
   try {
     await open(browser, 'publisher', pageUrl('publish', env.PUBLISH_TOKEN, { simulcast: '1', vcodec: 'VP8' }));
     const sending = await until('the publisher sends all three encodings', async () => {

@@ -1,4 +1,7 @@
-// Shared by the browser scripts: a timestamped log line, and waiting for a check in a page.
+// Shared by the browser scripts: a timestamped log line, waiting for a check in a page, and
+// headless Chromium with fake camera and microphone.
+
+import { chromium } from 'playwright-core';
 
 const t0 = Date.now();
 
@@ -19,4 +22,17 @@ export async function until(page, what, fn, arg, { stepMs = 30_000, pollMs = 500
     await new Promise((r) => setTimeout(r, pollMs));
   }
   throw new Error(`timed out: ${what}${last?.error ? ` (${last.error})` : ''}`);
+}
+
+/** Headless Chromium (`$CHROMIUM`, else Debian's) with a fake camera and microphone. */
+export function launchChromium() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    timeout: 20_000,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+      '--autoplay-policy=no-user-gesture-required'],
+  });
 }
