@@ -439,7 +439,8 @@ async fn wait_keyframe_width(client: &MediaClient, track: &str, width: u16, what
 /// Layer choices cross a relay: a simulcast publisher (headless Chromium, WHIP) on node A,
 /// receivers on node B. The relay carries the most B's receivers want together: the best by
 /// default, the lowest layer once the one receiver asks for it, the best again when a second
-/// receiver (who wants it) arrives, and the lowest again once that one pauses the track.
+/// receiver (who wants it) arrives, the lowest again while that one pauses the track; nothing
+/// of the camera once nobody on B takes it (the microphone keeps the relay open).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layer_choices_on_one_node_decide_what_the_relay_from_the_publishers_node_carries() {
     let shared = Shared::new().await;
@@ -495,5 +496,44 @@ async fn layer_choices_on_one_node_decide_what_the_relay_from_the_publishers_nod
         .ws
         .send(json!({"type": "set_track", "track_id": track, "paused": true}));
     wait_keyframe_width(&first, &track, low, "the receiver wanting more paused it").await;
+    assert_eq!(a.metric("convene_paused_down_tracks").await, 0.0);
+    second
+        .ws
+        .send(json!({"type": "set_track", "track_id": track, "paused": false}));
+    wait_keyframe_width(&first, &track, top, "the one wanting the best resumed").await;
+
+    // Nobody on B takes the camera any more (the relay stays for the microphone): it stops
+    // crossing, and crosses again for a receiver who takes it again.
+    first
+        .ws
+        .send(json!({"type": "unsubscribe", "track_id": track}));
+    second
+        .ws
+        .send(json!({"type": "unsubscribe", "track_id": track}));
+    let paused = a
+        .wait_metric("convene_paused_down_tracks", 1.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        paused, 1.0,
+        "A stopped sending the camera nobody on B takes"
+    );
+    let peers = a.metric("convene_peers").await;
+    let before = second.received()[&track].payloads.len();
+    second
+        .ws
+        .send(json!({"type": "subscribe", "track_id": track}));
+    let paused = a
+        .wait_metric("convene_paused_down_tracks", 0.0, Duration::from_secs(10))
+        .await;
+    assert_eq!(paused, 0.0, "the camera crosses again");
+    assert_eq!(a.metric("convene_peers").await, peers, "on the same relay");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while second.received()[&track].payloads.len() < before + 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the camera never came back to the receiver taking it again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     publisher.stop().await;
 }

@@ -121,7 +121,8 @@ pub struct Peer {
     /// and the id the track takes here.
     pub relay_tracks: Vec<(TrackId, TrackId)>,
     /// A relay: what its receivers here want of each of its tracks (by the id here), as last
-    /// told to the publishing node (absent: everything, the default there).
+    /// told to the publishing node; absent until the track first has a receiver here (the
+    /// other end starts with everything).
     pub relay_wishes: rustc_hash::FxHashMap<TrackId, super::relay_wish::RelayWish>,
     /// A room subscriber with manual subscriptions gets only these tracks; `None`: every other
     /// participant's track (automatic, the default).

@@ -3,7 +3,8 @@
 //! size, layer, frame rate and pause; WHEP's layer resource) is taken here on the receiving
 //! node as the most any of them wants ([`RelayWish`]) and applied on the publisher's node to
 //! the relay's own down track, so the relay carries the layer its receivers need and no more
-//! (and nothing while every one of them has paused it). The receiving node notices changes on
+//! (and nothing while every one of them has paused it, or once none takes it: a relay carrying
+//! several tracks stays open while one is wanted). The receiving node notices changes on
 //! its layer check ([`Engine::relay_wishes`], every `LAYER_CHECK_INTERVAL`) and tells
 //! signaling, which sends them to the other node (`signaling::cascade`).
 
@@ -18,7 +19,8 @@ use super::subscriber::DownTrack;
 use super::{Requester, SfuEvent};
 use crate::ids::{ParticipantId, PeerId, RoomId, TrackId};
 
-/// What the receivers of one relayed video track on a node want of it, together.
+/// What the receivers of one relayed track on a node want of it, together (of an audio
+/// track, only whether they take it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayWish {
     /// Every receiver has paused it (a hidden tile): nothing needs to cross.
@@ -50,6 +52,14 @@ impl Default for RelayWish {
 }
 
 impl RelayWish {
+    /// Nothing: no receiver here takes the track.
+    pub fn nothing() -> Self {
+        Self {
+            paused: true,
+            ..Self::default()
+        }
+    }
+
     /// What the down tracks fed by one relayed track want together; `None` while it has none
     /// (a relay opens before its receivers' legs take the track: it is not paused for that).
     pub fn of<'a>(downs: impl Iterator<Item = &'a DownTrack>, tapped: bool) -> Option<Self> {
@@ -90,10 +100,7 @@ impl RelayWish {
                 }
                 Some(wish)
             }
-            None if any => Some(Self {
-                paused: true,
-                ..Self::default()
-            }),
+            None if any => Some(Self::nothing()),
             None => None,
         }
     }
@@ -130,13 +137,14 @@ impl RelayWish {
 }
 
 impl Engine {
-    /// The receiving side: what each relayed video track's receivers here want now, told to
-    /// signaling when it changed since last told (`SfuEvent::RelayWish`).
+    /// The receiving side: what each relayed track's receivers here want now, told to
+    /// signaling when it changed since last told (`SfuEvent::RelayWish`). Audio tracks only
+    /// pause and resume.
     pub(super) fn relay_wishes(&mut self) {
         let mut changed = Vec::new();
         for peer in self.rooms.peers().filter(|p| !p.relay_tracks.is_empty()) {
             for &(origin, local) in &peer.relay_tracks {
-                let Some(track) = self.rooms.track(local).filter(|t| t.is_video()) else {
+                let Some(track) = self.rooms.track(local) else {
                     continue;
                 };
                 let downs = track.subscribers.iter().filter_map(|s| {
@@ -144,18 +152,34 @@ impl Engine {
                         .peer(s.peer)
                         .and_then(|p| p.down_tracks.get(s.slot))
                 });
-                let Some(wish) = RelayWish::of(downs, !track.taps.is_empty()) else {
-                    continue;
+                let told = peer.relay_wishes.get(&local);
+                let wish = match RelayWish::of(downs, !track.taps.is_empty()) {
+                    Some(wish) => wish,
+                    // Nobody here takes it any more (the relay stays for its other tracks):
+                    // nothing of it needs to cross until someone does again.
+                    None if told.is_some() => RelayWish::nothing(),
+                    // Not taken yet: the relay opened for receivers whose legs take it next.
+                    None => continue,
                 };
-                let told = peer.relay_wishes.get(&local).cloned().unwrap_or_default();
-                if wish != told {
-                    changed.push((peer.id, peer.room.clone(), origin, local, wish));
+                if told != Some(&wish) {
+                    changed.push((
+                        peer.id,
+                        peer.room.clone(),
+                        origin,
+                        local,
+                        wish,
+                        told.cloned(),
+                    ));
                 }
             }
         }
-        for (session, room, origin, local, wish) in changed {
+        for (session, room, origin, local, wish, told) in changed {
             if let Some(peer) = self.rooms.peer_mut(session) {
                 peer.relay_wishes.insert(local, wish.clone());
+            }
+            // The first wish of a track is news to the other end only if it is not everything.
+            if told.unwrap_or_default() == wish {
+                continue;
             }
             tracing::debug!(%session, track = %origin, ?wish, "relay wish");
             let _ = self.events.send(SfuEvent::RelayWish {
