@@ -364,6 +364,62 @@ async fn chat_kicks_and_whip_whep_cross_the_nodes_of_a_cascaded_meeting() {
         .await
         .unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
+    // A layer choice for a relay: the nodes' key only, values within a receiver's own limits,
+    // a relay session that exists; each refusal in the error envelope.
+    let wish = json!({"paused": false, "best": false, "size": null, "layer": 0, "fps": null,
+                      "temporal": null});
+    let wish_url = a.url(&format!(
+        "/internal/v1/cascade/relays/{id}/{}/tracks/t1",
+        uuid::Uuid::now_v7()
+    ));
+    let key = a.server.state.keys.cluster_relay_key();
+    let put = |body: Value, key: Option<&str>| {
+        let mut request = reqwest::Client::new().put(&wish_url).json(&body);
+        if let Some(key) = key {
+            request = request.header("x-convene-relay", key);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or_default();
+            (
+                status,
+                body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+    };
+    let refusals = [
+        (put(wish.clone(), None).await, 403),
+        (put(wish.clone(), Some("guess")).await, 403),
+        (put(json!({"layer": "top"}), Some(&key)).await, 422),
+        (
+            put(
+                json!({"paused": false, "best": false, "size": null, "layer": 0, "fps": 9999,
+                    "temporal": null}),
+                Some(&key),
+            )
+            .await,
+            422,
+        ),
+        (put(wish.clone(), Some(&key)).await, 404),
+    ];
+    let garbage = reqwest::Client::new()
+        .post(a.url("/internal/v1/cascade/relays"))
+        .header("x-convene-relay", &key)
+        .json(&json!({"meeting_id": id, "tracks": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = garbage.json().await.unwrap();
+    assert!(body["error"]["code"].is_string(), "{body}");
+    for ((status, code), expected) in refusals {
+        assert_eq!(status.as_u16(), expected, "{code}");
+        assert!(!code.is_empty(), "an error envelope with a code ({status})");
+    }
     for node in [&a, &b, &c] {
         let body = relay_request.to_string();
         let request = format!(

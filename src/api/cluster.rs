@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use super::extract::AuthUser;
+use super::extract::{ApiJson, AuthUser};
 use super::ApiError;
 use crate::cluster::{NodeEntry, NodeLoad};
 use crate::state::AppState;
@@ -59,9 +59,14 @@ fn from_a_node(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), 
 async fn open_relay(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
-    Json(request): Json<crate::signaling::cascade::RelayRequest>,
+    // Not `ApiJson`: an offer's text has line breaks, which that refuses in user text.
+    request: Result<
+        Json<crate::signaling::cascade::RelayRequest>,
+        axum::extract::rejection::JsonRejection,
+    >,
 ) -> Result<Json<crate::signaling::cascade::RelayAnswer>, ApiError> {
     from_a_node(&state, &headers)?;
+    let Json(request) = request.map_err(super::extract::json_rejection)?;
     let tracks = request
         .tracks
         .iter()
@@ -127,7 +132,7 @@ async fn relay_wish(
         String,
         String,
     )>,
-    Json(wish): Json<crate::sfu::relay_wish::RelayWish>,
+    ApiJson(wish): ApiJson<crate::sfu::relay_wish::RelayWish>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     from_a_node(&state, &headers)?;
     let session = relay_session(&session)?;
