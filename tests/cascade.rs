@@ -315,6 +315,30 @@ async fn chat_kicks_and_whip_whep_cross_the_nodes_of_a_cascaded_meeting() {
     assert_eq!(chat["participant_id"], bob_id.as_str());
     assert_eq!(b.chat_copies(id, &host.token, "hello from node C").await, 1);
 
+    // Settings changed over REST (at the meeting's node) reach sessions on other nodes: chat
+    // turned off there is off for bob on C.
+    let (status, body) = a
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/meetings/{id}"),
+            Some(&host.token),
+            Some(json!({"settings": {"chat": false}})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let mut bob = bob;
+    let updated = bob
+        .ws
+        .expect_where("meeting_updated", |m| {
+            m["meeting"]["settings"]["chat"] == false
+        })
+        .await;
+    assert_eq!(updated["meeting"]["id"], id);
+    bob.ws
+        .send(json!({"type": "chat", "text": "still here?", "ref": "c1"}));
+    let refused = bob.ws.expect_where("error", |m| m["ref"] == "c1").await;
+    assert_eq!(refused["code"], "chat_disabled", "{refused}");
+
     // WHIP on A, WHEP on B and C (a WHIP publisher is shared like a member): media reaches
     // both viewers through relays.
     let room = id;

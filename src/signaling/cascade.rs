@@ -101,6 +101,8 @@ pub(crate) enum EventKind {
         participant_id: String,
         role: String,
     },
+    /// The meeting's details or settings changed (store written): read them again.
+    MeetingChanged,
 }
 
 /// A remote track: whose, the publishing node's id of it, its kind.

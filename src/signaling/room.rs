@@ -481,16 +481,10 @@ impl Room {
                 self.meeting_ended(by);
             }
             Command::MeetingUpdated(meeting) => {
-                self.broadcast(
-                    &frame(&ServerMessage::MeetingUpdated {
-                        meeting: meeting.as_ref().into(),
-                    }),
-                    None,
-                );
-                for member in self.members.values() {
-                    let _ = member.session.send(Input::MeetingChanged {
-                        meeting: meeting.clone(),
-                    });
+                self.meeting_changed(meeting);
+                // The meeting's sessions on other nodes read it again.
+                if let Some(cascade) = &self.cascade {
+                    cascade.post(EventKind::MeetingChanged);
                 }
             }
             Command::Empty => {
@@ -638,8 +632,32 @@ impl Room {
         self.reconcile_relays();
     }
 
+    /// The meeting's details or settings changed: every member sees `meeting_updated`, and
+    /// its session takes the new settings (its grants follow them).
+    fn meeting_changed(&self, meeting: Box<Meeting>) {
+        self.broadcast(
+            &frame(&ServerMessage::MeetingUpdated {
+                meeting: meeting.as_ref().into(),
+            }),
+            None,
+        );
+        for member in self.members.values() {
+            let _ = member.session.send(Input::MeetingChanged {
+                meeting: meeting.clone(),
+            });
+        }
+    }
+
     async fn remote_event(&mut self, event: EventKind) {
         match event {
+            EventKind::MeetingChanged => {
+                match self.services.store.meeting(&self.meeting_id).await {
+                    Ok(meeting) => self.meeting_changed(Box::new(meeting)),
+                    Err(e) => {
+                        tracing::warn!(meeting = %self.meeting_id, error = %e, "changed meeting not read")
+                    }
+                }
+            }
             EventKind::Broadcast { frame } => self.broadcast(&Frame::from(frame), None),
             EventKind::Kicked {
                 participant_id,

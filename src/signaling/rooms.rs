@@ -546,9 +546,12 @@ impl Signaling {
 
     /// The meeting's details or settings changed: everyone sees `meeting_updated`.
     pub fn meeting_updated(&self, meeting: &Meeting) {
-        self.tell(
+        // Cascading: the change reaches the meeting's other nodes through its room here, which
+        // opens for it if nobody is connected here.
+        self.send(
             &meeting.id,
             Command::MeetingUpdated(Box::new(meeting.clone())),
+            self.cascading(),
         );
     }
 
