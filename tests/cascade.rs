@@ -617,3 +617,123 @@ async fn layer_choices_on_one_node_decide_what_the_relay_from_the_publishers_nod
     }
     publisher.stop().await;
 }
+
+/// A cascaded meeting is recorded whole: the node recording it (the meeting's node) receives
+/// every remote participant's tracks while it records, though nobody there receives them, and
+/// stops once the recording stops. A Chromium publisher (WHIP) on another node gets a file of
+/// its own that decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recording_node_records_the_participants_of_the_other_nodes() {
+    assert!(
+        common::media::ffmpeg_available(),
+        "ffmpeg/ffprobe are needed (scripts/test installs them)"
+    );
+    let shared = Shared::new().await;
+    let nodes = three_cascading_nodes(&shared).await;
+    let host = nodes[0].user("host").await;
+    let meeting = nodes[0].open_meeting(&host).await;
+    let id = meeting["id"].as_str().unwrap();
+    // The host, on the meeting's node, receives nothing: the room is open there, and nothing
+    // is relayed for them.
+    let answer = nodes[0].join_meeting(&meeting, Some(&host)).await;
+    let ws_url = answer["ws_url"].as_str().unwrap();
+    let here = nodes
+        .iter()
+        .position(|n| ws_url.contains(&n.server.http_addr.to_string()))
+        .expect("the join names a node");
+    let (recorder, other) = (&nodes[here], &nodes[(here + 1) % 3]);
+    let watcher = MediaClient::join_sending(
+        recorder.server.http_addr,
+        "host",
+        answer["join_token"].as_str().unwrap(),
+        false,
+        json!({"type": "join", "auto_subscribe": false}),
+    )
+    .await;
+    let token = other.token(id, "cam", true, false);
+    let (publisher, _) = common::browser::Running::start(
+        "publish.mjs",
+        &[
+            ("CONVENE_URL", other.base.as_str()),
+            ("ROOM", id),
+            ("PUBLISH_TOKEN", token.as_str()),
+        ],
+        "SENDING",
+        Duration::from_secs(90),
+    )
+    .await;
+    let camera = (String::from("cam"), "camera");
+    wait_tracks(
+        &watcher,
+        &[camera.clone(), (camera.0.clone(), "microphone")],
+    )
+    .await;
+    let relayed = "convene_cascade_relayed_tracks_total{source=\"camera\"}";
+    assert_eq!(
+        recorder.metric(relayed).await,
+        0.0,
+        "nothing relayed before the recording"
+    );
+
+    let recordings = format!("/meetings/{id}/recordings");
+    let (status, started) = recorder
+        .call(reqwest::Method::POST, &recordings, Some(&host.token), None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{started}");
+    let recording = started["id"].as_str().unwrap().to_owned();
+    let relays = recorder
+        .wait_metric(relayed, 1.0, Duration::from_secs(20))
+        .await;
+    assert_eq!(relays, 1.0, "the camera is relayed for the recording");
+    // Seconds of media to record.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let peers = recorder.metric("convene_peers").await;
+    let (status, stopped) = recorder
+        .call(
+            reqwest::Method::POST,
+            &format!("{recordings}/{recording}/stop"),
+            Some(&host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{stopped}");
+    assert_eq!(stopped["status"], "ready", "{stopped}");
+    let file = stopped["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["participant_id"] == "cam" && f["source"] == "camera")
+        .unwrap_or_else(|| panic!("no file of the publisher on another node: {stopped}"));
+    assert_eq!(file["kinds"], json!(["audio", "video"]), "{file}");
+
+    let dir = common::TempDir::new();
+    let path = dir.0.join("cam.webm");
+    let response = reqwest::Client::new()
+        .get(recorder.url(file["url"].as_str().unwrap()))
+        .bearer_auth(&host.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let bytes = response.bytes().await.unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let probe = common::media::probe(&path);
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    assert!(duration >= 2.0, "{duration} s recorded: {probe}");
+    let errors = common::media::decode_errors(&path);
+    assert!(errors.is_empty(), "decoding: {errors}");
+
+    // Recorded no more, and received by nobody there: the relay closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while recorder.metric("convene_peers").await >= peers {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay stayed after the recording"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publisher.stop().await;
+}

@@ -261,6 +261,23 @@ impl Cascade {
             .map(|(id, _)| id.as_str())
     }
 
+    /// A remote participant's public view.
+    pub fn remote_view(&self, participant_id: &str) -> Option<&ParticipantView> {
+        self.remote.get(participant_id)
+    }
+
+    /// Whose remote track `track` is, and its source.
+    pub fn remote_track(&self, track: TrackId) -> Option<(String, super::protocol::Source)> {
+        self.tracks
+            .get(&track)
+            .map(|t| (t.participant_id.clone(), t.source))
+    }
+
+    /// Every remote track (with this node's ids).
+    pub fn remote_tracks(&self) -> Vec<TrackId> {
+        self.tracks.keys().copied().collect()
+    }
+
     pub fn is_remote_track(&self, track: TrackId) -> bool {
         self.tracks.contains_key(&track)
     }
@@ -395,13 +412,14 @@ impl Cascade {
         told
     }
 
-    /// Relays to this node what local members receive, and nothing else: a relay opens for
-    /// the tracks members here want that no relay carries, and a relay closes once nobody here
-    /// wants any of its tracks.
+    /// Relays to this node what local members receive (every remote track while this node
+    /// records the meeting), and nothing else: a relay opens for the tracks wanted here that
+    /// no relay carries, and a relay closes once nobody here wants any of its tracks.
     pub fn reconcile<'a>(
         &mut self,
         members: impl Iterator<Item = &'a Subscriptions> + Clone,
         viewers: &HashMap<PeerId, Option<String>>,
+        recording: bool,
         sfu: &Sfu,
         signaling: &Signaling,
     ) {
@@ -412,9 +430,11 @@ impl Cascade {
                 continue;
             };
             let publisher = &self.publishers[&participant_id];
-            let watched = viewers
-                .values()
-                .any(|w| w.as_ref().is_none_or(|who| *who == publisher.identity));
+            // A recording here records every remote participant too.
+            let watched = recording
+                || viewers
+                    .values()
+                    .any(|w| w.as_ref().is_none_or(|who| *who == publisher.identity));
             // In the publisher's order: a relay's sections follow it.
             let wanted: Vec<TrackId> = view
                 .tracks

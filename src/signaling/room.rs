@@ -614,6 +614,7 @@ impl Room {
         cascade.reconcile(
             self.members.values().map(|m| &m.subscriptions),
             &self.viewers,
+            self.recording.is_some(),
             &self.services.sfu,
             &self.signaling,
         );
@@ -1006,6 +1007,9 @@ impl Room {
             } => {
                 let Some(participant_id) = self.by_identity.get(&identity.0).cloned() else {
                     self.relay_event(&event);
+                    if let SfuEvent::TrackPublished { track, .. } = &event {
+                        self.record_remote(track.id).await;
+                    }
                     return;
                 };
                 let Some(member) = self.members.get_mut(&participant_id) else {
@@ -1273,6 +1277,17 @@ impl Room {
         for (participant_id, track, source) in tracks {
             self.record_track(&participant_id, track, source).await;
         }
+        // Cascading: the participants of other nodes are recorded too; their tracks are relayed
+        // here while it records (those not relayed yet join as they arrive).
+        self.reconcile_relays();
+        let remote = self
+            .cascade
+            .as_ref()
+            .map(|c| c.remote_tracks())
+            .unwrap_or_default();
+        for track in remote {
+            self.record_remote(track).await;
+        }
         let by = recording
             .started_by
             .as_ref()
@@ -1299,6 +1314,7 @@ impl Room {
         };
         let recording = handle.stop(reason).await;
         tracing::info!(meeting = %self.meeting_id, recording = %recording.id, status = %recording.status, reason = ?recording.reason, "recording stopped");
+        self.reconcile_relays();
         self.broadcast(
             &frame(&ServerMessage::RecordingStopped {
                 recording_id: recording.id.clone(),
@@ -1310,13 +1326,18 @@ impl Room {
         Ok(recording)
     }
 
-    /// Adds one of a member's tracks to the running recording: camera and microphone share a
-    /// file, a screen share and its audio have their own.
+    /// Adds one of a member's tracks (or, cascading, a remote participant's track relayed
+    /// here) to the running recording: camera and microphone share a file, a screen share and
+    /// its audio have their own.
     async fn record_track(&mut self, participant_id: &str, track: TrackId, source: Source) {
-        let Some(handle) = &mut self.recording else {
-            return;
+        let view = match self.members.get(participant_id) {
+            Some(member) => Some(&member.view),
+            None => self
+                .cascade
+                .as_ref()
+                .and_then(|c| c.remote_view(participant_id)),
         };
-        let Some(member) = self.members.get(participant_id) else {
+        let Some(view) = view else {
             return;
         };
         let file_source = match source {
@@ -1325,9 +1346,12 @@ impl Room {
         };
         let owner = FileOwner {
             participant_id: participant_id.to_owned(),
-            identity: member.view.identity.clone(),
-            display_name: member.view.display_name.clone(),
+            identity: view.identity.clone(),
+            display_name: view.display_name.clone(),
             source: file_source,
+        };
+        let Some(handle) = &mut self.recording else {
+            return;
         };
         handle.add_track(owner, track).await;
     }
@@ -1353,6 +1377,16 @@ impl Room {
         if let Err(e) = self.start_recording(recording).await {
             tracing::warn!(meeting = %self.meeting_id, error = %e, "automatic recording not started");
         }
+    }
+
+    /// Cascading: a remote participant's track, relayed here, joins the running recording.
+    async fn record_remote(&mut self, track: TrackId) {
+        let Some((participant_id, source)) =
+            self.cascade.as_ref().and_then(|c| c.remote_track(track))
+        else {
+            return;
+        };
+        self.record_track(&participant_id, track, source).await;
     }
 
     /// A member who joins while the meeting is recorded is told at once.
