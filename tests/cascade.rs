@@ -621,7 +621,7 @@ async fn layer_choices_on_one_node_decide_what_the_relay_from_the_publishers_nod
 /// A cascaded meeting is recorded whole: the node recording it (the meeting's node) receives
 /// every remote participant's tracks while it records, though nobody there receives them, and
 /// stops once the recording stops. A Chromium publisher (WHIP) on another node gets a file of
-/// its own that decodes.
+/// its own that decodes. A recording running on another node is stopped over REST too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recording_node_records_the_participants_of_the_other_nodes() {
     assert!(
@@ -735,5 +735,42 @@ async fn the_recording_node_records_the_participants_of_the_other_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A recording started by a moderator's socket on another node runs there; REST (at the
+    // meeting's node) stops it all the same.
+    let mut moderator = participant(other, &meeting, "moderator", false).await;
+    let moderator_id = moderator.participant_id();
+    let (status, body) = recorder
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/meetings/{id}/participants/{moderator_id}"),
+            Some(&host.token),
+            Some(json!({"role": "moderator"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    moderator
+        .ws
+        .expect_where("participant_updated", |m| {
+            m["participant"]["participant_id"] == moderator_id.as_str()
+                && m["participant"]["role"] == "moderator"
+        })
+        .await;
+    moderator
+        .ws
+        .send(json!({"type": "moderate", "action": "start_recording"}));
+    let started = moderator.ws.expect("recording_started").await;
+    let elsewhere = started["recording_id"].as_str().unwrap();
+    let (status, stopped) = recorder
+        .call(
+            reqwest::Method::POST,
+            &format!("{recordings}/{elsewhere}/stop"),
+            Some(&host.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{stopped}");
+    assert_eq!(stopped["status"], "ready", "{stopped}");
+    moderator.ws.expect("recording_stopped").await;
     publisher.stop().await;
 }

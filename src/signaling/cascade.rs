@@ -103,6 +103,10 @@ pub(crate) enum EventKind {
     },
     /// The meeting's details or settings changed (store written): read them again.
     MeetingChanged,
+    /// Stop this recording, if it runs here (REST reached a node where it does not).
+    StopRecording {
+        recording_id: String,
+    },
 }
 
 /// A remote track: whose, the publishing node's id of it, its kind.

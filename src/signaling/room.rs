@@ -161,6 +161,11 @@ pub(crate) enum Command {
     Tracks {
         reply: Reply<Vec<crate::domain::live::LiveTrack>>,
     },
+    /// Cascading: the recording `recording_id` runs on another node of the meeting; ask it to
+    /// stop.
+    StopRecordingElsewhere {
+        recording_id: String,
+    },
     /// Stop the running recording (only if it is `recording_id`, when given).
     StopRecording {
         recording_id: Option<String>,
@@ -527,6 +532,11 @@ impl Room {
             Command::StartRecording { recording, reply } => {
                 let _ = reply.send(self.start_recording(recording).await);
             }
+            Command::StopRecordingElsewhere { recording_id } => {
+                if let Some(cascade) = &self.cascade {
+                    cascade.post(EventKind::StopRecording { recording_id });
+                }
+            }
             Command::StopRecording {
                 recording_id,
                 reply,
@@ -651,6 +661,15 @@ impl Room {
 
     async fn remote_event(&mut self, event: EventKind) {
         match event {
+            EventKind::StopRecording { recording_id } => {
+                if self
+                    .recording
+                    .as_ref()
+                    .is_some_and(|r| r.recording_id == recording_id)
+                {
+                    let _ = self.stop_recording(None, None).await;
+                }
+            }
             EventKind::MeetingChanged => {
                 match self.services.store.meeting(&self.meeting_id).await {
                     Ok(meeting) => self.meeting_changed(Box::new(meeting)),

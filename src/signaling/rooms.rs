@@ -45,6 +45,9 @@ pub enum WaitEvent {
 }
 
 /// What room tasks use beyond their own state.
+/// How long a REST stop waits for a recording running on another node of the meeting to stop.
+const STOP_ELSEWHERE_WAIT: Duration = Duration::from_secs(10);
+
 pub struct Services {
     pub store: Store,
     pub sfu: Sfu,
@@ -262,6 +265,37 @@ impl Signaling {
             return None;
         }
         answer.await.ok()
+    }
+
+    /// Cascading: asks the meeting's other nodes, through its room here, to stop recording
+    /// `recording_id`, and waits (a few seconds at most) for its row to say it stopped.
+    async fn stop_elsewhere(&self, meeting_id: &str, recording_id: &str) -> Option<Recording> {
+        let store = &self.inner.services.store;
+        let running = |r: &Recording| r.status == "recording";
+        if !store
+            .recording(meeting_id, recording_id)
+            .await
+            .is_ok_and(|r| running(&r))
+        {
+            return None;
+        }
+        self.send(
+            meeting_id,
+            Command::StopRecordingElsewhere {
+                recording_id: recording_id.to_owned(),
+            },
+            true,
+        );
+        let deadline = tokio::time::Instant::now() + STOP_ELSEWHERE_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match store.recording(meeting_id, recording_id).await {
+                Ok(r) if !running(&r) => return Some(r),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     /// Called by room `id` when it is idle: closes it unless a command is queued for it.
@@ -636,12 +670,24 @@ impl crate::domain::live::LiveMeetings for Signaling {
         recording_id: String,
     ) -> LiveFuture<'_, Result<Recording, RecordingError>> {
         Box::pin(async move {
-            self.ask(&meeting_id, false, |reply| Command::StopRecording {
-                recording_id: Some(recording_id),
-                reply,
-            })
-            .await
-            .unwrap_or(Err(RecordingError::NotRunning))
+            let here = self
+                .ask(&meeting_id, false, |reply| Command::StopRecording {
+                    recording_id: Some(recording_id.clone()),
+                    reply,
+                })
+                .await;
+            match here {
+                Some(Ok(stopped)) => Ok(stopped),
+                // Cascading: it may run on another node of the meeting (started by a socket or
+                // by the meeting's setting there).
+                other if self.cascading() => {
+                    match self.stop_elsewhere(&meeting_id, &recording_id).await {
+                        Some(stopped) => Ok(stopped),
+                        None => other.unwrap_or(Err(RecordingError::NotRunning)),
+                    }
+                }
+                other => other.unwrap_or(Err(RecordingError::NotRunning)),
+            }
         })
     }
 }
