@@ -38,6 +38,10 @@ const RELAY_RETRY: Duration = Duration::from_secs(2);
 /// Sync ticks between two looks at the relays when nothing changed.
 const RETRY_TICKS: u32 = 5;
 
+/// Tries of one layer choice that does not get through, and the wait between them.
+const WISH_ATTEMPTS: u32 = 3;
+const WISH_RETRY: Duration = Duration::from_millis(500);
+
 /// Layer choices kept for relays being opened, at most.
 const MAX_EARLY_WISHES: usize = 256;
 
@@ -698,25 +702,33 @@ async fn open_relay(
     Ok((session, location))
 }
 
-/// Sends layer choices to the relays' other ends, in the order they were made. One that fails
-/// is not sent again (the relay is closing, or the next change corrects it).
+/// Sends layer choices to the relays' other ends, in the order they were made. One that did
+/// not get through (the other node busy or restarting) is tried again a few times; one that
+/// was refused is not (the relay is gone there, and closes here too).
 async fn wish_task(
     settings: Arc<Settings>,
     mut wishes: mpsc::UnboundedReceiver<(String, TrackId, RelayWish)>,
 ) {
     while let Some((location, track, wish)) = wishes.recv().await {
         let url = format!("{location}/tracks/{track}");
-        let response = settings
-            .http
-            .put(&url)
-            .header(crate::state::RELAY, &settings.forward_key)
-            .json(&wish)
-            .send()
-            .await;
-        match response {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => tracing::info!(%url, status = %r.status(), "relay wish refused"),
-            Err(e) => tracing::info!(%url, error = %e, "relay wish not sent"),
+        for attempt in 1..=WISH_ATTEMPTS {
+            let response = settings
+                .http
+                .put(&url)
+                .header(crate::state::RELAY, &settings.forward_key)
+                .json(&wish)
+                .send()
+                .await;
+            match response {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) if r.status().is_client_error() => {
+                    tracing::info!(%url, status = %r.status(), "relay wish refused");
+                    break;
+                }
+                Ok(r) => tracing::info!(%url, status = %r.status(), attempt, "relay wish failed"),
+                Err(e) => tracing::info!(%url, error = %e, attempt, "relay wish not sent"),
+            }
+            tokio::time::sleep(WISH_RETRY).await;
         }
     }
 }
