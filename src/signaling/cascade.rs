@@ -281,9 +281,13 @@ impl Cascade {
             .map(|t| (t.participant_id.clone(), t.source))
     }
 
-    /// Every remote track (with this node's ids).
-    pub fn remote_tracks(&self) -> Vec<TrackId> {
-        self.tracks.keys().copied().collect()
+    /// The remote tracks open relays bring here (with this node's ids).
+    pub fn relayed_tracks(&self) -> Vec<TrackId> {
+        self.publishers
+            .values()
+            .flat_map(|p| p.relays.iter().filter(|r| r.open.is_some()))
+            .flat_map(|r| r.tracks.iter().copied())
+            .collect()
     }
 
     pub fn is_remote_track(&self, track: TrackId) -> bool {
@@ -534,8 +538,9 @@ impl Cascade {
         });
     }
 
-    /// A relay task is done: the relay is open, or dropped with a retry later.
-    pub fn relay_outcome(&mut self, outcome: RelayOutcome, sfu: &Sfu) {
+    /// A relay task is done: the relay is open, or dropped with a retry later. Returns the
+    /// tracks it brings here when it opened.
+    pub fn relay_outcome(&mut self, outcome: RelayOutcome, sfu: &Sfu) -> Vec<TrackId> {
         let early: Vec<_> = match &outcome.result {
             Ok((session, _)) => {
                 let (theirs, others) = std::mem::take(&mut self.early_wishes)
@@ -554,8 +559,12 @@ impl Cascade {
                 .position(|r| r.open.is_none() && r.tracks == outcome.tracks)?;
             Some((p, i))
         });
+        let mut opened_tracks = Vec::new();
         match (relay, outcome.result) {
-            (Some((publisher, i)), Ok(opened)) => publisher.relays[i].open = Some(opened),
+            (Some((publisher, i)), Ok(opened)) => {
+                publisher.relays[i].open = Some(opened);
+                opened_tracks = outcome.tracks;
+            }
             (Some((publisher, i)), Err(_)) => {
                 publisher.relays.remove(i);
                 publisher.retry_at = Some(Instant::now() + RELAY_RETRY);
@@ -570,6 +579,7 @@ impl Cascade {
         if !self.opening() {
             self.early_wishes.clear();
         }
+        opened_tracks
     }
 
     /// The relay `session` ended on its own (its connection failed, or the publishing node

@@ -585,10 +585,15 @@ impl Room {
             Command::CascadeTick => self.reconcile_relays(),
             Command::RemoteEvent(event) => self.remote_event(event).await,
             Command::RelayOutcome(outcome) => {
-                if let Some(cascade) = &mut self.cascade {
-                    cascade.relay_outcome(outcome, &self.services.sfu);
-                }
+                let opened = match &mut self.cascade {
+                    Some(cascade) => cascade.relay_outcome(outcome, &self.services.sfu),
+                    None => Vec::new(),
+                };
                 self.reconcile_relays();
+                // Published before a recording started, but not yet known to be relayed then.
+                for track in opened {
+                    self.record_remote(track).await;
+                }
             }
         }
     }
@@ -1302,7 +1307,7 @@ impl Room {
         let remote = self
             .cascade
             .as_ref()
-            .map(|c| c.remote_tracks())
+            .map(|c| c.relayed_tracks())
             .unwrap_or_default();
         for track in remote {
             self.record_remote(track).await;
