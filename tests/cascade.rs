@@ -418,6 +418,7 @@ async fn chat_kicks_and_whip_whep_cross_the_nodes_of_a_cascaded_meeting() {
     let refusals = [
         (put(wish.clone(), None).await, 403),
         (put(wish.clone(), Some("guess")).await, 403),
+        (put(json!({"layer": "top"}), None).await, 403),
         (put(json!({"layer": "top"}), Some(&key)).await, 422),
         (
             put(

@@ -132,9 +132,11 @@ async fn relay_wish(
         String,
         String,
     )>,
-    ApiJson(wish): ApiJson<crate::sfu::relay_wish::RelayWish>,
+    // Read after the key is checked: a caller without it learns nothing of the body's shape.
+    wish: Result<ApiJson<crate::sfu::relay_wish::RelayWish>, ApiError>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     from_a_node(&state, &headers)?;
+    let ApiJson(wish) = wish?;
     let session = relay_session(&session)?;
     let track = track
         .strip_prefix('t')
