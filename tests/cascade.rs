@@ -37,6 +37,15 @@ async fn three_cascading_nodes(shared: &Shared) -> [TestServer; 3] {
     [a, b, c]
 }
 
+/// Polls `check` until it holds; fails the test, saying `what` did not happen, after `within`.
+async fn until(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "not done: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A participant connected to `node` (REST join there, then its socket there).
 async fn participant(node: &TestServer, meeting: &Value, name: &str, manual: bool) -> MediaClient {
     let user = node.user(name).await;
@@ -255,14 +264,12 @@ async fn one_meeting_over_three_nodes_relays_each_track_only_to_the_nodes_that_r
         }
     }
     // (One relay, or two when the camera was asked for while the microphone's was opening.)
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while a.metric("convene_peers").await >= peers_on_a {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay of pa's tracks to C never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        "the relay of pa's tracks to C closes",
+        async || a.metric("convene_peers").await < peers_on_a,
+    )
+    .await;
     let cameras_relayed = c.metric(&relayed("camera")).await;
     let camera = tracks_known(&sc)[&key(&pa_tracks[1])].clone();
     let before = sc.packets_from(&camera, "pa", "cam");
@@ -608,14 +615,12 @@ async fn layer_choices_on_one_node_decide_what_the_relay_from_the_publishers_nod
         .await;
     assert_eq!(paused, 0.0, "the camera crosses again");
     assert_eq!(a.metric("convene_peers").await, peers, "on the same relay");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while second.received()[&track].payloads.len() < before + 30 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the camera never came back to the receiver taking it again"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until(
+        Duration::from_secs(20),
+        "the camera comes back to the receiver taking it again",
+        async || second.received()[&track].payloads.len() >= before + 30,
+    )
+    .await;
     publisher.stop().await;
 }
 
@@ -728,14 +733,12 @@ async fn the_recording_node_records_the_participants_of_the_other_nodes() {
     assert!(errors.is_empty(), "decoding: {errors}");
 
     // Recorded no more, and received by nobody there: the relay closed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while recorder.metric("convene_peers").await >= peers {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay stayed after the recording"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        "the relay closes after the recording",
+        async || recorder.metric("convene_peers").await < peers,
+    )
+    .await;
 
     // A recording started by a moderator's socket on another node runs there; REST (at the
     // meeting's node) stops it all the same.
