@@ -47,6 +47,11 @@ impl TrackId {
     pub fn engine(&self, engines: usize) -> usize {
         (self.0 % engines.max(1) as u64) as usize
     }
+
+    /// `"t3"` → `TrackId(3)`: the form track ids take on the wire (the inverse of `Display`).
+    pub fn parse(text: &str) -> Option<Self> {
+        text.strip_prefix('t')?.parse().ok().map(Self)
+    }
 }
 
 impl Default for PeerId {

@@ -70,11 +70,7 @@ async fn open_relay(
     let tracks = request
         .tracks
         .iter()
-        .map(|t| {
-            t.strip_prefix('t')
-                .and_then(|n| n.parse().ok())
-                .map(crate::ids::TrackId)
-        })
+        .map(|t| crate::ids::TrackId::parse(t))
         .collect::<Option<Vec<_>>>()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
@@ -138,17 +134,13 @@ async fn relay_wish(
     from_a_node(&state, &headers)?;
     let ApiJson(wish) = wish?;
     let session = relay_session(&session)?;
-    let track = track
-        .strip_prefix('t')
-        .and_then(|n| n.parse().ok())
-        .map(crate::ids::TrackId)
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such track",
-            )
-        })?;
+    let track = crate::ids::TrackId::parse(&track).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no such track",
+        )
+    })?;
     if !wish.is_valid(
         crate::signaling::session::MAX_TILE_SIDE,
         crate::signaling::session::MAX_FPS,

@@ -684,11 +684,11 @@ impl Engine {
                 self.next_track_id += 1;
                 TrackId::on_engine(self.next_track_id - 1, self.index, self.placement.engines())
             } else {
-                let origin = rtc_track_id.split('-').next().unwrap_or_default();
+                let origin = rtc_track_id.split('-').next().and_then(TrackId::parse);
                 let named = peer
                     .relay_tracks
                     .iter()
-                    .find(|(o, id)| o.to_string() == origin && !peer.published.contains(id));
+                    .find(|(o, id)| origin == Some(*o) && !peer.published.contains(id));
                 // Else by order: the relay offered one section per track, in this order.
                 let Some(&(_, id)) =
                     named.or_else(|| peer.relay_tracks.get(peer.published.len() + added.len()))

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
@@ -133,15 +132,7 @@ impl Engine {
                 "no relay offer of ours waits for an answer on this session".into(),
             ));
         }
-        peer.remote_ufrag = super::sdp::Sdp::parse(&sdp)?
-            .attribute("ice-ufrag")
-            .unwrap_or_default()
-            .to_owned();
-        let answer =
-            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadOffer(e.to_string()))?;
-        peer.pc
-            .set_remote_description(now, answer)
-            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        Self::set_answer(peer, sdp, now)?;
         peer.negotiation = Default::default();
         Ok(())
     }

@@ -38,17 +38,13 @@ impl Room {
     }
 
     /// The publisher a subscriber watches: the named identity, else the most recent publisher.
-    /// Not a relay still waiting for its answer: it has no track yet (a viewer waits for it,
-    /// and takes it once its tracks are published).
+    /// Only a publisher with tracks (a relay still waiting for its answer has none yet): a
+    /// viewer waits, and takes it once its tracks are published.
     pub fn choose_publisher(&self, identity: Option<&ParticipantId>) -> Option<PeerId> {
         self.publishers
             .iter()
             .rev()
-            .filter(|(peer, _)| {
-                self.peers
-                    .get(peer)
-                    .is_none_or(|p| p.relay_tracks.is_empty() || !p.published.is_empty())
-            })
+            .filter(|(peer, _)| self.peers.get(peer).is_none_or(|p| !p.published.is_empty()))
             .find(|(_, who)| identity.is_none_or(|wanted| wanted == who))
             .map(|(peer, _)| *peer)
     }

@@ -112,15 +112,7 @@ impl Engine {
                 "no offer of ours is waiting for an answer on this session".into(),
             ));
         }
-        peer.remote_ufrag = Sdp::parse(&sdp)?
-            .attribute("ice-ufrag")
-            .unwrap_or_default()
-            .to_owned();
-        let answer =
-            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadOffer(e.to_string()))?;
-        peer.pc
-            .set_remote_description(now, answer)
-            .map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        Self::set_answer(peer, sdp, now)?;
         let unbound: Vec<usize> = peer
             .down_tracks
             .iter()
@@ -418,6 +410,20 @@ impl Engine {
             }
         }
         self.attach_waiting_viewers(&room, now);
+    }
+
+    /// Applies the answer to an offer of ours on `peer` (a room subscriber, a relay): its ICE
+    /// credentials, then the description.
+    pub(super) fn set_answer(peer: &mut Peer, sdp: String, now: Instant) -> Result<(), SfuError> {
+        peer.remote_ufrag = Sdp::parse(&sdp)?
+            .attribute("ice-ufrag")
+            .unwrap_or_default()
+            .to_owned();
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::BadOffer(e.to_string()))?;
+        peer.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| SfuError::BadOffer(e.to_string()))
     }
 
     /// Adds a sender for `source` to a room subscriber (not yet in its room, or taken out).

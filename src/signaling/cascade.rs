@@ -340,7 +340,7 @@ impl Cascade {
         for (participant_id, (mut view, http_url)) in seen {
             let mut published = HashSet::new();
             view.tracks
-                .retain(|t| parse_track_id(&t.track_id).is_some());
+                .retain(|t| TrackId::parse(&t.track_id).is_some());
             for track in &mut view.tracks {
                 let key = (participant_id.clone(), track.track_id.clone());
                 let local = match self.ids.get(&key) {
@@ -353,7 +353,7 @@ impl Cascade {
                             id,
                             RemoteTrack {
                                 participant_id: participant_id.clone(),
-                                origin: parse_track_id(&track.track_id).expect("kept above"),
+                                origin: TrackId::parse(&track.track_id).expect("kept above"),
                                 kind: track.kind,
                                 source: track.source,
                             },
@@ -451,7 +451,7 @@ impl Cascade {
             let wanted: Vec<TrackId> = view
                 .tracks
                 .iter()
-                .filter_map(|t| parse_track_id(&t.track_id))
+                .filter_map(|t| TrackId::parse(&t.track_id))
                 .filter(|id| watched || members.clone().any(|m| m.wants(*id)))
                 .collect();
             let unwanted: Vec<usize> = publisher
@@ -636,10 +636,6 @@ impl Cascade {
             self.close(publisher, sfu);
         }
     }
-}
-
-fn parse_track_id(text: &str) -> Option<TrackId> {
-    text.strip_prefix('t')?.parse().ok().map(TrackId)
 }
 
 /// A relay request, as the publisher's node reads it.

@@ -1079,7 +1079,7 @@ impl Session {
 
     /// The subscriber connection and the track a client's `track_id` names.
     fn received_track(&self, track_id: &str) -> Result<(PeerId, TrackId), Refusal> {
-        let track = parse_track_id(track_id)
+        let track = TrackId::parse(track_id)
             .ok_or_else(|| Refusal::new("unknown_track", format!("no track '{track_id}'")))?;
         let session = self
             .subscriber
@@ -1683,11 +1683,6 @@ fn unknown_track(error: crate::sfu::SfuError, track_id: &str, where_: &str) -> R
         }
         other => Refusal::from(ApiError::from(other)),
     }
-}
-
-/// `"t3"` → `TrackId(3)`: the form track ids take on the wire.
-fn parse_track_id(text: &str) -> Option<TrackId> {
-    text.strip_prefix('t')?.parse().ok().map(TrackId)
 }
 
 #[cfg(test)]
